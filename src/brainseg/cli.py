@@ -1,0 +1,76 @@
+"""The `brainseg` command line: parse arguments, then call one library function per command.
+
+Each sub-command lives in its own module under `brainseg.commands`; this file only dispatches
+and turns `BrainsegError` (bad input, bad settings) into one clear line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+from brainseg import __version__
+from brainseg.errors import BrainsegError
+
+# (name, module, one-line help). Order is the order `brainseg --help` shows.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("phantoms", "brainseg.commands.phantoms", "write a synthetic MRI phantom dataset in the kaggle_3m layout"),
+    ("index", "brainseg.commands.index", "index a dataset folder (kaggle_3m layout) and summarise it"),
+    ("split", "brainseg.commands.split", "write a patient-level splits.json (hold-out or k-fold)"),
+    ("models", "brainseg.commands.models", "list the architectures with parameter counts and FLOPs"),
+    ("train", "brainseg.commands.train", "train one model"),
+    ("evaluate", "brainseg.commands.evaluate", "evaluate a trained run on a split"),
+    ("compare", "brainseg.commands.compare", "train and evaluate several models under one protocol, then report"),
+    ("report", "brainseg.commands.report", "rebuild a comparison report from its files (no model needed)"),
+    ("robustness", "brainseg.commands.robustness", "evaluate trained runs under perturbations and strata"),
+    ("predict", "brainseg.commands.predict", "segment new scans with one or more checkpoints"),
+    ("export", "brainseg.commands.export", "export a checkpoint to ONNX (checked against PyTorch)"),
+]
+
+
+def _available() -> list[tuple[str, str, str]]:
+    out = []
+    for name, module, help_ in COMMANDS:
+        if importlib.util.find_spec(module) is not None:
+            out.append((name, module, help_))
+    return out
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    parser = argparse.ArgumentParser(
+        prog="brainseg",
+        description="Train, compare and use deep-learning models that segment brain tumours in MRI.",
+    )
+    parser.add_argument("--version", action="version", version=f"brainseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules: dict[str, str] = {}
+    for name, module, help_ in _available():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_, description=getattr(mod, "DESCRIPTION", help_))
+        mod.add_arguments(p)
+        modules[name] = module
+    return parser, modules
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 1
+    mod = importlib.import_module(modules[args.command])
+    try:
+        return int(mod.run(args) or 0)
+    except BrainsegError as exc:
+        print(f"brainseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"brainseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
