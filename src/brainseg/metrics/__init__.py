@@ -1,0 +1,35 @@
+"""Segmentation metrics: confusion counts → every metric, stated reductions, detection, statistics.
+
+See DESIGN.md "Metric definitions" for the contract these modules implement.
+"""
+
+from __future__ import annotations
+
+from brainseg.metrics.accumulator import MetricAccumulator
+from brainseg.metrics.confusion import (
+    COUNT_COLUMNS,
+    EMPTY_POLICIES,
+    METRICS,
+    check_empty_policy,
+    confusion_counts,
+    metrics_from_counts,
+)
+from brainseg.metrics.detection import auroc, detection_metrics, slice_and_patient_detection
+from brainseg.metrics.stats import bootstrap_ci, holm_correction, paired_wilcoxon, pairwise_comparisons
+
+__all__ = [
+    "COUNT_COLUMNS",
+    "EMPTY_POLICIES",
+    "METRICS",
+    "MetricAccumulator",
+    "auroc",
+    "bootstrap_ci",
+    "check_empty_policy",
+    "confusion_counts",
+    "detection_metrics",
+    "holm_correction",
+    "metrics_from_counts",
+    "paired_wilcoxon",
+    "pairwise_comparisons",
+    "slice_and_patient_detection",
+]
