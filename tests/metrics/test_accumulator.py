@@ -42,32 +42,32 @@ def test_three_reductions_by_hand() -> None:
     assert (rows[1]["tp"], rows[1]["fp"], rows[1]["fn"], rows[1]["tn"]) == (1, 1, 0, 198)
 
     one = acc.summary("one")
-    assert one["per_patient"]["dice"]["mean"] == pytest.approx((dice_a + dice_b) / 2)
-    assert one["per_patient"]["dice"]["n"] == 2
-    assert one["per_patient"]["dice"]["std"] == pytest.approx(np.std([dice_a, dice_b], ddof=1))
+    assert one["dice"]["per_patient"]["mean"] == pytest.approx((dice_a + dice_b) / 2)
+    assert one["dice"]["per_patient"]["n"] == 2
+    assert one["dice"]["per_patient"]["std"] == pytest.approx(np.std([dice_a, dice_b], ddof=1))
     # Per slice: 1, 0, 1 (empty/empty under "one"), 2/3 → the mean differs from the patient mean.
-    assert one["per_slice"]["dice"]["mean"] == pytest.approx((1 + 0 + 1 + 2 / 3) / 4)
-    assert one["per_slice"]["dice"]["n"] == 4
+    assert one["dice"]["per_slice"]["mean"] == pytest.approx((1 + 0 + 1 + 2 / 3) / 4)
+    assert one["dice"]["per_slice"]["n"] == 4
     # Micro: tp=9, fp=1, fn=2 → 18/21.
-    assert one["micro"]["dice"] == pytest.approx(18 / 21)
-    assert one["micro"]["iou"] == pytest.approx(9 / 12)
+    assert one["dice"]["micro"] == pytest.approx(18 / 21)
+    assert one["iou"]["micro"] == pytest.approx(9 / 12)
     assert one["micro_counts"] == {"tp": 9, "fp": 1, "fn": 2, "tn": 388}
     assert one["n_patients"] == 2 and one["n_slices"] == 4 and one["n_tumour_slices"] == 3
     assert one["empty_policy"] == "one" and "FP = FN = 0" in one["empty_policy_description"]
 
     skip = acc.summary("skip")
     # The empty/empty slice is left out of the per-slice mean, and n says so.
-    assert skip["per_slice"]["dice"]["mean"] == pytest.approx((1 + 0 + 2 / 3) / 3)
-    assert skip["per_slice"]["dice"]["n"] == 3
+    assert skip["dice"]["per_slice"]["mean"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+    assert skip["dice"]["per_slice"]["n"] == 3
     # Recall is undefined on B's empty slice under "skip": A1 = 1, A2 = 0, B8 = 1 remain.
-    assert skip["per_slice"]["recall"]["n"] == 3
-    assert skip["per_slice"]["recall"]["mean"] == pytest.approx(2 / 3)
+    assert skip["recall"]["per_slice"]["n"] == 3
+    assert skip["recall"]["per_slice"]["mean"] == pytest.approx(2 / 3)
     # Precision is undefined where nothing was predicted (A2, B7): A1 = 1, B8 = 1/2 remain.
-    assert skip["per_slice"]["precision"]["n"] == 2
-    assert skip["per_slice"]["precision"]["mean"] == pytest.approx(0.75)
+    assert skip["precision"]["per_slice"]["n"] == 2
+    assert skip["precision"]["per_slice"]["mean"] == pytest.approx(0.75)
     # Per-patient and micro values have no zero denominators here: the policy does not matter.
-    assert skip["per_patient"]["dice"]["mean"] == pytest.approx(one["per_patient"]["dice"]["mean"])
-    assert skip["micro"] == one["micro"]
+    assert skip["dice"]["per_patient"]["mean"] == pytest.approx(one["dice"]["per_patient"]["mean"])
+    assert [skip[m]["micro"] for m in METRICS] == [one[m]["micro"] for m in METRICS]
 
 
 def test_per_slice_rows_columns_and_values() -> None:
@@ -89,7 +89,7 @@ def test_summary_ci_is_the_bootstrap_of_patient_values() -> None:
     summ = acc.summary("one", n_boot=500, seed=3)
     values = [r["dice"] for r in acc.per_patient_rows("one")]
     mean, low, high = bootstrap_ci(values, n_boot=500, seed=3)
-    d = summ["per_patient"]["dice"]
+    d = summ["dice"]["per_patient"]
     assert (d["mean"], d["ci_low"], d["ci_high"]) == pytest.approx((mean, low, high))
     assert d["ci_low"] <= d["mean"] <= d["ci_high"]
     assert summ["bootstrap"] == {"n_boot": 500, "confidence": 0.95, "seed": 3}
@@ -224,4 +224,4 @@ def test_numeric_slice_order() -> None:
 def test_empty_accumulator_summary_is_undefined_not_perfect() -> None:
     summ = MetricAccumulator().summary()
     assert summ["n_slices"] == 0
-    assert math.isnan(summ["micro"]["dice"]) and math.isnan(summ["per_patient"]["dice"]["mean"])
+    assert math.isnan(summ["dice"]["micro"]) and math.isnan(summ["dice"]["per_patient"]["mean"])

@@ -252,14 +252,16 @@ class MetricAccumulator:
         Returns:
             {"empty_policy", "empty_policy_description", "n_patients", "n_slices",
              "n_tumour_slices",
-             "per_patient": {metric: {mean, std, n, ci_low, ci_high}},  # mean over patients
-             "per_slice": {metric: {mean, std, n}},   # mean over slices, NaNs ("skip") left out
-             "micro": {metric: value},                # counts summed over all slices
+             <metric> (each of `METRICS`): {
+                 "per_patient": {mean, std, n, ci_low, ci_high},  # over patient volumes
+                 "per_slice": {mean, std, n},  # over slices, NaNs ("skip") left out
+                 "micro": value},              # counts summed over all slices
              "micro_counts": {tp, fp, fn, tn},
              "loss": mean loss (NaN if none recorded), "loss_count",
              "bootstrap": {n_boot, confidence, seed}}
             std is the sample standard deviation (ddof=1; NaN below two values); ci_low/ci_high
-            are the percentile-bootstrap interval of the patient mean (`bootstrap_ci`).
+            are the percentile-bootstrap interval of the patient mean (`bootstrap_ci`). Example:
+            `summary["dice"]["per_patient"]["mean"]` is the headline figure.
         """
         check_empty_policy(empty_policy)
         keys, counts, extra = self._arrays()
@@ -274,19 +276,23 @@ class MetricAccumulator:
             "n_patients": len(pcounts),
             "n_slices": len(keys),
             "n_tumour_slices": int(np.count_nonzero(extra[:, 1] > 0)),
-            "per_patient": {},
-            "per_slice": {},
-            # No slice at all: nothing was measured, so micro metrics are undefined (not "perfect").
-            "micro": {m: float(micro_m[m]) if len(keys) else float("nan") for m in METRICS},
-            "micro_counts": {col: int(total[j]) for j, col in enumerate(COUNT_COLUMNS)},
-            "loss": self.loss_sum / self.loss_count if self.loss_count else float("nan"),
-            "loss_count": self.loss_count,
-            "bootstrap": {"n_boot": n_boot, "confidence": confidence, "seed": seed},
         }
         for m in METRICS:
             mean, low, high = bootstrap_ci(patient_m[m], n_boot=n_boot, confidence=confidence, seed=seed)
-            out["per_patient"][m] = {**_describe(patient_m[m]), "mean": mean, "ci_low": low, "ci_high": high}
-            out["per_slice"][m] = _describe(slice_m[m])
+            out[m] = {
+                "per_patient": {**_describe(patient_m[m]), "mean": mean, "ci_low": low, "ci_high": high},
+                "per_slice": _describe(slice_m[m]),
+                # No slice at all: nothing was measured, so micro values are undefined (not "perfect").
+                "micro": float(micro_m[m]) if len(keys) else float("nan"),
+            }
+        out.update(
+            {
+                "micro_counts": {col: int(total[j]) for j, col in enumerate(COUNT_COLUMNS)},
+                "loss": self.loss_sum / self.loss_count if self.loss_count else float("nan"),
+                "loss_count": self.loss_count,
+                "bootstrap": {"n_boot": n_boot, "confidence": confidence, "seed": seed},
+            }
+        )
         return out
 
 
