@@ -1,0 +1,118 @@
+"""What every brainseg architecture shares: input checks, its constructor record and its encoder.
+
+A model is a small composition (`encoder`, `decoder`, `head`) that returns logits. This base
+class adds what the rest of the program relies on without knowing the architecture:
+
+* `size_divisor` and `check_input_size`, so a wrong slice size fails with the nearest valid
+  size instead of a shape error deep inside torch;
+* `config`, the exact keyword arguments that rebuild the model with `create_model(**config)`
+  (a checkpoint stores it next to the state dict).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from brainseg.errors import BrainsegError
+
+
+def _nearest_multiple(n: int, d: int) -> int:
+    """The multiple of `d` closest to `n` (ties go up), never below `d`."""
+    return max(d, ((n + d // 2) // d) * d)
+
+
+def _is_tracing() -> bool:
+    """True while torch.compile, torch.export/ONNX or the JIT tracer records the forward.
+
+    The input checks below use Python `if`s on the input shape; under tracing they would
+    specialise the graph to one size, so they are left out there (the eager model has run
+    them before anyone exports it).
+    """
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+class SegmentationModel(nn.Module):
+    """Base class of the registered architectures (see `brainseg.models.registry`).
+
+    Subclasses set the class attributes below, build `encoder`/`decoder`/`head`, call
+    `_set_config(...)` with their constructor arguments and start `forward` with
+    `self._check_input(x)`.
+
+    Attributes:
+        name: registry name (set by `register_model`).
+        default_width: the base feature width used when `width=None` (full size).
+        paper: short citation of the paper the architecture follows.
+        config: the exact keyword arguments that rebuild this model (`name` included). An
+            ``encoder_weights`` file is not recorded: the model's state dict already holds those
+            weights, and rebuilding a checkpoint must not depend on a file on the training machine.
+    """
+
+    name: ClassVar[str] = ""
+    default_width: ClassVar[int] = 0
+    paper: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = {}
+        self.in_channels = 0
+        self.out_channels = 0
+
+    # -- construction record -------------------------------------------------------------
+    def _set_config(self, **kwargs: Any) -> None:
+        """Record the constructor arguments (resolved, e.g. width=None → the default width)."""
+        self.config = {"name": type(self).name, **kwargs}
+        self.in_channels = int(kwargs["in_channels"])
+        self.out_channels = int(kwargs["out_channels"])
+
+    # -- input checks --------------------------------------------------------------------
+    @property
+    def size_divisor(self) -> int:
+        """Height and width of the input must be multiples of this."""
+        raise NotImplementedError
+
+    def check_input_size(self, h: int, w: int) -> None:
+        """Raise `BrainsegError` naming the nearest valid size when h×w cannot be taken."""
+        d = self.size_divisor
+        if h >= d and w >= d and h % d == 0 and w % d == 0:
+            return
+        raise BrainsegError(
+            f"{self.name}: input size {h}×{w} cannot be used; height and width must be "
+            f"positive multiples of {d} (nearest valid size: "
+            f"{_nearest_multiple(h, d)}×{_nearest_multiple(w, d)})"
+        )
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if _is_tracing():
+            return
+        if x.ndim != 4:
+            raise BrainsegError(f"{self.name}: expected an input of shape (N, C, H, W), got {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise BrainsegError(
+                f"{self.name}: built for {self.in_channels} input channel(s), got an input with "
+                f"{x.shape[1]} (shape {tuple(x.shape)})"
+            )
+        self.check_input_size(int(x.shape[2]), int(x.shape[3]))
+
+    # -- helpers for subclasses ----------------------------------------------------------
+    @staticmethod
+    def _resolve_width(width: int | None, default: int, name: str) -> int:
+        if width is None:
+            return default
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise BrainsegError(f"{name}: width must be a positive integer, got {width!r}")
+        return width
+
+
+def check_channels(name: str, in_channels: int, out_channels: int) -> None:
+    """Fail fast on channel counts that are not positive integers."""
+    for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BrainsegError(f"{name}: {label} must be a positive integer, got {value!r}")
+
+
+def scaled(channels: int, width: int, base: int) -> int:
+    """`channels` of the full-size design scaled by width/base (at least 1)."""
+    return max(1, (channels * width) // base)

@@ -1,0 +1,130 @@
+"""PSPNet (Zhao et al. 2017): dilated ResNet encoder and the pyramid pooling module.
+
+Zhao, Shi, Qi, Wang & Jia, "Pyramid Scene Parsing Network", CVPR 2017. A ResNet with dilated
+stages 3 and 4 (output stride 8) gives the feature map; the pyramid pooling module pools it to
+1×1, 2×2, 3×3 and 6×6 grids, reduces each to 1/4 of the channels, upsamples and concatenates them
+with the map; a 3×3 convolution (512 channels at full width), dropout 0.1 and a 1×1 classifier
+give logits at 1/8 resolution, upsampled bilinearly to the input (§3.2–3.3). For training, an
+optional auxiliary head on stage 3 (the paper's res4b22) adds deep supervision (§4, weight 0.4
+in the paper; the trainer applies the weight).
+
+Encoder depth: ResNet-34 by default, for the reasons given in `brainseg.models.deeplabv3plus`
+(training from scratch on ~1.3k slices; a network near 27M parameters like the others); the
+paper's ResNet-50/101 are available through ``encoder_depth``. The stem is the standard 7×7
+convolution (the paper's code uses three 3×3 convolutions), so torchvision ResNet weights load.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from brainseg.models.base import SegmentationModel, check_channels, scaled
+from brainseg.models.blocks import ConvBNReLU, PyramidPooling, init_weights
+from brainseg.models.registry import register_model
+from brainseg.models.resnet import ResNetEncoder
+from brainseg.models.utils import load_encoder_weights
+
+
+def _head(in_channels: int, mid_channels: int, out_channels: int, dropout: float = 0.1) -> nn.Sequential:
+    """3×3 conv-BN-ReLU → dropout → 1×1 classifier (the PSPNet and auxiliary heads)."""
+    return nn.Sequential(
+        OrderedDict(
+            block=ConvBNReLU(in_channels, mid_channels),
+            dropout=nn.Dropout2d(dropout),
+            classifier=nn.Conv2d(mid_channels, out_channels, kernel_size=1),
+        )
+    )
+
+
+class PSPDecoder(nn.Module):
+    """``ppm`` (pyramid pooling) then ``blocks[0]`` (3×3 conv-BN-ReLU fusing the pyramid)."""
+
+    def __init__(self, in_channels: int, mid_channels: int, bins: Sequence[int]) -> None:
+        super().__init__()
+        self.ppm = PyramidPooling(in_channels, bins)
+        self.blocks = nn.ModuleList([ConvBNReLU(self.ppm.out_channels, mid_channels)])
+        self.out_channels = mid_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.ppm(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+@register_model("pspnet")
+class PSPNet(SegmentationModel):
+    """PSPNet of Zhao et al. 2017 with a dilated ResNet encoder (see module docstring).
+
+    Args:
+        in_channels: input channels (1 or 3).
+        out_channels: output channels (logits).
+        width: ResNet stem width (64 at full size); the head (512) and auxiliary head (256)
+            scale by width/64.
+        encoder_depth: ResNet depth, 18, 34 (default), 50 or 101.
+        bins: pyramid pooling grid sizes, (1, 2, 3, 6) in the paper.
+        aux: add the auxiliary head on encoder stage 3; in training mode the forward then
+            returns ``{"out": logits, "aux": aux_logits}`` (both at input size), in eval mode
+            the logits tensor alone.
+        encoder_weights: optional local state-dict file for the ResNet encoder.
+    """
+
+    default_width = 64
+    paper = "Zhao et al. 2017"
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        width: int | None = None,
+        encoder_depth: int = 34,
+        bins: Sequence[int] = (1, 2, 3, 6),
+        aux: bool = False,
+        encoder_weights: str | None = None,
+    ) -> None:
+        super().__init__()
+        check_channels(self.name, in_channels, out_channels)
+        width = self._resolve_width(width, self.default_width, self.name)
+        bins = tuple(int(b) for b in bins)
+        self.encoder = ResNetEncoder(encoder_depth, in_channels, width, output_stride=8)
+        self.decoder = PSPDecoder(self.encoder.out_channels[-1], scaled(512, width, 64), bins)
+        self.head = nn.Sequential(
+            OrderedDict(
+                dropout=nn.Dropout2d(0.1), classifier=nn.Conv2d(self.decoder.out_channels, out_channels, 1)
+            )
+        )
+        self.aux_head = (
+            _head(self.encoder.out_channels[3], scaled(256, width, 64), out_channels) if aux else None
+        )
+        init_weights(self)
+        self._set_config(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            width=width,
+            encoder_depth=encoder_depth,
+            bins=list(bins),
+            aux=bool(aux),
+        )
+        if encoder_weights:
+            load_encoder_weights(self, encoder_weights)
+
+    @property
+    def size_divisor(self) -> int:
+        return self.encoder.output_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        self._check_input(x)
+        size = x.shape[2:]
+        features = self.encoder(x)
+        out = F.interpolate(
+            self.head(self.decoder(features[-1])), size=size, mode="bilinear", align_corners=False
+        )
+        if self.aux_head is not None and self.training:
+            aux = F.interpolate(self.aux_head(features[3]), size=size, mode="bilinear", align_corners=False)
+            return {"out": out, "aux": aux}
+        return out

@@ -1,0 +1,114 @@
+"""U-Net (Ronneberger et al. 2015) in the configuration Buda et al. 2019 used on LGG slices.
+
+Ronneberger, Fischer & Brox, "U-Net: Convolutional Networks for Biomedical Image Segmentation",
+MICCAI 2015. Buda, Saha & Mazurowski, "Association of genomic subtypes of lower-grade gliomas
+with shape features automatically extracted by a deep learning algorithm", Computers in Biology
+and Medicine 2019 (reference code: mateuszbuda/brain-segmentation-pytorch): four 2×2 max-pool
+levels, 32 base features doubling per level, two 3×3 conv + batch norm + ReLU per level, 2×2
+transposed-convolution upsampling, concatenated skips, 1×1 output convolution — 7,763,041
+parameters for 3 input channels and 1 output. Unlike the reference code the model ends in
+logits (no sigmoid), see DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from brainseg.models.base import SegmentationModel, check_channels
+from brainseg.models.blocks import DoubleConv, init_weights
+from brainseg.models.registry import register_model
+from brainseg.models.utils import load_encoder_weights
+
+
+class UNetEncoder(nn.Module):
+    """``stages[0]``: double conv at full resolution; ``stages[i]``: 2×2 max-pool + double conv."""
+
+    def __init__(self, in_channels: int, widths: list[int]) -> None:
+        super().__init__()
+        stages: list[nn.Module] = [DoubleConv(in_channels, widths[0])]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            stages.append(nn.Sequential(OrderedDict(pool=nn.MaxPool2d(2, 2), block=DoubleConv(c_in, c_out))))
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = list(widths)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class UpBlock(nn.Module):
+    """2×2 transposed conv (stride 2, halves channels) → concat skip → double conv."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
+        self.block = DoubleConv(in_channels // 2 + skip_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.block(torch.cat([self.up(x), skip], dim=1))
+
+
+class UNetDecoder(nn.Module):
+    """``blocks[0]`` is the deepest up-block (bottleneck → level 3), ``blocks[-1]`` the finest."""
+
+    def __init__(self, widths: list[int]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            UpBlock(widths[i + 1], widths[i], widths[i]) for i in reversed(range(len(widths) - 1))
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for block, skip in zip(self.blocks, reversed(features[:-1])):
+            x = block(x, skip)
+        return x
+
+
+@register_model("unet")
+class UNet(SegmentationModel):
+    """U-Net of Ronneberger et al. 2015 as configured by Buda et al. 2019 (see module docstring).
+
+    Args:
+        in_channels: input channels (1 or 3).
+        out_channels: output channels (logits).
+        width: base features (32 in Buda et al.; 64 in Ronneberger et al.); level i has width·2^i.
+        encoder_weights: optional local state-dict file for the encoder (see
+            `brainseg.models.load_encoder_weights`).
+    """
+
+    default_width = 32
+    paper = "Ronneberger et al. 2015; configuration of Buda et al. 2019"
+    levels = 4  # 2×2 max-pools
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        width: int | None = None,
+        encoder_weights: str | None = None,
+    ) -> None:
+        super().__init__()
+        check_channels(self.name, in_channels, out_channels)
+        width = self._resolve_width(width, self.default_width, self.name)
+        widths = [width * 2**i for i in range(self.levels + 1)]
+        self.encoder = UNetEncoder(in_channels, widths)
+        self.decoder = UNetDecoder(widths)
+        self.head = nn.Conv2d(width, out_channels, kernel_size=1)
+        init_weights(self)
+        self._set_config(in_channels=in_channels, out_channels=out_channels, width=width)
+        if encoder_weights:
+            load_encoder_weights(self, encoder_weights)
+
+    @property
+    def size_divisor(self) -> int:
+        return 2**self.levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return self.head(self.decoder(self.encoder(x)))

@@ -1,0 +1,234 @@
+"""Tests generated from the model registry: every registered architecture gets all of them.
+
+A newly registered model is covered without new test code; it only needs a parameter pin in
+`PINNED_PARAMS` (the failure message prints the number to pin once it has been checked).
+Models run at tiny widths on 64×64 inputs to keep the file fast.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from brainseg.errors import BrainsegError
+from brainseg.models import (
+    SegmentationModel,
+    count_parameters,
+    create_model,
+    get_model_class,
+    list_models,
+    model_arguments,
+    register_model,
+)
+
+SIZE = 64
+
+# Parameters at the default (full) width, 3 input channels, 1 output channel.
+PINNED_PARAMS = {
+    # Buda et al.'s reference UNet (mateuszbuda/brain-segmentation-pytorch, init_features=32)
+    # has 7,763,041 parameters; ours is layer for layer the same network.
+    "unet": 7_763_041,
+    "attention_unet": 8_024_645,
+    "segnet": 29_435_649,
+    "deeplabv3plus": 26_711_201,
+    "pspnet": 26_267_969,
+}
+
+# Extra configurations that change the forward path (tested like separate models).
+VARIANTS = {
+    "deeplabv3plus": [{"output_stride": 8}],
+    "pspnet": [{"aux": True}],
+}
+
+
+def tiny_kwargs(name: str) -> dict:
+    """A small width (1/8 of the default) and the shallowest encoder, for quick CPU tests."""
+    kwargs: dict = {"width": max(2, get_model_class(name).default_width // 8)}
+    if "encoder_depth" in model_arguments(name):
+        kwargs["encoder_depth"] = 18
+    return kwargs
+
+
+CASES = [(name, {}) for name in list_models()] + [
+    (name, extra) for name, extras in VARIANTS.items() if name in list_models() for extra in extras
+]
+CASE_IDS = [name + "".join(f"-{k}={v}" for k, v in extra.items()) for name, extra in CASES]
+
+
+def build(name: str, extra: dict, **kwargs) -> SegmentationModel:
+    torch.manual_seed(0)
+    return create_model(name, **{**tiny_kwargs(name), **extra, **kwargs})
+
+
+def logits_of(y: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    return y["out"] if isinstance(y, dict) else y
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------------
+
+
+def test_registry_holds_the_five_architectures():
+    assert {"unet", "attention_unet", "segnet", "deeplabv3plus", "pspnet"} <= set(list_models())
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(BrainsegError) as err:
+        create_model("vnet")
+    assert "vnet" in str(err.value)
+    for name in list_models():
+        assert name in str(err.value)
+
+
+def test_duplicate_registration_raises():
+    class Another(SegmentationModel):
+        pass
+
+    with pytest.raises(BrainsegError, match="already registered"):
+        register_model("unet")(Another)
+    assert get_model_class("unet").__name__ == "UNet"
+
+
+def test_unknown_option_raises_with_the_known_options():
+    with pytest.raises(BrainsegError, match="encoder_depth"):
+        create_model("unet", encoder_depth=50)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_bad_width_and_channels_raise(name):
+    with pytest.raises(BrainsegError, match="width"):
+        create_model(name, width=0)
+    with pytest.raises(BrainsegError, match="in_channels"):
+        create_model(name, in_channels=0)
+
+
+# --------------------------------------------------------------------------------------------
+# behaviour of every model
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize(("name", "extra"), CASES, ids=CASE_IDS)
+def test_output_shape_dtype_and_logits(name, extra, in_channels):
+    model = build(name, extra, in_channels=in_channels, out_channels=2).eval()
+    x = torch.randn(2, in_channels, SIZE, SIZE)
+    with torch.no_grad():
+        y = model(x)
+    assert isinstance(y, torch.Tensor), "eval mode returns a plain tensor"
+    assert y.shape == (2, 2, SIZE, SIZE)
+    assert y.dtype == torch.float32
+    assert torch.isfinite(y).all()
+    # Logits, not probabilities: a sigmoid or softmax output could not be negative.
+    assert (y < 0).any() and (y > 0).any()
+
+
+@pytest.mark.parametrize(("name", "extra"), CASES, ids=CASE_IDS)
+def test_gradients_reach_every_parameter(name, extra):
+    model = build(name, extra).train()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    target = (torch.rand(2, 1, SIZE, SIZE) > 0.7).float()
+    y = model(x)
+    if isinstance(y, dict):  # PSPNet with aux=True: the trainer's weighting
+        assert set(y) == {"out", "aux"} and y["aux"].shape == y["out"].shape
+        loss = F.binary_cross_entropy_with_logits(
+            y["out"], target
+        ) + 0.4 * F.binary_cross_entropy_with_logits(y["aux"], target)
+    else:
+        loss = F.binary_cross_entropy_with_logits(y, target)
+    loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"no gradient reaches {dead[:5]}"
+
+
+@pytest.mark.parametrize(("name", "extra"), CASES, ids=CASE_IDS)
+def test_eval_mode_is_deterministic(name, extra):
+    model = build(name, extra)
+    model.train()
+    model(torch.randn(2, 3, SIZE, SIZE))  # move batch-norm running statistics off their init
+    model.eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("name", "extra"), CASES, ids=CASE_IDS)
+def test_state_dict_round_trip_through_config(name, extra):
+    model = build(name, extra)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, SIZE, SIZE))  # non-trivial running statistics
+    config = json.loads(json.dumps(model.config))  # a checkpoint stores it as JSON
+    assert config["name"] == name
+    torch.manual_seed(123)  # different init: equality below must come from the state dict
+    rebuilt = create_model(**config)
+    assert rebuilt.config == model.config
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    model.eval()
+    rebuilt.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), rebuilt(x))
+
+
+@pytest.mark.parametrize(("name", "extra"), CASES, ids=CASE_IDS)
+def test_bad_input_size_names_the_nearest_valid_size(name, extra):
+    model = build(name, extra).eval()
+    d = model.size_divisor
+    h, w = 2 * d + 3, 3 * d - 2  # nearest multiples: 2d and 3d
+    with pytest.raises(BrainsegError) as err:
+        model(torch.randn(1, 3, h, w))
+    assert f"{2 * d}×{3 * d}" in str(err.value)
+    assert f"{h}×{w}" in str(err.value)
+    with pytest.raises(BrainsegError, match="nearest valid size"):
+        model.check_input_size(d // 2, d)
+    model.check_input_size(d, 2 * d)  # valid sizes pass
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_wrong_channel_count_or_rank_raises(name):
+    model = build(name, {}).eval()
+    with pytest.raises(BrainsegError, match="input channel"):
+        model(torch.randn(1, 1, SIZE, SIZE))
+    with pytest.raises(BrainsegError, match=r"\(N, C, H, W\)"):
+        model(torch.randn(3, SIZE, SIZE))
+
+
+# --------------------------------------------------------------------------------------------
+# sizes: pinned parameter counts, width scaling (models built on the meta device: no memory)
+# --------------------------------------------------------------------------------------------
+
+
+def meta_params(name: str, **kwargs) -> int:
+    with torch.device("meta"):
+        return count_parameters(create_model(name, **kwargs))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_parameter_count_is_pinned(name):
+    n = meta_params(name)
+    assert name in PINNED_PARAMS, f"pin the parameter count of {name!r} in PINNED_PARAMS: {n:_}"
+    assert n == PINNED_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_one_channel_input_changes_only_the_first_convolution(name):
+    with torch.device("meta"):
+        model = create_model(name)
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    per_input_channel = first.weight.numel() // first.in_channels
+    assert meta_params(name) - meta_params(name, in_channels=1) == 2 * per_input_channel
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_width_scales_parameters_quadratically(name):
+    default = get_model_class(name).default_width
+    full, half = meta_params(name), meta_params(name, width=default // 2)
+    # Convolution weights scale with width² (c_in·c_out), so halving the width leaves ~1/4.
+    assert 0.2 < half / full < 0.3
+    assert meta_params(name, width=default // 4) < half
