@@ -1,0 +1,467 @@
+"""`build_report`: a finished comparison folder → leaderboard, significance tests, figures, report.
+
+Reads only the files `brainseg compare` wrote (protocol.json, runs/…/eval_test/*.csv and
+summary.json, history.csv, train_summary.json, examples/*.npz, robustness/*.csv); no model is
+loaded, so a report can be rebuilt anywhere the folder is copied to.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from brainseg.fileio import write_csv_atomic, write_text_atomic
+from brainseg.reporting import tables as T
+from brainseg.reporting.html import (
+    Block,
+    Bullets,
+    Code,
+    Figure,
+    Heading,
+    Para,
+    Table,
+    render_html,
+    render_markdown,
+)
+
+__all__ = ["build_report", "leaderboard_text"]
+
+
+def _f(v: Any, d: int = 3) -> str:
+    return T.fmt(v, d)
+
+
+def _ms(v: Any) -> str:
+    x = T._number(v)
+    return "–" if math.isnan(x) else (f"{x:.2f}" if x < 10 else f"{x:.1f}")
+
+
+def _epochs(row: Mapping[str, Any]) -> str:
+    e, b = T._number(row.get("epochs")), T._number(row.get("best_epoch"))
+    if math.isnan(e):
+        return "–"
+    s = f"{e:.0f}" if float(e).is_integer() else f"{e:.1f}"
+    return s + (f" (best {b:.0f})" if not math.isnan(b) else "")
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+
+def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int) -> list[Table]:
+    """The leaderboard as four readable tables: overlap per patient, per slice/micro, detection, cost."""
+    head = ["#", "Model", "Dice", "IoU", "Recall", "Precision", "Loss"]
+    rows = []
+    for r in board:
+        row = [str(r["rank"]), r["label"]] + [T.fmt_ci(r, f"{m}_patient") for m in ("dice", "iou", "recall", "precision")]
+        row.append(_f(r.get("loss")))
+        if n_folds:
+            row.append(f"{_f(r.get('dice_fold_mean'))} ± {_f(r.get('dice_fold_sd'))}")
+        rows.append(row)
+    if n_folds:
+        head.append(f"Dice over {n_folds} folds (mean ± sd)")
+    loss_name = next((r.get("loss_name") for r in board if r.get("loss_name")), "")
+    pooled = f", pooled over {n_folds} folds" if n_folds else ""
+    t1 = Table(
+        head, rows, highlight_first=True, align="rl" + "r" * (len(head) - 2),
+        caption=(f"Per patient volume: mean over {board[0]['n_patients'] if board else 0} test patients{pooled} "
+                 f"[95% bootstrap CI over patients]; loss = training loss ({loss_name or 'n/a'}) on the test split. "
+                 "Ranked by Dice."),
+    )
+    t2 = Table(
+        ["Model", "Dice / slice", "IoU / slice", "Recall / slice", "Precision / slice",
+         "Dice micro", "IoU micro", "Recall micro", "Precision micro"],
+        [[r["label"]] + [_f(r.get(f"{m}_slice")) for m in T.BOARD_METRICS] + [_f(r.get(f"{m}_micro")) for m in T.BOARD_METRICS]
+         for r in board],
+        caption="Per slice: mean over slices (empty-mask policy below); micro: counts summed over every test slice.",
+    )
+    t3 = Table(
+        ["Model", "Slice sensitivity", "Slice specificity", "Slice AUROC",
+         "Patient sensitivity", "Patient specificity", "Patient AUROC"],
+        [[r["label"]] + [_f(r.get(f"{lvl}_{k}")) for lvl in ("slice", "patient") for k in ("sensitivity", "specificity", "auroc")]
+         for r in board],
+        caption="Tumour detection" + (" (from the test slices of all folds pooled)" if n_folds else ""),
+    )
+    t4 = Table(
+        ["Model", "Parameters", "FLOPs / slice", "Training time", "Epochs", "Inference ms / slice"],
+        [[r["label"], T.fmt_count(r.get("params")), T.fmt_count(r.get("flops")), T.fmt_seconds(r.get("train_seconds")),
+          _epochs(r), _ms(r.get("inference_ms_per_slice"))] for r in board],
+        caption="Cost" + (f" (training time summed over {n_folds} folds; epochs and inference time averaged)" if n_folds else ""),
+    )
+    return [t1, t2, t3, t4]
+
+
+def leaderboard_markdown(board: Sequence[Mapping[str, Any]], n_folds: int) -> str:
+    parts = []
+    for t in board_tables(board, n_folds):
+        parts += [f"*{t.caption}*", "", T.markdown_table(t.headers, t.rows, t.align), ""]
+    return "# Leaderboard\n\n" + "\n".join(parts)
+
+
+def leaderboard_text(board: Sequence[Mapping[str, Any]]) -> str:
+    """A compact fixed-width leaderboard for the terminal."""
+    head = f"{'#':>2}  {'model':<16}{'Dice per patient [95% CI]':<28}{'IoU':>7}{'recall':>8}{'precision':>10}{'loss':>8}{'params':>10}{'train':>9}"
+    lines = [head, "-" * len(head)]
+    for r in board:
+        lines.append(
+            f"{int(r['rank']):>2}  {r['label']:<16}{T.fmt_ci(r, 'dice_patient'):<28}{_f(r.get('iou_patient')):>7}"
+            f"{_f(r.get('recall_patient')):>8}{_f(r.get('precision_patient')):>10}{_f(r.get('loss')):>8}"
+            f"{T.fmt_count(r.get('params')):>10}{T.fmt_seconds(r.get('train_seconds')):>9}"
+        )
+    return "\n".join(lines)
+
+
+def _split_blocks(cmp: T.Comparison) -> list[Block]:
+    p = cmp.protocol
+    data = p.get("data") or {}
+    blocks: list[Block] = [Heading("Data and split")]
+    rows = [["Dataset", str(data.get("root", "–"))]]
+    for key, label in (("patients", "Patients"), ("slices", "Slices")):
+        if data.get(key) is not None:
+            rows.append([label, str(data[key])])
+    if data.get("tumour_slices") is not None:
+        share = f" ({data['tumour_slices'] / data['slices']:.0%} of slices)" if data.get("slices") else ""
+        rows.append(["Slices with tumour", f"{data['tumour_slices']}{share}"])
+    inst = data.get("institutions")
+    if isinstance(inst, Mapping) and inst:
+        rows.append(["Institutions", f"{len(inst)}: " + ", ".join(f"{k} ({v})" for k, v in sorted(inst.items()))])
+    blocks.append(Table(["", "Value"], rows, align="ll", caption="Dataset"))
+    if cmp.splits:
+        if cmp.n_folds:
+            srows = [[str(k), str(s.get("id", "–")), str(len(s.get("train") or [])), str(len(s.get("val") or [])),
+                      str(len(s.get("test") or []))] for k, s in enumerate(cmp.splits)]
+            blocks.append(Table(["Fold", "Split id", "Train patients", "Validation patients", "Test patients"], srows,
+                                caption=f"{cmp.n_folds}-fold cross-validation over patients "
+                                        f"(method: {cmp.splits[0].get('method', 'k-fold')}); each patient is tested once"))
+        else:
+            s = cmp.splits[0]
+            blocks.append(Table(
+                ["Split method", "Split id", "Train patients", "Validation patients", "Test patients"],
+                [[str(s.get("method", "–")), str(s.get("id", "–")), str(len(s.get("train") or [])),
+                  str(len(s.get("val") or [])), str(len(s.get("test") or []))]],
+                caption="Patient-level split (every slice of a patient is in one part only)",
+                align="llrrr",
+            ))
+    ok, lines = T.check_split(cmp)
+    css = "ok" if ok else ("fail" if ok is False else "note")
+    blocks.append(Para("Leakage check — " + " ".join(lines), css))
+    return blocks
+
+
+def _settings_rows(config: Mapping[str, Any]) -> list[list[str]]:
+    skip = {"data": {"root", "split_file", "fold"}, "model": {"name"}}
+    rows = []
+    for sec in ("data", "model", "train", "eval"):
+        for k, v in (config.get(sec) or {}).items():
+            if k in skip.get(sec, set()):
+                continue
+            rows.append([f"{sec}.{k}", json.dumps(v) if isinstance(v, (dict, list, bool)) or v is None else str(v)])
+    return rows
+
+
+def _protocol_blocks(cmp: T.Comparison, *, alpha: float, n_boot: int, confidence: float) -> list[Block]:
+    s = next(iter(cmp.runs.values()))[0].summary
+    threshold = s.get("threshold", 0.5)
+    thresholds = {r[0].summary.get("threshold") for r in cmp.runs.values()}
+    policy = s.get("empty_policy", "one")
+    policy_doc = s.get("empty_policy_doc") or s.get("empty_policy_description") or ""
+    post = s.get("postprocessing") or {}
+    min_area = s.get("detection_min_area", (s.get("detection") or {}).get("min_area"))
+    blocks: list[Block] = [
+        Heading("Protocol"),
+        Para(
+            "Every model was trained on the same patients with the same settings (below) and evaluated on "
+            "the same test patients at each slice's native resolution; only the architecture differs."
+        ),
+    ]
+    config = cmp.protocol.get("config") or {}
+    if config:
+        blocks.append(Table(["Setting", "Value"], _settings_rows(config), align="ll", caption="Shared settings"))
+    items = [
+        "A pixel is tumour when its sigmoid probability ≥ "
+        + (f"{threshold}" if len(thresholds) <= 1 else ", ".join(f"{T.display_name(m)} {r[0].summary.get('threshold')}" for m, r in cmp.runs.items()))
+        + (f"; post-processing: {', '.join(f'{k} = {v}' for k, v in post.items())}" if post else "") + ".",
+        "Dice = 2TP / (2TP + FP + FN); IoU = TP / (TP + FP + FN); precision = TP / (TP + FP); "
+        "recall (sensitivity) = TP / (TP + FN); specificity = TN / (TN + FP).",
+        "Per patient (volume): counts summed over all slices of a patient, then the metric; the mean over "
+        f"patients is the headline figure, with a {confidence:.0%} percentile-bootstrap interval over patients "
+        f"({n_boot} resamples).",
+        "Per slice: the metric of every slice, averaged over slices. Micro: counts summed over every test slice.",
+        f"Empty masks (policy '{policy}'): {policy_doc}" if policy_doc else f"Empty masks: policy '{policy}'.",
+        f"Detection: a slice is called positive when its predicted tumour area is at least {min_area} pixels; "
+        "a patient when any of its slices is. AUROC uses each slice's highest tumour probability.",
+        "Loss: the training loss evaluated on the test split.",
+        "Significance: two-sided Wilcoxon signed-rank test on per-patient Dice for every pair of models "
+        f"(paired by patient), p-values adjusted with Holm's method; a difference is called real when p_holm < {alpha}.",
+    ]
+    blocks += [Heading("Metric definitions", 3), Bullets(items)]
+    return blocks
+
+
+def _significance_blocks(board: Sequence[Mapping[str, Any]], sig: Sequence[Mapping[str, Any]], alpha: float) -> list[Block]:
+    blocks: list[Block] = [Heading("Significance and verdict"), Para(T.verdict(board, sig, alpha=alpha), "verdict")]
+    if not sig:
+        blocks.append(Para("Only one model has results: there is no pair to test.", "note"))
+        return blocks
+    rows = [
+        [f"{r['label_a']} vs {r['label_b']}", str(r["n"]), f"{r['mean_diff']:+.3f}",
+         f"{r['ci_low']:+.3f} to {r['ci_high']:+.3f}" if not math.isnan(r["ci_low"]) else "–",
+         T._fmt_p(r["p"]), T._fmt_p(r["p_holm"]),
+         (T.display_name(r["better"]) + " better") if r["significant"] else "not distinguishable"]
+        for r in sig
+    ]
+    blocks.append(Table(
+        ["Pair (A vs B)", "Patients", "Mean Δ Dice (A − B)", "95% CI of Δ", "p (Wilcoxon)", "p (Holm)", "Verdict"],
+        rows, align="lrrrrrl",
+        caption=f"Paired Wilcoxon signed-rank tests on per-patient Dice, Holm-corrected over {len(sig)} pairs (α = {alpha})",
+    ))
+    blocks.append(Bullets([r["statement"] for r in sig]))
+    return blocks
+
+
+def _robustness(cmp_dir: Path, labels: Mapping[str, str], colors: Mapping[str, str], fig_dir: Path,
+                notes: list[str]) -> tuple[list[Block], Path | None]:
+    rdir = cmp_dir / "robustness"
+    path = rdir / "robustness.csv"
+    if not path.is_file():
+        return [], None
+    try:
+        rows = T.read_table(path, ("model", "perturbation", "severity", "dice_patient"))
+    except Exception as exc:  # an optional section must not sink the report
+        notes.append(f"{path} could not be used ({exc}); robustness section left out.")
+        return [], None
+    if not rows:
+        notes.append(f"{path} has no rows; robustness section left out.")
+        return [], None
+    from brainseg.reporting.plots import plot_robustness
+
+    labels = {**{str(r["model"]): T.display_name(str(r["model"])) for r in rows}, **labels}
+    colors = dict(colors)
+    from brainseg.reporting.plots import model_colors
+
+    for m, c in model_colors([str(r["model"]) for r in rows]).items():
+        colors.setdefault(m, c)
+    fig = plot_robustness(rows, labels, colors, fig_dir / "robustness.png")
+    models = list(dict.fromkeys(str(r["model"]) for r in rows))
+    keys = list(dict.fromkeys((str(r["perturbation"]), r["severity"], str(r.get("parameter", ""))) for r in rows))
+    table_rows = []
+    for p, sev, par in keys:
+        vals = {str(r["model"]): r["dice_patient"] for r in rows
+                if (str(r["perturbation"]), r["severity"], str(r.get("parameter", ""))) == (p, sev, par)}
+        table_rows.append([p, _f(sev, 0) if not math.isnan(sev) else "–", par or "–"] + [_f(vals.get(m)) for m in models])
+    blocks: list[Block] = [
+        Heading("Robustness"),
+        Figure(fig, "Per-patient Dice on the test patients as each perturbation grows stronger, one line per model.",
+               "robustness"),
+        Table(["Perturbation", "Severity", "Parameter"] + [labels[m] for m in models], table_rows, align="lll" + "r" * len(models),
+              caption="Mean per-patient Dice under each perturbation"),
+    ]
+    spath = rdir / "strata.csv"
+    if spath.is_file():
+        try:
+            srows = T.read_table(spath, ("model", "stratum_type", "stratum", "dice_patient"))
+        except Exception as exc:
+            notes.append(f"{spath} could not be used ({exc}); stratified tables left out.")
+            srows = []
+        smodels = list(dict.fromkeys(str(r["model"]) for r in srows))
+        for stype in dict.fromkeys(str(r["stratum_type"]) for r in srows):
+            sub = [r for r in srows if str(r["stratum_type"]) == stype]
+            strata = list(dict.fromkeys(str(r["stratum"]) for r in sub))
+            trows = []
+            for s in strata:
+                cells, n = [], None
+                for m in smodels:
+                    hit = [r for r in sub if str(r["stratum"]) == s and str(r["model"]) == m]
+                    cells.append(_f(hit[0]["dice_patient"]) if hit else "–")
+                    if hit and not math.isnan(T._number(hit[0].get("n_patients"))):
+                        n = int(T._number(hit[0]["n_patients"]))
+                trows.append([s, "–" if n is None else str(n)] + cells)
+            blocks.append(Table([stype.replace("_", " ").capitalize(), "Patients"] + [labels.get(m, m) for m in smodels],
+                                trows, caption=f"Mean per-patient Dice by {stype.replace('_', ' ')}",
+                                align="lr" + "r" * len(smodels)))
+    return blocks, fig
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def build_report(
+    cmp_dir: str | Path,
+    *,
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write leaderboard.csv/.md, significance.csv, figures/*.png, report.md and report.html.
+
+    Args:
+        cmp_dir: a comparison folder written by `brainseg compare` (see brainseg.compare).
+        alpha: family-wise significance level of the Holm-corrected pairwise tests.
+        n_boot, confidence, seed: settings of every bootstrap interval.
+
+    Returns:
+        name → path of every file written (keys: leaderboard_csv, leaderboard_md,
+        significance_csv, figure_<name>, report_md, report_html).
+
+    Raises:
+        BrainsegError: `cmp_dir` is not a comparison folder or no model has results.
+    """
+    from brainseg.reporting.overlays import load_examples, plot_examples
+    from brainseg.reporting.plots import (
+        model_colors,
+        plot_detection,
+        plot_dice_per_patient,
+        plot_learning_curves,
+        plot_metrics_bars,
+    )
+
+    cmp = T.load_comparison(cmp_dir)
+    out = cmp.dir
+    fig_dir = out / "figures"
+    notes = list(cmp.notes)
+    written: dict[str, Path] = {}
+
+    board = T.leaderboard(cmp, n_boot=n_boot, confidence=confidence, seed=seed)
+    sig = T.significance(cmp, board, alpha=alpha, n_boot=n_boot, confidence=confidence, seed=seed)
+    for m in cmp.models:
+        _, dup = T.pooled_patients(cmp.runs[m])
+        if dup:
+            notes.append(f"{m}: {dup} patient(s) appear in more than one fold; their metrics were averaged.")
+
+    written["leaderboard_csv"] = write_csv_atomic(out / "leaderboard.csv", board, T.leaderboard_columns(cmp.n_folds))
+    written["leaderboard_md"] = write_text_atomic(out / "leaderboard.md", leaderboard_markdown(board, cmp.n_folds))
+    written["significance_csv"] = write_csv_atomic(out / "significance.csv", sig, T.SIGNIFICANCE_COLUMNS)
+
+    colors = model_colors([str(m) for m in cmp.protocol["models"]])
+    labels = {m: T.display_name(m) for m in cmp.protocol["models"]}
+    ranked = [str(r["model"]) for r in board]
+    figures: list[Figure] = []
+
+    written["figure_metrics_bars"] = plot_metrics_bars(board, colors, fig_dir / "metrics_bars.png")
+    figures.append(Figure(
+        written["figure_metrics_bars"],
+        "Per-patient mean Dice, IoU, recall and precision with 95% bootstrap intervals over patients (left) "
+        "and the training loss on the test split (right).", "metric bars"))
+
+    per_patient = T.per_patient_values(cmp, "dice")
+    written["figure_dice_per_patient"] = plot_dice_per_patient(
+        {m: list(per_patient[m].values()) for m in ranked}, labels, colors, fig_dir / "dice_per_patient.png", seed=seed)
+    figures.append(Figure(
+        written["figure_dice_per_patient"],
+        "Distribution of per-patient Dice: each point is one test patient; boxes span the quartiles, the line is "
+        "the median and the diamond the mean.", "per-patient Dice"))
+
+    histories = {m: [r.history for r in cmp.runs[m] if r.history] for m in cmp.models}
+    histories = {m: h for m, h in histories.items() if h}
+    if histories:
+        written["figure_learning_curves"] = plot_learning_curves(histories, labels, colors, fig_dir / "learning_curves.png")
+        figures.append(Figure(
+            written["figure_learning_curves"],
+            "Learning curves: training and validation loss (left) and validation Dice (right) per epoch"
+            + (", one line per fold." if cmp.n_folds else "."), "learning curves"))
+    else:
+        notes.append("No history.csv found: the learning-curve figure is left out.")
+
+    rocs, ops = {}, {}
+    for m in ranked:
+        sl = [s for r in cmp.runs[m] for s in (r.per_slice or [])]
+        if not sl or all(math.isnan(T._number(s.get("prob_max"))) for s in sl):
+            continue
+        rocs[m] = T.roc_curve([T._number(s.get("prob_max")) for s in sl],
+                              [T._number(s.get("true_area")) > 0 for s in sl])
+        row = next(r for r in board if r["model"] == m)
+        ops[m] = (T._number(row.get("slice_sensitivity")), T._number(row.get("slice_specificity")))
+    rocs = {m: v for m, v in rocs.items() if not math.isnan(v[2])}
+    if rocs:
+        min_area = next(iter(cmp.runs.values()))[0].summary.get("detection_min_area")
+        written["figure_detection"] = plot_detection(
+            rocs, labels, colors, fig_dir / "detection.png", operating_points=ops, min_area=min_area)
+        figures.append(Figure(
+            written["figure_detection"],
+            "Slice-level tumour detection: ROC curves of each slice's highest tumour probability against "
+            "'the slice has tumour'; dots mark the area rule used for the detection table.", "ROC curves"))
+    else:
+        notes.append("No per-slice probabilities with both tumour and tumour-free slices: the ROC figure is left out.")
+
+    ex, ex_notes = load_examples(out / "examples", ranked)
+    notes += ex_notes
+    if ex is not None and ex.probs:
+        thresholds = {m: float(cmp.runs[m][0].summary.get("threshold", 0.5)) for m in cmp.models}
+        written["figure_examples"] = plot_examples(
+            ex, labels, thresholds, fig_dir / "examples.png", models=ranked, empty_policy=cmp.empty_policy)
+        figures.append(Figure(
+            written["figure_examples"],
+            "Example test slices (rows: best, typical and worst by mean Dice over models). Columns: the FLAIR "
+            "image, the ground truth, then each model's prediction; green contour = ground truth, magenta = "
+            "prediction; the title gives the slice's Dice.", "example predictions"))
+    elif ex is not None:
+        notes.append("examples/ holds no model's probabilities: the example figure is left out.")
+
+    rob_blocks, rob_fig = _robustness(out, labels, colors, fig_dir, notes)
+    if rob_fig is not None:
+        written["figure_robustness"] = rob_fig
+
+    # ------------------------------------------------------------------------------ the document
+    p = cmp.protocol
+    best = board[0]
+    title = "brainseg comparison: " + ", ".join(labels[m] for m in cmp.models)
+    test_desc = (f"{best['n_patients']} test patients" + (f" pooled over {cmp.n_folds} folds" if cmp.n_folds else ""))
+    subtitle = " · ".join(x for x in (
+        f"created {p.get('created')}" if p.get("created") else "",
+        f"brainseg {p.get('brainseg_version')}" if p.get("brainseg_version") else "",
+        f"device {p.get('device') or _device(cmp)}" if (p.get("device") or _device(cmp)) else "",
+    ) if x)
+    blocks: list[Block] = [
+        Para(f"{len(board)} models compared on {test_desc}. Best: {best['label']}, per-patient Dice "
+             f"{T.fmt_ci(best, 'dice_patient')}.", "verdict"),
+    ]
+    blocks += _split_blocks(cmp)
+    blocks += _protocol_blocks(cmp, alpha=alpha, n_boot=n_boot, confidence=confidence)
+    blocks += [Heading("Leaderboard")] + board_tables(board, cmp.n_folds)
+    blocks += _significance_blocks(board, sig, alpha)
+    blocks += [Heading("Figures")] + figures
+    blocks += rob_blocks
+    if notes:
+        blocks += [Heading("Notes"), Bullets(notes)]
+    blocks += _reproduce_blocks(cmp)
+
+    md = render_markdown(title, ([Para(subtitle)] if subtitle else []) + blocks, out)
+    written["report_md"] = write_text_atomic(out / "report.md", md)
+    written["report_html"] = write_text_atomic(out / "report.html", render_html(title, blocks, subtitle=subtitle))
+    return written
+
+
+def _device(cmp: T.Comparison) -> str:
+    for runs in cmp.runs.values():
+        for r in runs:
+            d = T._get(r.train_summary, "device_name", "device")
+            if d:
+                return str(d)
+    return ""
+
+
+def _reproduce_blocks(cmp: T.Comparison) -> list[Block]:
+    p = cmp.protocol
+    cmd = p.get("command") or ""
+    if not cmd:
+        cfg = p.get("config") or {}
+        parts = ["brainseg compare", f"--models {','.join(p['models'])}"]
+        root = (cfg.get("data") or {}).get("root") or (p.get("data") or {}).get("root")
+        if root:
+            parts.append(f"--data {root}")
+        parts.append(f"--out {cmp.dir}")
+        cmd = " ".join(parts) + "   # reconstructed: protocol.json has no command"
+    blocks: list[Block] = [
+        Heading("Reproduce"),
+        Para("The comparison was made with:"),
+        Code(cmd),
+        Para("This report can be rebuilt from the folder's files alone (no model is loaded) with:"),
+        Code(f"brainseg report {cmp.dir}"),
+    ]
+    if p.get("config"):
+        blocks += [Para("Full settings shared by every model (also in protocol.json and each run's config.json):"),
+                   Code(json.dumps(p["config"], indent=2, default=str))]
+    return blocks
