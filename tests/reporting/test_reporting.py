@@ -230,9 +230,8 @@ def test_robustness_table_values(single):
 
 
 def test_report_without_optional_parts(tmp_path):
-    d = make_comparison(tmp_path / "bare", models=("unet", "segnet"), examples=False, flops=False)
-    for m in ("unet", "segnet"):
-        (d / "runs" / m / "history.csv").unlink()
+    d = make_comparison(tmp_path / "bare", models=("unet",), examples=False, flops=False)
+    (d / "runs" / "unet" / "history.csv").unlink()
     (d / "splits.json").unlink()
     proto = json.loads((d / "protocol.json").read_text())
     for k in ("split", "splits", "command", "data"):
@@ -246,6 +245,8 @@ def test_report_without_optional_parts(tmp_path):
     assert "slices.npz not found" in html and "No history.csv" in html and "Not checked" in html
     assert "reconstructed" in html
     assert _csv(written["leaderboard_csv"])[0]["flops"] == ""
+    assert _csv(written["significance_csv"]) == []  # one model: no pair to test
+    assert "it is the only model in this comparison" in html
 
 
 def test_unevaluated_model_is_left_out_with_a_note(tmp_path):
@@ -311,3 +312,23 @@ def test_cli_report(single, capsys):
     assert str(d / "report.html") in out and str(d / "figures" / "examples.png") in out
     assert main(["report", str(d / "runs")]) == 2
     assert "brainseg report: error:" in capsys.readouterr().err
+
+
+def test_verdict_states_best_model_and_real_differences(single):
+    d, _ = single
+    cmp = T.load_comparison(d)
+    board = T.leaderboard(cmp, n_boot=N_BOOT)
+    sig = T.significance(cmp, board, n_boot=N_BOOT)
+    text = T.verdict(board, sig)
+    gap = board[0]["dice_patient"] - board[1]["dice_patient"]
+    assert text.startswith(f"{board[0]['label']} has the highest mean per-patient Dice, {board[0]['dice_patient']:.3f}")
+    assert f"{gap:+.3f} ahead of {board[1]['label']}" in text
+    vs_best = [s for s in sig if s["model_a"] == board[0]["model"]]
+    if all(s["significant"] for s in vs_best):
+        assert "significantly better than every other model" in text
+    else:
+        assert "cannot be told apart" in text
+    for s in sig:
+        loser = s["model_b"] if s["better"] == s["model_a"] else s["model_a"]
+        pair = f"{T.display_name(s['better'])} > {T.display_name(loser)}"
+        assert (pair in text) == s["significant"]

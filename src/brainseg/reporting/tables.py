@@ -478,7 +478,11 @@ def verdict(board: Sequence[Mapping[str, Any]], sig: Sequence[Mapping[str, Any]]
     if len(board) == 1:
         return text + "; it is the only model in this comparison, so nothing is compared."
     second = board[1]
-    text += f", {best['dice_patient'] - second['dice_patient']:+.3f} ahead of {second['label']} ({second['dice_patient']:.3f})"
+    gap = best["dice_patient"] - second["dice_patient"]
+    if gap < 0.0005:  # would print as +0.000: say it in words
+        text += f", level with {second['label']} ({second['dice_patient']:.4f} vs {best['dice_patient']:.4f})"
+    else:
+        text += f", {gap:+.3f} ahead of {second['label']} ({second['dice_patient']:.3f})"
     worst = board[-1]
     if len(board) > 2:
         text += f" and {best['dice_patient'] - worst['dice_patient']:+.3f} ahead of the last, {worst['label']} ({worst['dice_patient']:.3f})"
