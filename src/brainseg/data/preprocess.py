@@ -1,0 +1,180 @@
+"""Resizing and intensity normalisation: the one definition training, evaluation and prediction share.
+
+A checkpoint stores `preprocessing_dict(...)`; `preprocess_image` with those settings turns a
+native uint8 slice into exactly the model input the network was trained on.
+
+Pipeline for one slice (H×W×C uint8, channels pre-contrast T1, FLAIR, post-contrast T1):
+
+1. Resize to size×size with `resize_image` (Pillow bilinear; when shrinking, Pillow widens the
+   filter to the scale factor, so it averages like an area filter instead of aliasing). Masks use
+   nearest neighbour (`resize_mask`) so they stay binary. Non-square slices are stretched.
+2. Select channels: `in_channels=3` keeps all three; `in_channels=1` keeps FLAIR (channel 1), the
+   sequence the LGG masks were drawn on. A 1-channel image given to a 3-channel model is an error
+   (copying FLAIR into the T1 slots would feed the model inputs it never saw).
+3. Normalise intensities (`NORMALIZATIONS`):
+
+   - ``"unit"``: x / 255, so values lie in [0, 1].
+   - ``"zscore"``: per slice and per channel, (x − mean) / std over the *brain* pixels, defined
+     as the pixels where at least one selected channel is non-zero; the background (all channels
+     zero) stays exactly 0. The std is floored at 1e-6·255 so a flat slice does not divide by zero;
+     a slice with no non-zero pixel becomes all zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from brainseg.errors import BrainsegError
+
+NORMALIZATIONS = ("unit", "zscore")
+FLAIR_CHANNEL = 1
+PREPROCESSING_VERSION = 1
+
+
+def _check_size(size: int) -> int:
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise BrainsegError(f"size must be a positive integer, got {size!r}")
+    return int(size)
+
+
+def _as_hwc(img: np.ndarray, what: str = "image") -> np.ndarray:
+    """(H, W) → (H, W, 1); checks uint8 and a plausible channel count."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise BrainsegError(f"{what} has dtype {img.dtype}; expected uint8 (0–255) slices")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3):
+        raise BrainsegError(f"{what} has shape {img.shape}; expected H×W×3 or H×W×1 (or H×W)")
+    return img
+
+
+def resize_image(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize a uint8 H×W×C (C = 1 or 3) or H×W slice to size×size (bilinear, antialiased); uint8."""
+    from PIL import Image
+
+    size = _check_size(size)
+    hwc = _as_hwc(img)
+    if hwc.shape[:2] == (size, size):
+        return np.array(img, copy=True)
+    if hwc.shape[2] == 3:
+        out = np.asarray(Image.fromarray(hwc).resize((size, size), Image.Resampling.BILINEAR))
+    else:
+        out = np.asarray(Image.fromarray(np.ascontiguousarray(hwc[:, :, 0])).resize((size, size), Image.Resampling.BILINEAR))
+        out = out[:, :, None] if np.asarray(img).ndim == 3 else out
+    return out
+
+
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output pixel for nearest-neighbour resizing with aligned pixel centres."""
+    idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64)
+    return np.minimum(idx, n_in - 1)
+
+
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an H×W mask to size×size (or (h, w)); stays binary; uint8."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise BrainsegError(f"mask has shape {mask.shape}; expected H×W")
+    h, w = (size, size) if np.isscalar(size) else size
+    h, w = _check_size(h), _check_size(w)
+    out = mask[nearest_indices(mask.shape[0], h)[:, None], nearest_indices(mask.shape[1], w)[None, :]]
+    return out.astype(np.uint8, copy=False)
+
+
+def resize_probability(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float probability map (h×w, or N×h×w) back to a native (H, W); float32."""
+    from PIL import Image
+
+    prob = np.asarray(prob, dtype=np.float32)
+    H, W = _check_size(shape[0]), _check_size(shape[1])
+    if prob.ndim == 3:
+        return np.stack([resize_probability(p, (H, W)) for p in prob]) if len(prob) else np.zeros((0, H, W), np.float32)
+    if prob.ndim != 2:
+        raise BrainsegError(f"probability map has shape {prob.shape}; expected h×w or N×h×w")
+    if prob.shape == (H, W):
+        return prob.copy()
+    out = np.asarray(Image.fromarray(prob).resize((W, H), Image.Resampling.BILINEAR))
+    # bilinear weights are convex, so only float rounding can step outside [0, 1]
+    return np.clip(out, 0.0, 1.0) if prob.min() >= 0.0 and prob.max() <= 1.0 else out
+
+
+def select_channels(img: np.ndarray, in_channels: int) -> np.ndarray:
+    """H×W×C uint8 → H×W×in_channels by the documented channel rule (FLAIR for 1 channel)."""
+    hwc = _as_hwc(img)
+    c = hwc.shape[2]
+    if in_channels == 3:
+        if c != 3:
+            raise BrainsegError(
+                f"image has {c} channel(s) but the model expects 3 (pre-contrast, FLAIR, post-contrast); "
+                "use a model trained with in_channels=1 for FLAIR-only slices"
+            )
+        return hwc
+    if in_channels == 1:
+        return hwc[:, :, FLAIR_CHANNEL : FLAIR_CHANNEL + 1] if c == 3 else hwc
+    raise BrainsegError(f"in_channels must be 1 or 3, got {in_channels!r}")
+
+
+def normalize(img: np.ndarray, normalization: str = "unit") -> np.ndarray:
+    """uint8 H×W×C → float32 C×H×W with the named normalisation (see the module docstring)."""
+    if normalization not in NORMALIZATIONS:
+        raise BrainsegError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+    hwc = _as_hwc(img)
+    x = np.ascontiguousarray(hwc.transpose(2, 0, 1), dtype=np.float32)
+    if normalization == "unit":
+        x *= 1.0 / 255.0
+        return x
+    brain = (hwc != 0).any(axis=2)
+    n = int(brain.sum())
+    if n == 0:
+        return np.zeros_like(x)
+    vals = x[:, brain]  # (C, n)
+    mean = vals.mean(axis=1)
+    std = np.maximum(vals.std(axis=1), 1e-6 * 255.0)
+    x -= mean[:, None, None]
+    x /= std[:, None, None]
+    x *= brain[None]
+    return x
+
+
+def preprocess_image(
+    img: np.ndarray, *, size: int, in_channels: int = 3, normalization: str = "unit"
+) -> np.ndarray:
+    """A native uint8 slice (H×W×C or H×W) → the model input, float32 (in_channels, size, size).
+
+    Raises:
+        BrainsegError: wrong dtype or shape, or a 1-channel image for a 3-channel model.
+    """
+    hwc = select_channels(img, in_channels)  # check channels before spending time on resizing
+    return normalize(resize_image(hwc, size), normalization)
+
+
+def preprocessing_dict(size: int, in_channels: int, normalization: str) -> dict[str, Any]:
+    """The settings a checkpoint stores so that its inputs can be rebuilt with no other file."""
+    check_preprocessing({"size": size, "in_channels": in_channels, "normalization": normalization})
+    return {
+        "version": PREPROCESSING_VERSION,
+        "size": int(size),
+        "in_channels": int(in_channels),
+        "normalization": normalization,
+        "channels": ["pre-contrast", "FLAIR", "post-contrast"] if in_channels == 3 else ["FLAIR"],
+        "image_resize": "bilinear (Pillow, antialiased when shrinking)",
+        "mask_resize": "nearest",
+    }
+
+
+def check_preprocessing(d: dict[str, Any], source: str = "preprocessing") -> dict[str, Any]:
+    """Validate a preprocessing mapping (e.g. read from a checkpoint); returns it unchanged."""
+    for key in ("size", "in_channels", "normalization"):
+        if key not in d:
+            raise BrainsegError(f"{source}: missing {key!r}")
+    _check_size(d["size"])
+    if d["in_channels"] not in (1, 3):
+        raise BrainsegError(f"{source}: in_channels must be 1 or 3, got {d['in_channels']!r}")
+    if d["normalization"] not in NORMALIZATIONS:
+        raise BrainsegError(
+            f"{source}: normalization must be one of {', '.join(NORMALIZATIONS)}, got {d['normalization']!r}"
+        )
+    return d

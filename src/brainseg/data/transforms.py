@@ -1,0 +1,144 @@
+"""Paired augmentation of uint8 slices and their masks, reproducible from a numpy Generator.
+
+Geometry (flips, rotation, scaling) is applied to image and mask together: bilinear for the image,
+nearest neighbour for the mask, so the mask stays exactly binary. Intensity jitter (brightness,
+contrast, gamma, drawn per channel) touches the image only, through a 256-entry lookup table per
+channel, and keeps the background (value 0) at 0 so the brain region of `zscore` is unchanged.
+
+Every call draws the same number of random values whatever it decides, so the result depends
+only on the Generator passed in (the dataset seeds one per slice from seed, epoch and index).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from brainseg.errors import BrainsegError
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random paired transforms for one H×W×3 uint8 image and its H×W {0, 1} mask.
+
+    Attributes:
+        hflip: probability of a left-right flip (anatomically plausible: brains are near-symmetric).
+        vflip: probability of an up-down (anterior-posterior) flip; off by default.
+        rotate: maximum rotation in degrees (uniform in ±rotate).
+        scale: (min, max) zoom factor, uniform.
+        p_affine: probability of applying the rotation/zoom at all.
+        brightness: maximum additive shift as a fraction of the full range (uniform in ±brightness).
+        contrast: maximum relative contrast change (factor uniform in 1 ± contrast).
+        gamma: (min, max) gamma, drawn log-uniformly.
+        p_intensity: probability of applying the intensity jitter at all.
+    """
+
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotate: float = 15.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    p_affine: float = 0.8
+    brightness: float = 0.1
+    contrast: float = 0.1
+    gamma: tuple[float, float] = (0.8, 1.25)
+    p_intensity: float = 0.8
+
+    def __post_init__(self) -> None:
+        for name in ("hflip", "vflip", "p_affine", "p_intensity"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise BrainsegError(f"augment: {name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if not (0 < self.scale[0] <= self.scale[1]):
+            raise BrainsegError(f"augment: scale must be (min, max) with 0 < min ≤ max, got {self.scale}")
+        if not (0 < self.gamma[0] <= self.gamma[1]):
+            raise BrainsegError(f"augment: gamma must be (min, max) with 0 < min ≤ max, got {self.gamma}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return augmented copies (uint8 H×W×C image, uint8 H×W mask with the input's values)."""
+        if image.ndim != 3 or image.dtype != np.uint8 or mask.shape != image.shape[:2]:
+            raise BrainsegError(
+                f"augment: expected a uint8 H×W×C image and an H×W mask, got {image.dtype} {image.shape} "
+                f"and {mask.shape}"
+            )
+        c = image.shape[2]
+        # Draw everything up front, always the same count, so outcomes never shift each other.
+        u = rng.random(4)
+        angle = rng.uniform(-self.rotate, self.rotate)
+        zoom = rng.uniform(self.scale[0], self.scale[1])
+        log_gamma = rng.uniform(math.log(self.gamma[0]), math.log(self.gamma[1]), size=3)
+        gain = rng.uniform(1.0 - self.contrast, 1.0 + self.contrast, size=3)
+        shift = rng.uniform(-self.brightness, self.brightness, size=3)
+
+        if u[0] < self.hflip:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if u[1] < self.vflip:
+            image, mask = image[::-1], mask[::-1]
+        if u[2] < self.p_affine and (angle != 0.0 or zoom != 1.0):
+            image, mask = _affine(image, mask, angle, zoom)
+        image = np.ascontiguousarray(image)
+        mask = np.ascontiguousarray(mask)
+        if u[3] < self.p_intensity:
+            image = _intensity(image, np.exp(log_gamma[:c]), gain[:c], shift[:c])
+        return image, mask
+
+
+def _affine(image: np.ndarray, mask: np.ndarray, angle: float, zoom: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate by `angle` degrees and zoom by `zoom` about the slice centre (Pillow, fast C loops)."""
+    from PIL import Image
+
+    h, w = mask.shape
+    # Pillow maps each output pixel (x, y) to the input point (a·x + b·y + c, d·x + e·y + f):
+    # the inverse of "zoom then rotate about the centre".
+    t = math.radians(angle)
+    cos, sin = math.cos(t) / zoom, math.sin(t) / zoom
+    cx, cy = w / 2.0, h / 2.0
+    data = (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy)
+    size = (w, h)
+    if image.shape[2] == 3:
+        img_out = np.asarray(
+            Image.fromarray(np.ascontiguousarray(image)).transform(
+                size, Image.Transform.AFFINE, data, resample=Image.Resampling.BILINEAR
+            )
+        )
+    else:
+        img_out = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(np.ascontiguousarray(image[:, :, k])).transform(
+                        size, Image.Transform.AFFINE, data, resample=Image.Resampling.BILINEAR
+                    )
+                )
+                for k in range(image.shape[2])
+            ],
+            axis=2,
+        )
+    mask_out = np.asarray(
+        Image.fromarray(np.ascontiguousarray(mask)).transform(
+            size, Image.Transform.AFFINE, data, resample=Image.Resampling.NEAREST
+        )
+    )
+    return img_out, mask_out
+
+
+def intensity_lut(gamma: np.ndarray, gain: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Per-channel lookup tables (C, 256) uint8 for y = clip(gain·(v/255)^gamma + shift); 0 stays 0."""
+    v = np.arange(256, dtype=np.float64) / 255.0
+    y = gain[:, None] * v[None, :] ** gamma[:, None] + shift[:, None]
+    lut = np.rint(np.clip(y, 0.0, 1.0) * 255.0).astype(np.uint8)
+    lut[:, 0] = 0
+    return lut
+
+
+def _intensity(image: np.ndarray, gamma: np.ndarray, gain: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    lut = intensity_lut(gamma, gain, shift)
+    out = np.empty_like(image)
+    for k in range(image.shape[2]):  # uint8 indices gather straight from a 256-entry table
+        out[:, :, k] = lut[k][image[:, :, k]]
+    return out

@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny phantom datasets written once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data" / "lgg" / "kaggle_3m"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Never write the default phantom cache into the user's home from tests.
+    os.environ.setdefault("BRAINSEG_CACHE", str(tmp_path_factory.mktemp("brainseg_cache")))
+
+
+@pytest.fixture(scope="session")
+def tiny_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 phantom patients of 8–10 slices at 64×64: enough for a split and a 2-epoch run."""
+    from brainseg.data.phantom import write_phantoms
+
+    out = tmp_path_factory.mktemp("tiny_phantoms")
+    return write_phantoms(out, patients=8, seed=3, slices=(8, 10), size=64)
+
+
+@pytest.fixture()
+def real_data() -> Path:
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real LGG development data not found at {REAL_DATA}")
+    return REAL_DATA
