@@ -71,7 +71,8 @@ class EvalConfig:
     """How probabilities become masks and how metrics are reduced."""
 
     threshold: float = 0.5
-    min_area: int = 0  # detection: a slice is positive when its predicted area ≥ this (pixels, eval size)
+    min_area: int = 10  # detection: a slice is positive when its predicted area ≥ this (native pixels)
+    min_lesion_size: int = 0  # post-processing: drop predicted 2-D components smaller than this (pixels)
     largest_component: bool = False  # keep only the largest 3-D connected component per patient
     empty_policy: str = "one"  # per-slice score when prediction and truth are both empty: "one" or "skip"
 
@@ -162,9 +163,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults ← config file ← overrides ({"train.epochs": 5, …}; None values are ignored)."""
+def build_config(
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults ← `base` preset ← config file ← overrides ({"train.epochs": 5, …}; None values ignored)."""
     cfg = RunConfig()
+    if base:
+        cfg.update(base, "preset")
     if config_file:
         cfg.update(load_config_file(config_file), str(config_file))
     for dotted, value in (overrides or {}).items():

@@ -1,0 +1,1 @@
+"""Training: the trainer loop, checkpoints, history and (optional) distributed helpers."""

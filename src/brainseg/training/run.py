@@ -1,0 +1,341 @@
+"""Assemble one training run from a RunConfig: data, split, model, loss, optimiser, trainer.
+
+This is the library function behind `brainseg train` (and each model of `brainseg compare`).
+Files written to the run folder: config.json, splits.json, checkpoint_last.pt,
+checkpoint_best.pt, history.csv and, when the run has finished, train_summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from brainseg.config import RunConfig
+from brainseg.errors import BrainsegError
+from brainseg.fileio import read_json, write_json_atomic
+from brainseg.training import distributed as dist_utils
+from brainseg.training.checkpoint import load_checkpoint
+from brainseg.training.trainer import EpochSampler, Trainer, resolve_amp, select_device, warmup_cosine
+
+CONFIG_NAME = "config.json"
+SUMMARY_NAME = "train_summary.json"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class RunData:
+    """The indexed dataset and the split a run uses."""
+
+    root: Path
+    index: Any  # brainseg.data.lgg.DatasetIndex
+    split: Any  # brainseg.data.splits.Split
+
+
+def resolve_split(cfg: RunConfig, index: Any, run_dir: Path | None) -> Any:
+    """The run's patient-level split: a user's file, or drawn from the seed and frozen on disk.
+
+    A split drawn here is written to `<run_dir>/splits.json`; a later call finds that file and
+    refuses to continue if today's settings would draw a different split (never re-drawn silently).
+    """
+    from brainseg.data import splits as S
+
+    d = cfg.data
+    inst = index.institutions
+    if d.split_file:
+        splits = S.load_splits(d.split_file, patients=index.patients)
+        if not 0 <= d.fold < len(splits):
+            raise BrainsegError(f"{d.split_file} holds {len(splits)} split(s); fold {d.fold} does not exist")
+        return splits[d.fold]
+    if d.holdout_institution:
+        drawn = [
+            S.leave_institution_out(
+                index.patients, inst, institution=d.holdout_institution, val_fraction=d.val_fraction, seed=d.seed
+            )
+        ]
+    elif d.folds and d.folds > 1:
+        drawn = S.kfold_splits(index.patients, inst, k=d.folds, seed=d.seed, val_fraction=d.val_fraction)
+    else:
+        drawn = [
+            S.holdout_split(
+                index.patients, inst, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=d.seed
+            )
+        ]
+    if not 0 <= d.fold < len(drawn):
+        raise BrainsegError(f"fold {d.fold} asked for, but only {len(drawn)} split(s) were drawn")
+    if run_dir is not None:
+        path = run_dir / "splits.json"
+        if path.is_file():
+            frozen = S.load_splits(path, patients=index.patients)
+            if [s.id for s in frozen] != [s.id for s in drawn]:
+                raise BrainsegError(
+                    f"{path} holds a different split than these settings draw now (data or seed changed?); "
+                    f"splits are never re-drawn silently: delete it or pass data.split_file"
+                )
+        elif dist_utils.is_main():
+            S.save_splits(path, drawn)
+    return drawn[d.fold]
+
+
+def load_run_data(cfg: RunConfig, run_dir: Path | None, announce: Callable[[str], None] | None = None) -> RunData:
+    from brainseg.data.lgg import index_dataset
+    from brainseg.data.phantom import resolve_data_root
+
+    say = announce or (lambda m: print(m, file=sys.stderr))
+    root = resolve_data_root(cfg.data.root, announce=say)
+    index = index_dataset(root, skip_bad=cfg.data.skip_bad)
+    for patient, reason in getattr(index, "skipped", {}).items():
+        say(f"skipped patient {patient}: {reason}")
+    split = resolve_split(cfg, index, run_dir)
+    return RunData(root=Path(root), index=index, split=split)
+
+
+def records_for(index: Any, patients: list[str]) -> list[Any]:
+    by = index.by_patient()
+    return [r for p in patients for r in by[p]]
+
+
+class ShardSampler(Sampler[int]):
+    """Fixed order, every rank a disjoint share (no padding, so no slice is counted twice)."""
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        self.idx = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.idx)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+def make_val_fn(
+    loader: DataLoader,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    threshold: float,
+    empty_policy: str,
+) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """Validation at training resolution: loss and Dice per patient volume (and per slice)."""
+    from brainseg.metrics.accumulator import MetricAccumulator
+    from brainseg.metrics.confusion import confusion_counts
+
+    @torch.no_grad()
+    def val(model: torch.nn.Module) -> dict[str, float]:
+        model.eval()
+        acc = MetricAccumulator()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        n = 0
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            masks = batch["mask"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = model(images)
+            logits = logits.float()
+            loss_sum += loss_fn(logits, masks).double() * images.shape[0]
+            n += images.shape[0]
+            counts = confusion_counts(torch.sigmoid(logits) >= threshold, masks > 0.5)
+            acc.add(list(batch["patient"]), [int(s) for s in batch["slice"]], counts)
+        model.train()
+        parts = dist_utils.all_gather_objects((acc, loss_sum.item(), n))
+        merged = parts[0][0]
+        for other, _, _ in parts[1:]:
+            merged.merge(other)
+        total_loss = sum(p[1] for p in parts)
+        total_n = sum(p[2] for p in parts)
+        patient = [r["dice"] for r in merged.per_patient_rows(empty_policy)]
+        slices = [r["dice"] for r in merged.per_slice_rows(empty_policy)]
+        return {
+            "val_loss": total_loss / max(total_n, 1),
+            "val_dice": float(np.nanmean(patient)) if patient else float("nan"),
+            "val_dice_slice": float(np.nanmean(slices)) if slices else float("nan"),
+        }
+
+    return val
+
+
+def train_run(
+    cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train one model as `cfg` says, in `run_dir`; with `resume`, continue from checkpoint_last.pt.
+
+    Returns the contents of train_summary.json.
+    """
+    from brainseg.data.dataset import SliceDataset, load_arrays
+    from brainseg.data.preprocess import preprocessing_dict
+    from brainseg.losses import build_loss
+    from brainseg.models import count_parameters, create_model
+
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoint_last.pt"
+    ckpt = None
+    if resume:
+        if not last.is_file():
+            raise BrainsegError(f"nothing to resume in {run_dir}: no checkpoint_last.pt")
+        ckpt = load_checkpoint(last)
+        cfg = RunConfig.from_dict(ckpt["config"], f"{last}")
+    elif last.is_file():
+        raise BrainsegError(
+            f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out"
+        )
+
+    device = select_device(cfg.train.device)
+    distributed = dist_utils.init_from_env(device.type)
+    device = dist_utils.local_device(device)
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    if cfg.train.batch_size % world:
+        raise BrainsegError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world} processes")
+    seed_everything(cfg.train.seed)
+    if dist_utils.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / CONFIG_NAME, cfg.to_dict())
+    dist_utils.barrier()
+
+    data = load_run_data(cfg, run_dir)
+    if ckpt is not None and ckpt.get("split", {}).get("id") not in (None, data.split.id):
+        raise BrainsegError(f"{last} was trained on split {ckpt['split']['id']}, but this data gives {data.split.id}")
+    d = cfg.data
+    train_records = records_for(data.index, data.split.train)
+    val_records = records_for(data.index, data.split.val)
+    if not train_records or not val_records:
+        raise BrainsegError(
+            f"split {data.split.id} leaves {len(train_records)} training and {len(val_records)} validation "
+            f"slices; the dataset at {data.root} is too small for these fractions"
+        )
+    common = {"size": d.size, "in_channels": d.in_channels, "normalization": d.normalization}
+    train_ds = SliceDataset(
+        train_records, augment=d.augment, seed=cfg.train.seed, arrays=load_arrays(train_records, d.size), **common
+    )
+    val_ds = SliceDataset(val_records, augment=False, arrays=load_arrays(val_records, d.size), **common)
+
+    weights = None
+    if d.tumour_weight > 0:
+        weights = np.where(train_ds.has_tumour, d.tumour_weight, 1.0)
+    per_rank_batch = cfg.train.batch_size // world
+    loader_kw: dict[str, Any] = {
+        "num_workers": cfg.train.num_workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": cfg.train.num_workers > 0,
+    }
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=per_rank_batch,
+        sampler=EpochSampler(len(train_ds), seed=cfg.train.seed, weights=weights, rank=rank, world_size=world),
+        drop_last=len(train_ds) >= cfg.train.batch_size,  # avoid a 1-slice batch for BatchNorm
+        **loader_kw,
+    )
+    val_loader = DataLoader(val_ds, batch_size=per_rank_batch, sampler=ShardSampler(len(val_ds), rank, world), **loader_kw)
+
+    model_kwargs = dict(cfg.model.kwargs)
+    if cfg.model.width is not None:
+        model_kwargs["width"] = cfg.model.width
+    model = create_model(cfg.model.name, in_channels=d.in_channels, **model_kwargs)
+    model.check_input_size(d.size, d.size)
+    model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg.train.loss)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    steps_per_epoch = len(train_loader) if not cfg.train.max_batches_per_epoch else min(
+        len(train_loader), cfg.train.max_batches_per_epoch
+    )
+    total = steps_per_epoch * cfg.train.epochs
+    warm = int(round(cfg.train.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warm))
+    amp_dtype = resolve_amp(cfg.train.amp, device)
+
+    net: torch.nn.Module = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        net = torch.compile(net)
+
+    meta = {
+        "model": dict(model.config),
+        "preprocessing": preprocessing_dict(d.size, d.in_channels, d.normalization),
+        "config": cfg.to_dict(),
+        "split": data.split.to_dict(),
+        "data_root": str(data.root),
+        "params": count_parameters(model),
+    }
+    val_fn = make_val_fn(val_loader, loss_fn, device, amp_dtype, cfg.eval.threshold, cfg.eval.empty_policy)
+    trainer = Trainer(
+        net,
+        loss_fn,
+        optimizer,
+        scheduler,
+        train_loader,
+        val_fn,
+        device=device,
+        epochs=cfg.train.epochs,
+        run_dir=run_dir,
+        meta=meta,
+        amp_dtype=amp_dtype,
+        grad_clip=cfg.train.grad_clip,
+        patience=cfg.train.patience,
+        max_batches=cfg.train.max_batches_per_epoch,
+        progress=progress,
+        channels_last=cfg.train.channels_last,
+    )
+    if ckpt is not None:
+        trainer.load_state(ckpt)
+        if dist_utils.is_main() and progress:
+            print(f"resuming {run_dir} after epoch {trainer.state.epoch}/{cfg.train.epochs}", file=sys.stderr)
+    if dist_utils.is_main() and progress:
+        print(
+            f"training {cfg.model.name} ({meta['params']:,} parameters) on {len(train_ds)} slices of "
+            f"{len(data.split.train)} patients, validating on {len(data.split.val)} patients; "
+            f"device {device}{f' ×{world}' if world > 1 else ''}, amp {amp_dtype or 'off'}",
+            file=sys.stderr,
+            flush=True,
+        )
+    t0 = time.perf_counter()
+    state = trainer.fit()
+    summary = {
+        "model": cfg.model.name,
+        "run_dir": str(run_dir),
+        "finished": True,
+        "epochs_run": state.epoch,
+        "best_epoch": state.best_epoch,
+        "best_val_dice": state.best_dice,
+        "stopped_early": state.stopped_early,
+        "train_seconds": round(state.train_seconds, 2),
+        "this_session_seconds": round(time.perf_counter() - t0, 2),
+        "params": meta["params"],
+        "train_slices": len(train_ds),
+        "split_id": data.split.id,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "world_size": world,
+        "amp": str(amp_dtype) if amp_dtype else "off",
+        "torch": torch.__version__,
+    }
+    if dist_utils.is_main():
+        write_json_atomic(run_dir / SUMMARY_NAME, summary)
+    dist_utils.barrier()
+    return summary
+
+
+def run_is_finished(run_dir: str | Path) -> bool:
+    p = Path(run_dir) / SUMMARY_NAME
+    if not p.is_file():
+        return False
+    try:
+        return bool(read_json(p).get("finished"))
+    except (OSError, json.JSONDecodeError):
+        return False

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from brainseg.config import RunConfig, build_config
+from brainseg.errors import BrainsegError
+
+
+def test_file_then_overrides(tmp_path: Path) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text("train:\n  epochs: 7\n  lr: 0.01\nmodel:\n  name: segnet\n")
+    t = tmp_path / "c.toml"
+    t.write_text("[train]\nepochs = 7\nlr = 0.01\n[model]\nname = 'segnet'\n")
+    for f in (y, t):
+        cfg = build_config(f, {"train.epochs": 3, "data.size": None})
+        assert cfg.train.epochs == 3 and cfg.train.lr == 0.01 and cfg.model.name == "segnet"
+        assert cfg.data.size == RunConfig().data.size
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("trian:\n  epochs: 3\n", "unknown section 'trian'"),
+        ("train:\n  epoch: 3\n", "unknown setting train.epoch"),
+        ("train:\n  epochs: ten\n", "train.epochs must be an integer"),
+        ("train: [1, 2\n", "cannot be parsed"),
+    ],
+)
+def test_bad_config_files_name_the_problem(tmp_path: Path, text: str, match: str) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(BrainsegError, match=match):
+        build_config(f)
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path: Path, capsys) -> None:
+    from brainseg.cli import main
+
+    f = tmp_path / "bad.yaml"
+    f.write_text("train:\n  epochs: ten\n")
+    assert main(["train", "--config", str(f), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.yaml" in err[0] and "Traceback" not in err[0]

@@ -1,0 +1,189 @@
+"""Trainer, checkpoints and resume, on tiny phantoms with tiny models."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from brainseg.config import RunConfig
+from brainseg.errors import BrainsegError, CheckpointError
+from brainseg.fileio import read_csv, read_json
+from brainseg.training.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from brainseg.training.history import COLUMNS as HISTORY_COLUMNS
+from brainseg.training.run import train_run
+from brainseg.training.trainer import EpochSampler, Trainer, TrainingDiverged, warmup_cosine
+
+
+def tiny_cfg(root: Path, epochs: int = 2, model: str = "unet") -> RunConfig:
+    cfg = RunConfig()
+    cfg.data.root = str(root)
+    cfg.data.size = 32
+    cfg.data.val_fraction = 0.25
+    cfg.data.test_fraction = 0.25
+    cfg.model.name = model
+    cfg.model.width = 4
+    cfg.train.epochs = epochs
+    cfg.train.batch_size = 8
+    cfg.train.lr = 3e-3
+    cfg.train.device = "cpu"
+    return cfg
+
+
+def test_training_loss_falls_and_files_are_written(tiny_phantoms: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    summary = train_run(tiny_cfg(tiny_phantoms, epochs=3), run, progress=False)
+    hist = read_csv(run / "history.csv")
+    assert list(hist[0]) == list(HISTORY_COLUMNS)
+    assert len(hist) == 3
+    losses = [float(r["train_loss"]) for r in hist]
+    assert losses[-1] < losses[0]
+    for name in ("config.json", "splits.json", "checkpoint_last.pt", "checkpoint_best.pt", "train_summary.json"):
+        assert (run / name).is_file(), name
+    assert summary["finished"] and summary["epochs_run"] == 3
+    ckpt = load_checkpoint(run / "checkpoint_best.pt")
+    assert ckpt["format_version"] == FORMAT_VERSION
+    assert ckpt["model"]["name"] == "unet"
+    assert ckpt["preprocessing"]["size"] == 32
+    assert ckpt["split"]["id"] == read_json(run / "train_summary.json")["split_id"]
+    assert set(ckpt["split"]["test"]).isdisjoint(ckpt["split"]["train"])
+    # the checkpoint alone rebuilds the model
+    model = model_from_checkpoint(ckpt)
+    out = model(torch.zeros(1, 3, 32, 32))
+    assert out.shape == (1, 1, 32, 32)
+    # a finished run refuses to be overwritten by accident
+    with pytest.raises(BrainsegError, match="--resume"):
+        train_run(tiny_cfg(tiny_phantoms), run, progress=False)
+
+
+def test_resume_reaches_the_uninterrupted_result(tiny_phantoms: Path, tmp_path: Path, monkeypatch) -> None:
+    cfg = tiny_cfg(tiny_phantoms, epochs=3)
+    train_run(cfg, tmp_path / "a", progress=False)
+
+    real = Trainer._train_epoch
+    calls = {"n": 0}
+
+    def crash_in_epoch_3(self, epoch):
+        calls["n"] += 1
+        if epoch == 3:
+            raise KeyboardInterrupt  # like a kill in the middle of epoch 3
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tiny_cfg(tiny_phantoms, epochs=3), tmp_path / "b", progress=False)
+    monkeypatch.setattr(Trainer, "_train_epoch", real)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["epoch"] == 2
+    train_run(tiny_cfg(tiny_phantoms, epochs=3), tmp_path / "b", resume=True, progress=False)
+
+    a = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    ha, hb = read_csv(tmp_path / "a" / "history.csv"), read_csv(tmp_path / "b" / "history.csv")
+    assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]
+
+
+def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(tiny_phantoms: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [
+        sys.executable, "-m", "brainseg", "train", "--data", str(tiny_phantoms), "--model", "unet",
+        "--size", "32", "--width", "4", "--epochs", "30", "--batch-size", "4", "--device", "cpu",
+        "--out", str(run), "--set", "data.val_fraction=0.25", "--set", "data.test_fraction=0.25",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run / "history.csv").is_file():
+            time.sleep(0.2)
+        time.sleep(0.7)  # most likely inside a later epoch or a checkpoint write now
+        assert proc.poll() is None, "training ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ckpt = load_checkpoint(run / "checkpoint_last.pt")
+    done = ckpt["epoch"]
+    assert 1 <= done < 30
+    res = subprocess.run(
+        args[:4] + ["--out", str(run), "--resume"], capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = read_json(run / "train_summary.json")
+    assert summary["epochs_run"] == 30
+    assert len(read_csv(run / "history.csv")) == 30
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_phantoms: Path, tmp_path: Path) -> None:
+    model = torch.nn.Conv2d(3, 1, 3, padding=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    batch = {"image": torch.randn(2, 3, 8, 8), "mask": torch.zeros(2, 1, 8, 8)}
+    trainer = Trainer(
+        model, lambda out, y: out.mean() * float("nan"), opt, sched, [batch], lambda m: {"val_dice": 0.0},
+        device=torch.device("cpu"), epochs=1, run_dir=tmp_path, meta={}, progress=False,
+    )
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 1"):
+        trainer.fit()
+
+
+def test_epoch_sampler_shards_the_same_global_order() -> None:
+    single = EpochSampler(10, seed=5)
+    r0, r1 = EpochSampler(10, seed=5, rank=0, world_size=2), EpochSampler(10, seed=5, rank=1, world_size=2)
+    for epoch in (1, 2):
+        for s in (single, r0, r1):
+            s.set_epoch(epoch)
+        order = list(single)
+        assert sorted(order) == list(range(10))
+        # rank r takes positions r, r+2, …: interleaving both ranks gives back the global order
+        inter = [x for pair in zip(list(r0), list(r1)) for x in pair]
+        assert inter == order
+    s = EpochSampler(10, seed=5)
+    s.set_epoch(1)
+    e1 = list(s)
+    s.set_epoch(2)
+    assert list(s) != e1
+    w = EpochSampler(1000, seed=1, weights=np.r_[np.full(500, 9.0), np.ones(500)])
+    draws = np.array(list(w))
+    assert (draws < 500).mean() > 0.8  # weight 9:1 → 90% expected
+
+
+def test_warmup_cosine_schedule_by_hand() -> None:
+    f = warmup_cosine(total_steps=110, warmup_steps=10, floor=0.0)
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5)
+    assert f(110) == pytest.approx(0.0, abs=1e-12)
+    assert f(35) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+
+
+def test_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(bad)
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, {"model": {}, "state_dict": {}, "preprocessing": {}, "config": {}})
+    ck = torch.load(other, weights_only=False)
+    ck["format_version"] = 999
+    torch.save(ck, other)
+    with pytest.raises(CheckpointError, match="format version 999"):
+        load_checkpoint(other)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
