@@ -1,0 +1,80 @@
+"""Flags shared by the commands that train (train, compare) and how they map onto RunConfig."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from brainseg.errors import BrainsegError
+
+# flag dest → dotted config key. None values (flag not given) leave the config untouched.
+TRAIN_FLAGS: dict[str, str] = {
+    "data": "data.root",
+    "size": "data.size",
+    "in_channels": "data.in_channels",
+    "split_file": "data.split_file",
+    "folds": "data.folds",
+    "fold": "data.fold",
+    "seed": "data.seed",
+    "holdout_institution": "data.holdout_institution",
+    "skip_bad": "data.skip_bad",
+    "width": "model.width",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "loss": "train.loss",
+    "device": "train.device",
+    "amp": "train.amp",
+    "workers": "train.num_workers",
+    "patience": "train.patience",
+}
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="DIR", help="dataset folder in the kaggle_3m layout (default: built-in phantoms)")
+    p.add_argument("--config", metavar="FILE", help="YAML or TOML settings file; flags override it")
+    p.add_argument("--size", type=int, help="train/infer at SIZE×SIZE (default 128; 256 is LGG's native size)")
+    p.add_argument("--in-channels", type=int, choices=(1, 3), help="3: pre-contrast, FLAIR, post-contrast; 1: FLAIR")
+    p.add_argument("--width", type=int, help="base feature width of the model (default: the architecture's own)")
+    p.add_argument("--epochs", type=int, help="number of epochs (default 20)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default 16)")
+    p.add_argument("--lr", type=float, help="peak learning rate of AdamW (default 1e-3)")
+    p.add_argument("--loss", help="loss, e.g. bce+dice (default), dice, focal+dice, tversky")
+    p.add_argument("--patience", type=int, help="early stopping after N epochs without validation gain (0: off)")
+    p.add_argument("--split-file", metavar="FILE", help="use this splits.json instead of drawing one")
+    p.add_argument("--folds", type=int, help="k-fold cross-validation over patients")
+    p.add_argument("--fold", type=int, help="which fold to train (with --folds or --split-file)")
+    p.add_argument("--holdout-institution", metavar="CODE",
+                   help="leave-one-institution-out: test on this institution's patients (e.g. HT), train on the rest")
+    p.add_argument("--seed", type=int, help="seed of the split (and, unless train.seed is set, of training)")
+    p.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="mixed precision (auto: bf16 on CUDA only)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+    p.add_argument("--skip-bad", action="store_true", default=None, help="leave out patients with bad files, and say so")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="any other setting, e.g. --set train.weight_decay=0 --set model.kwargs={aux: true}",
+    )
+
+
+def config_from_args(
+    args: argparse.Namespace, extra: dict[str, Any] | None = None, base: dict[str, Any] | None = None
+) -> Any:
+    """Defaults ← `base` preset ← --config file ← flags ← --set, as one RunConfig."""
+    import yaml
+
+    from brainseg.config import build_config
+
+    overrides: dict[str, Any] = {key: getattr(args, dest, None) for dest, key in TRAIN_FLAGS.items()}
+    if getattr(args, "seed", None) is not None:
+        overrides["train.seed"] = args.seed
+    overrides.update(extra or {})
+    for item in getattr(args, "set", []) or []:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise BrainsegError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=3e-4")
+        overrides[key.strip()] = yaml.safe_load(raw)
+    return build_config(getattr(args, "config", None), overrides, base)

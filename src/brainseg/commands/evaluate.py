@@ -1,0 +1,66 @@
+"""`brainseg evaluate`: score a trained run on its own split."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+DESCRIPTION = (
+    "Evaluate a run's best (or last) checkpoint on its split. Writes per_slice.csv, per_patient.csv, "
+    "detection.csv and summary.json to RUNDIR/eval_<split>/ (or --out), with the threshold, "
+    "post-processing and empty-mask policy used."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUNDIR", help="a run folder made by `brainseg train`")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="which patients (default test)")
+    p.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the run was trained on)")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--threshold", type=float, help="probability threshold (default: the run's, 0.5)")
+    p.add_argument("--largest-component", action="store_true", default=None,
+                   help="keep only the largest 3-D connected component per patient volume")
+    p.add_argument("--min-area", type=int, help="detection: predicted area (pixels) for a positive slice (default 10)")
+    p.add_argument("--min-lesion-size", type=int, help="drop predicted 2-D components smaller than this (pixels)")
+    p.add_argument("--empty-policy", choices=("one", "skip"), help="per-slice score of an empty/empty slice")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", metavar="DIR", help="where to write the result files")
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    m = s["metrics"]
+    print(f"{s['model']} on {s['split']} ({s['n_patients']} patients, {s['n_slices']} slices; threshold "
+          f"{s['threshold']}, empty policy {s['empty_policy']!r}):")
+    print(f"  {'':<12}{'per patient':>14}{'per slice':>12}{'micro':>10}")
+    for name in ("dice", "iou", "precision", "recall"):
+        r = m[name]
+        print(f"  {name:<12}{r['per_patient']['mean']:>14.4f}{r['per_slice']['mean']:>12.4f}{r['micro']:>10.4f}")
+    print(f"  loss ({s['loss_name']}) {s['loss']:.4f}")
+    for lvl in ("slice", "patient"):
+        d = s["detection"][lvl]
+        print(f"  detection per {lvl}: sensitivity {d['sensitivity']:.3f}  specificity {d['specificity']:.3f}  "
+              f"accuracy {d['accuracy']:.3f}  AUROC {d['auroc']:.3f}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from brainseg.evaluation.evaluate import evaluate_run
+
+    summary = evaluate_run(
+        args.run_dir,
+        split=args.split,
+        data_root=args.data,
+        checkpoint=args.checkpoint,
+        eval_overrides={
+            "threshold": args.threshold,
+            "largest_component": args.largest_component,
+            "min_area": args.min_area,
+            "min_lesion_size": args.min_lesion_size,
+            "empty_policy": args.empty_policy,
+        },
+        device=args.device,
+        tta=args.tta,
+        out_dir=args.out,
+    )
+    print_summary(summary)
+    return 0

@@ -1,0 +1,44 @@
+"""`brainseg train`: train one model on a patient-level split."""
+
+from __future__ import annotations
+
+import argparse
+
+from brainseg.commands._common import add_training_arguments, config_from_args
+
+DESCRIPTION = (
+    "Train one model. Settings: defaults ← --config FILE ← flags ← --set. The run folder gets "
+    "config.json, splits.json, checkpoint_last.pt, checkpoint_best.pt, history.csv and "
+    "train_summary.json. A killed run continues with --resume. Runs under torchrun with DDP."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="architecture (see `brainseg models`; default unet)")
+    p.add_argument("--out", metavar="RUNDIR", help="run folder (default runs/<model>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--evaluate", action="store_true", help="evaluate the best checkpoint on the test split afterwards")
+    add_training_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from brainseg.training.run import train_run
+
+    cfg = config_from_args(args, {"model.name": args.model})
+    out = Path(args.out or f"runs/{cfg.model.name}")
+    summary = train_run(cfg, out, resume=args.resume)
+    print(
+        f"{summary['model']}: {summary['epochs_run']} epochs, best validation Dice (per patient) "
+        f"{summary['best_val_dice']:.4f} at epoch {summary['best_epoch']}, {summary['train_seconds']:.0f} s → {out}"
+    )
+    if args.evaluate:
+        from brainseg.training import distributed as dist_utils
+
+        if dist_utils.is_main():
+            from brainseg.commands.evaluate import print_summary
+            from brainseg.evaluation.evaluate import evaluate_run
+
+            print_summary(evaluate_run(out, data_root=args.data))
+    return 0

@@ -1,0 +1,1 @@
+"""Inference, post-processing and evaluation of trained runs."""
