@@ -1,0 +1,216 @@
+"""Train and evaluate several architectures under one protocol, then build the report.
+
+Every model gets the same patient-level split (or the same folds), the same data pipeline, the
+same optimiser, schedule, loss, epochs and seed; each is evaluated on the same test patients at
+native resolution. Finished runs are reused, interrupted ones resumed, so re-running the same
+command picks up where a killed comparison stopped.
+
+Folder layout (what `brainseg report` reads; see brainseg.reporting):
+    <out>/protocol.json, splits.json, runs/<model>[/fold<k>]/…, examples/, leaderboard.*, figures/,
+    report.html, report.md
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainseg import __version__
+from brainseg.config import RunConfig
+from brainseg.errors import BrainsegError
+from brainseg.fileio import read_csv, read_json, write_json_atomic
+
+DEFAULT_MODELS = ("unet", "attention_unet", "segnet", "deeplabv3plus", "pspnet")
+
+# The out-of-the-box comparison on the built-in phantoms: small models at 64×64 so that all five
+# train and evaluate on a 2-core laptop CPU in a few minutes (see README for measured times).
+PHANTOM_PRESET: dict[str, dict[str, Any]] = {
+    "data": {"size": 64},
+    "model": {"width": 8},
+    "train": {"epochs": 8, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.5},
+}
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_dirs(out: Path, models: list[str], folds: int) -> dict[str, list[Path]]:
+    if folds > 1:
+        return {m: [out / "runs" / m / f"fold{k}" for k in range(folds)] for m in models}
+    return {m: [out / "runs" / m] for m in models}
+
+
+def compare(
+    cfg: RunConfig,
+    out: str | Path,
+    models: list[str],
+    *,
+    command: str = "",
+    announce: Callable[[str], None] = _say,
+    n_examples: int = 2,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Run (or finish) the comparison of `models` with shared settings `cfg` in folder `out`."""
+    from brainseg.data import splits as S
+    from brainseg.evaluation.evaluate import evaluate_run
+    from brainseg.models import count_flops, list_models
+    from brainseg.training import distributed as dist_utils
+    from brainseg.training.run import load_run_data, run_is_finished, train_run
+
+    known = list_models()
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise BrainsegError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if len(set(models)) != len(models):
+        raise BrainsegError(f"--models lists a model twice: {','.join(models)}")
+    out = Path(out)
+    if dist_utils.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    folds = cfg.data.folds if cfg.data.folds and cfg.data.folds > 1 else 0
+
+    # One split for all models, frozen in <out>/splits.json before any training starts.
+    if not cfg.data.split_file:
+        data = load_run_data(cfg, out, announce=announce)
+        cfg.data.split_file = str(out / "splits.json")
+    else:
+        data = load_run_data(cfg, None, announce=announce)
+    cfg.data.root = str(data.root)
+    all_splits = S.load_splits(cfg.data.split_file, patients=data.index.patients)
+    summary = data.index.summary()
+    protocol = {
+        "models": models,
+        "config": cfg.to_dict(),
+        "data": {k: summary[k] for k in ("root", "patients", "slices", "tumour_slices", "institutions") if k in summary},
+        "split": all_splits[0].to_dict() if not folds else None,
+        "folds": folds or None,
+        "splits": [s.to_dict() for s in all_splits],
+        "command": command,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "brainseg_version": __version__,
+    }
+    protocol_path = out / "protocol.json"
+    if protocol_path.is_file():
+        old = read_json(protocol_path)
+        if old.get("config", {}).get("train") != protocol["config"]["train"] or old.get("splits") != protocol["splits"]:
+            raise BrainsegError(
+                f"{out} holds a comparison made with other settings or another split; "
+                f"use another --out (or delete {protocol_path}) to start a new one"
+            )
+        protocol["created"] = old.get("created", protocol["created"])
+        protocol["models"] = list(dict.fromkeys(old.get("models", []) + models))
+    if dist_utils.is_main():
+        write_json_atomic(protocol_path, protocol)
+
+    dirs = run_dirs(out, models, folds)
+    for i, model in enumerate(models, 1):
+        for k, run_dir in enumerate(dirs[model]):
+            label = f"[{i}/{len(models)}] {model}" + (f" fold {k + 1}/{folds}" if folds else "")
+            mcfg = RunConfig.from_dict(cfg.to_dict())
+            mcfg.model.name = model
+            mcfg.data.fold = k
+            if run_is_finished(run_dir):
+                announce(f"{label}: already trained, reusing {run_dir}")
+            else:
+                resume = (run_dir / "checkpoint_last.pt").is_file()
+                announce(f"{label}: {'resuming' if resume else 'training'} → {run_dir}")
+                train_run(mcfg, run_dir, resume=resume)
+            if dist_utils.is_main() and not (run_dir / "eval_test" / "summary.json").is_file():
+                s = evaluate_run(run_dir, data_root=str(data.root), progress=True)
+                try:
+                    s["flops"] = count_flops(_model_of(run_dir), cfg.data.size, cfg.data.in_channels)
+                except Exception as exc:  # FLOP counting is informative only
+                    announce(f"{label}: FLOPs not counted ({exc})")
+                write_json_atomic(run_dir / "eval_test" / "summary.json", s)
+                d = s["metrics"]["dice"]["per_patient"]["mean"]
+                announce(f"{label}: test Dice per patient {d:.4f} ({s['n_patients']} patients)")
+            dist_utils.barrier()
+
+    result: dict[str, Any] = {"out": str(out), "models": models}
+    if dist_utils.is_main():
+        write_examples(out, data.index, dirs, n_per_kind=n_examples)
+        if report:
+            from brainseg.reporting import build_report
+
+            result["report"] = {k: str(v) for k, v in build_report(out).items()}
+    dist_utils.barrier()
+    return result
+
+
+def _model_of(run_dir: Path) -> Any:
+    from brainseg.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    return model_from_checkpoint(load_checkpoint(run_dir / "checkpoint_best.pt"))
+
+
+def write_examples(out: Path, index: Any, dirs: dict[str, list[Path]], *, n_per_kind: int = 2) -> None:
+    """Pick test slices with tumour (best, typical, worst by mean Dice over models) and save every
+    model's probabilities for them, so the report can draw image | truth | predictions without a model."""
+    from brainseg.evaluation.evaluate import load_patient
+    from brainseg.evaluation.predict import Predictor
+
+    models = list(dirs)
+    scores: dict[tuple[str, int], list[float]] = {}
+    owner: dict[tuple[str, int], dict[str, Path]] = {}
+    for m in models:
+        for run_dir in dirs[m]:
+            for row in read_csv(run_dir / "eval_test" / "per_slice.csv"):
+                if float(row["true_area"] or 0) <= 0:
+                    continue
+                key = (row["patient"], int(row["slice"]))
+                scores.setdefault(key, []).append(float(row["dice"]))
+                owner.setdefault(key, {})[m] = run_dir
+    keys = [k for k, v in scores.items() if len(v) == len(models)]
+    if not keys:
+        return
+    keys.sort(key=lambda k: (np.mean(scores[k]), k))
+    n = min(n_per_kind, max(1, len(keys) // 3))
+    mid = len(keys) // 2
+    chosen = [(k, "best") for k in keys[::-1][:n]] + [(k, "typical") for k in keys[mid - n // 2 : mid - n // 2 + n]]
+    chosen += [(k, "worst") for k in keys[:n]]
+    seen: set[tuple[str, int]] = set()
+    chosen = [(k, kind) for k, kind in chosen if not (k in seen or seen.add(k))]
+    by = index.by_patient()
+    images, masks = [], []
+    for (patient, slice_no), _ in chosen:
+        recs = [r for r in by[patient] if r.slice == slice_no]
+        img, msk = load_patient(recs)
+        images.append(img[0])
+        masks.append(msk[0])
+    if len({im.shape for im in images}) > 1:
+        return  # mixed native sizes: no common grid
+    ex = out / "examples"
+    ex.mkdir(parents=True, exist_ok=True)
+    _save_npz(
+        ex / "slices.npz",
+        images=np.stack(images),
+        masks=np.stack(masks).astype(np.uint8),
+        patients=np.array([k[0] for k, _ in chosen]),
+        slices=np.array([k[1] for k, _ in chosen]),
+        kinds=np.array([kind for _, kind in chosen]),
+    )
+    for m in models:
+        probs: list[np.ndarray | None] = [None] * len(chosen)
+        groups: dict[Path, list[int]] = {}
+        for j, (key, _) in enumerate(chosen):
+            groups.setdefault(owner[key][m], []).append(j)
+        for run_dir, idx in groups.items():  # one model load per run (fold)
+            p = Predictor([run_dir / "checkpoint_best.pt"]).predict(np.stack([images[j] for j in idx]))
+            for j, pj in zip(idx, p):
+                probs[j] = pj
+        _save_npz(ex / f"{m}.npz", probs=np.stack(probs).astype(np.float16))
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    import io
+
+    from brainseg.fileio import write_bytes_atomic
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
