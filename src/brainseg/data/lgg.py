@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import re
 import statistics
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterable
@@ -140,15 +142,36 @@ class DatasetIndex:
 # Reading single files
 
 
+class _QuietWhileReading(logging.Filter):
+    """Drops tifffile's log records in threads that are inside `_read_tif`.
+
+    tifffile logs a warning line for each broken tag of a truncated file before it raises; we
+    report the file as one DataError line instead, so those extra lines would only confuse.
+    """
+
+    local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.local, "reading", False)
+
+
+_QUIET = _QuietWhileReading()
+logging.getLogger("tifffile").addFilter(_QUIET)  # the filter object is shared, so adding it twice is a no-op
+
+
 def _read_tif(path: Path) -> np.ndarray:
     """Decode the one image of a TIF; any failure becomes a DataError naming the file."""
     import tifffile  # imported here so `brainseg --help` stays fast
 
+    _QUIET.local.reading = True
     try:
         with tifffile.TiffFile(path) as tif:
             n_pages = len(tif.pages)
             if n_pages != 1:
-                raise DataError(f"{path} holds {n_pages} images; expected exactly one slice")
+                shape = "×".join(str(v) for v in tif.pages[0].shape) if n_pages else "none"
+                raise DataError(
+                    f"{path} holds {n_pages} images (the first is {shape}); expected exactly one H×W×3 slice"
+                )
             page = tif.pages[0]
             arr = page.asarray()
             axes = page.axes
@@ -158,6 +181,8 @@ def _read_tif(path: Path) -> np.ndarray:
         raise DataError(f"{path} does not exist") from None
     except Exception as exc:  # tifffile, zlib and struct errors all mean "broken or truncated file"
         raise DataError(f"{path} cannot be read as a TIFF image (truncated or corrupt?): {exc}") from None
+    finally:
+        _QUIET.local.reading = False
     if arr.ndim == 3 and axes.startswith("S"):  # planar-separate RGB comes as (3, H, W)
         arr = np.moveaxis(arr, 0, -1)
     return arr
