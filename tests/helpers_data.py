@@ -40,8 +40,15 @@ def square_mask(size: int | tuple[int, int], rng: np.random.Generator, side: int
 
 
 def write_tif(path: Path, array: np.ndarray, *, compression: str | None = None) -> Path:
-    photometric = "rgb" if array.ndim == 3 and array.shape[2] == 3 else "minisblack"
-    tifffile.imwrite(path, array, photometric=photometric, compression=compression, metadata=None)
+    """Write one page; an (H, W, C) array is stored as C interleaved samples (RGB, RGBA, gray+alpha…)."""
+    if array.ndim == 3:
+        photometric = "rgb" if array.shape[2] in (3, 4) else "minisblack"
+        planarconfig = "contig"  # else tifffile would store an (H, W, 2) array as H pages of W×2
+    else:
+        photometric, planarconfig = "minisblack", None
+    tifffile.imwrite(
+        path, array, photometric=photometric, planarconfig=planarconfig, compression=compression, metadata=None
+    )
     return path
 
 
