@@ -159,6 +159,21 @@ _QUIET = _QuietWhileReading()
 logging.getLogger("tifffile").addFilter(_QUIET)  # the filter object is shared, so adding it twice is a no-op
 
 
+def _read_with_pillow(path: Path, compression: str) -> np.ndarray:
+    """Decode with Pillow (its libtiff has LZW, PackBits, JPEG) when tifffile lacks the codec."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im)
+    except Exception as exc:
+        raise DataError(
+            f"{path} uses {compression} compression, which neither tifffile (without imagecodecs) nor "
+            f"Pillow can decode here: {exc}"
+        ) from None
+
+
 def _read_tif(path: Path) -> np.ndarray:
     """Decode the one image of a TIF; any failure becomes a DataError naming the file."""
     import tifffile  # imported here so `brainseg --help` stays fast
@@ -173,8 +188,12 @@ def _read_tif(path: Path) -> np.ndarray:
                     f"{path} holds {n_pages} images (the first is {shape}); expected exactly one H×W×3 slice"
                 )
             page = tif.pages[0]
-            arr = page.asarray()
-            axes = page.axes
+            if page.compression in tifffile.TIFF.DECOMPRESSORS:
+                arr = page.asarray()
+                if arr.ndim == 3 and page.axes.startswith("S"):  # planar-separate RGB comes as (3, H, W)
+                    arr = np.moveaxis(arr, 0, -1)
+            else:  # a codec tifffile only has with imagecodecs (LZW, JPEG, …); Pillow gives (H, W, C)
+                arr = _read_with_pillow(path, page.compression.name)
     except DataError:
         raise
     except FileNotFoundError:
@@ -183,8 +202,6 @@ def _read_tif(path: Path) -> np.ndarray:
         raise DataError(f"{path} cannot be read as a TIFF image (truncated or corrupt?): {exc}") from None
     finally:
         _QUIET.local.reading = False
-    if arr.ndim == 3 and axes.startswith("S"):  # planar-separate RGB comes as (3, H, W)
-        arr = np.moveaxis(arr, 0, -1)
     return arr
 
 
