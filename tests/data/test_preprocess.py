@@ -1,0 +1,104 @@
+"""Resizing (nearest-neighbour masks stay binary) and the stated intensity normalisations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy import stats
+
+from brainseg.data.preprocess import (
+    normalize,
+    preprocess_image,
+    preprocessing_dict,
+    resize_image,
+    resize_mask,
+    select_channels,
+)
+from brainseg.errors import BrainsegError
+
+
+def _blobs(shape: tuple[int, int], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.random(shape) < 0.3).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("shape", "size"), [((256, 256), 128), ((64, 64), 96), ((37, 53), 16), ((32, 32), 32)])
+def test_resize_mask_is_nearest_neighbour_and_stays_binary(shape: tuple[int, int], size: int) -> None:
+    mask = _blobs(shape, seed=size)
+    out = resize_mask(mask, size)
+    assert out.shape == (size, size) and out.dtype == np.uint8
+    assert set(np.unique(out)) <= {0, 1}
+    # PyTorch's "nearest-exact" samples the same pixel centres
+    ref = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=(size, size), mode="nearest-exact")
+    np.testing.assert_array_equal(out, ref[0, 0].numpy().astype(np.uint8))
+
+
+def test_resize_mask_keeps_a_shape_when_halving() -> None:
+    mask = np.zeros((256, 256), np.uint8)
+    mask[100:140, 60:100] = 1  # 40×40 square at even coordinates
+    out = resize_mask(mask, 128)
+    expected = np.zeros((128, 128), np.uint8)
+    expected[50:70, 30:50] = 1
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_resize_image_is_antialiased_bilinear() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    out = resize_image(img, 128)
+    assert out.shape == (128, 128, 3) and out.dtype == np.uint8
+    ref = np.asarray(Image.fromarray(img).resize((128, 128), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(out, ref)
+    # shrinking white noise by 2 averages ~4 pixels: the spread drops (aliasing would keep it)
+    assert out.astype(float).std() < 0.7 * img.astype(float).std()
+    flat = np.full((50, 70, 3), 77, np.uint8)
+    assert (resize_image(flat, 32) == 77).all()
+
+
+def test_unit_normalisation_is_x_over_255() -> None:
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    x = normalize(img, "unit")
+    assert x.shape == (3, 16, 20) and x.dtype == np.float32
+    np.testing.assert_allclose(x, img.transpose(2, 0, 1) / 255.0, rtol=0, atol=1e-7)
+    assert x.min() >= 0.0 and x.max() <= 1.0
+
+
+def test_zscore_normalisation_over_brain_pixels() -> None:
+    rng = np.random.default_rng(2)
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[5:35, 8:30] = rng.integers(1, 256, (30, 22, 3), dtype=np.uint8)  # brain: no zero pixel
+    x = normalize(img, "zscore")
+    brain = (img != 0).any(axis=2)
+    for c in range(3):
+        np.testing.assert_allclose(x[c][brain], stats.zscore(img[:, :, c][brain].astype(np.float64)), atol=1e-5)
+        assert (x[c][~brain] == 0).all()  # background stays exactly 0
+    assert (normalize(np.zeros((8, 8, 3), np.uint8), "zscore") == 0).all()  # no brain: zeros, no NaN
+    flat = normalize(np.full((8, 8, 3), 9, np.uint8), "zscore")
+    assert np.isfinite(flat).all() and (flat == 0).all()
+
+
+def test_normalisation_is_stated_and_checked() -> None:
+    d = preprocessing_dict(128, 3, "zscore")
+    assert d["normalization"] == "zscore" and d["mask_resize"] == "nearest" and d["size"] == 128
+    assert d["channels"] == ["pre-contrast", "FLAIR", "post-contrast"]
+    assert preprocessing_dict(64, 1, "unit")["channels"] == ["FLAIR"]
+    with pytest.raises(BrainsegError, match="normalization must be one of"):
+        normalize(np.zeros((4, 4, 3), np.uint8), "minmax")
+
+
+def test_channel_selection_and_full_pipeline() -> None:
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(select_channels(img, 1)[:, :, 0], img[:, :, 1])  # FLAIR is channel 1
+    x = preprocess_image(img, size=32, in_channels=1, normalization="unit")
+    assert x.shape == (1, 32, 32)
+    ref = np.asarray(Image.fromarray(np.ascontiguousarray(img[:, :, 1])).resize((32, 32), Image.Resampling.BILINEAR))
+    np.testing.assert_allclose(x[0], ref / 255.0, atol=1e-7)
+    with pytest.raises(BrainsegError, match="expects 3"):
+        preprocess_image(img[:, :, 1], size=32, in_channels=3)
+    with pytest.raises(BrainsegError, match="dtype"):
+        preprocess_image(img.astype(np.float32), size=32)
