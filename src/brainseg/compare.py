@@ -72,7 +72,6 @@ def compare(
     out = Path(out)
     if dist_utils.is_main():
         out.mkdir(parents=True, exist_ok=True)
-    folds = cfg.data.folds if cfg.data.folds and cfg.data.folds > 1 else 0
 
     # One split for all models, frozen in <out>/splits.json before any training starts.
     if not cfg.data.split_file:
@@ -82,6 +81,8 @@ def compare(
         data = load_run_data(cfg, None, announce=announce)
     cfg.data.root = str(data.root)
     all_splits = S.load_splits(cfg.data.split_file, patients=data.index.patients)
+    # k-fold, leave-each-institution-out, or a user's file with several splits: one run per split.
+    folds = len(all_splits) if len(all_splits) > 1 else 0
     summary = data.index.summary()
     protocol = {
         "models": models,

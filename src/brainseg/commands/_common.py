@@ -45,7 +45,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, help="k-fold cross-validation over patients")
     p.add_argument("--fold", type=int, help="which fold to train (with --folds or --split-file)")
     p.add_argument("--holdout-institution", metavar="CODE",
-                   help="leave-one-institution-out: test on this institution's patients (e.g. HT), train on the rest")
+                   help="leave-one-institution-out: test on this institution's patients (e.g. HT), train on the rest; "
+                        "'all' runs one split per institution (with compare; train takes --fold)")
     p.add_argument("--seed", type=int, help="seed of the split (and, unless train.seed is set, of training)")
     p.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="mixed precision (auto: bf16 on CUDA only)")

@@ -14,7 +14,9 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUNDIR", help="a run folder made by `brainseg train`")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="which patients (default test)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                   help="which patients (default test); 'all': every patient in --data, e.g. an external test "
+                        "set (patients the model trained on are flagged)")
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the run was trained on)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
     p.add_argument("--threshold", type=float, help="probability threshold (default: the run's, 0.5)")

@@ -194,7 +194,15 @@ def evaluate_run(
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     root = resolve_data_root(data_root if data_root is not None else cfg.data.root, announce=say)
     index = index_dataset(root, skip_bad=cfg.data.skip_bad)
-    patients = split_patients(ckpt, split)
+    if split == "all":
+        # An external test set: every patient of --data. Patients the model saw are flagged, not hidden.
+        patients = list(index.patients)
+        seen = sorted(set(patients) & (set(ckpt["split"]["train"]) | set(ckpt["split"]["val"])))
+        if seen:
+            say(f"warning: {len(seen)} of these {len(patients)} patients were used to train or validate this "
+                f"model ({', '.join(seen[:3])}{' …' if len(seen) > 3 else ''}): their figures are not a test")
+    else:
+        patients = split_patients(ckpt, split)
     missing = [p for p in patients if p not in index.by_patient()]
     if missing:
         raise BrainsegError(

@@ -1,0 +1,110 @@
+"""`brainseg evaluate` end to end on a tiny trained run, checked against scikit-learn."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
+
+from brainseg.cli import main
+from brainseg.config import RunConfig
+from brainseg.data.lgg import index_dataset
+from brainseg.evaluation.evaluate import (
+    DETECTION_COLUMNS,
+    PATIENT_COLUMNS,
+    SLICE_COLUMNS,
+    load_patient,
+)
+from brainseg.evaluation.predict import Predictor
+from brainseg.fileio import read_csv, read_json
+from brainseg.training.run import train_run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = RunConfig()
+    cfg.data.root = str(tiny_phantoms)
+    cfg.data.size = 32
+    cfg.data.val_fraction = 0.25
+    cfg.data.test_fraction = 0.25
+    cfg.model.width = 4
+    cfg.train.epochs = 2
+    cfg.train.batch_size = 8
+    cfg.train.lr = 3e-3
+    cfg.train.device = "cpu"
+    run = tmp_path_factory.mktemp("eval_run") / "run"
+    train_run(cfg, run, progress=False)
+    return run
+
+
+def test_evaluate_writes_documented_files_that_agree_with_sklearn(tiny_run: Path, capsys) -> None:
+    assert main(["evaluate", str(tiny_run), "--device", "cpu"]) == 0
+    assert "per patient" in capsys.readouterr().out
+    out = tiny_run / "eval_test"
+    slices, patients = read_csv(out / "per_slice.csv"), read_csv(out / "per_patient.csv")
+    detection = read_csv(out / "detection.csv")
+    assert list(slices[0]) == list(SLICE_COLUMNS)
+    assert list(patients[0]) == list(PATIENT_COLUMNS)
+    assert list(detection[0]) == list(DETECTION_COLUMNS)
+    summary = read_json(out / "summary.json")
+    for key in ("threshold", "postprocessing", "empty_policy", "detection_min_area", "loss", "metrics"):
+        assert key in summary, key
+    assert summary["threshold"] == 0.5 and summary["empty_policy"] == "one"
+    cfg = read_json(tiny_run / "config.json")
+    test_patients = read_json(tiny_run / "splits.json")["splits"][0]["test"]
+    assert sorted(r["patient"] for r in patients) == sorted(test_patients)
+
+    # Independent recomputation: predict again, threshold, score with scikit-learn.
+    index = index_dataset(cfg["data"]["root"])
+    predictor = Predictor([tiny_run / "checkpoint_best.pt"], device="cpu")
+    by = index.by_patient()
+    truth_all, score_all = [], []
+    for row in patients:
+        images, masks = load_patient(by[row["patient"]])
+        probs = predictor.predict(images)
+        pred, truth = (probs >= 0.5).ravel(), (masks > 0).ravel()
+        if truth.any() or pred.any():
+            assert float(row["dice"]) == pytest.approx(f1_score(truth, pred), rel=1e-5)
+            assert float(row["iou"]) == pytest.approx(jaccard_score(truth, pred), rel=1e-5)
+        assert int(row["tp"]) == int((pred & truth).sum())
+        truth_all += [m.any() for m in masks]
+        score_all += list(probs.reshape(len(probs), -1).max(axis=1))
+    mean = np.mean([float(r["dice"]) for r in patients])
+    assert summary["metrics"]["dice"]["per_patient"]["mean"] == pytest.approx(mean, rel=1e-5)
+    slice_det = next(r for r in detection if r["level"] == "slice")
+    if 0 < sum(truth_all) < len(truth_all):
+        assert float(slice_det["auroc"]) == pytest.approx(roc_auc_score(truth_all, score_all), rel=1e-5)
+
+
+def test_evaluate_all_patients_flags_training_patients(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ext"
+    assert main(["evaluate", str(tiny_run), "--split", "all", "--out", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "were used to train or validate" in err
+    summary = read_json(out / "summary.json")
+    n_all = len(index_dataset(read_json(tiny_run / "config.json")["data"]["root"]).patients)
+    assert summary["n_patients"] == n_all and summary["split"] == "all"
+
+
+def test_postprocessing_options_are_recorded_and_applied(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pp"
+    args = ["evaluate", str(tiny_run), "--largest-component", "--min-lesion-size", "5", "--threshold", "0.3",
+            "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    s = read_json(out / "summary.json")
+    assert s["threshold"] == 0.3
+    assert s["postprocessing"] == {"largest_component_per_volume": True, "min_lesion_size": 5}
+    # the largest 3-D component can only remove predicted pixels
+    base = {r["patient"]: r for r in read_csv(tiny_run / "eval_test" / "per_patient.csv")}
+    for r in read_csv(out / "per_patient.csv"):
+        assert not math.isnan(float(r["dice"]))
+        assert r["patient"] in base
+
+
+def test_missing_run_is_one_clear_line(tmp_path: Path, capsys) -> None:
+    assert main(["evaluate", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "Traceback" not in err
