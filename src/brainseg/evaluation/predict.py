@@ -3,6 +3,11 @@
 The checkpoint alone defines preprocessing (size, channels, normalisation): slices of any size are
 resized in, and probabilities resized back to the input's own size, so masks are always compared
 and written at the resolution the user gave.
+
+Channel rule (see `CHANNEL_RULES`): a 3-channel slice given to a 1-channel model keeps its FLAIR
+channel (`brainseg.data.preprocess.select_channels`); a 1-channel slice given to a 3-channel model
+is an error unless ``channels="replicate"`` is asked for, which copies the one channel into all
+three slots. That is an explicit opt-in because the model never saw such inputs in training.
 """
 
 from __future__ import annotations
@@ -19,14 +24,51 @@ from brainseg.errors import BrainsegError
 from brainseg.training.checkpoint import load_checkpoint, model_from_checkpoint
 from brainseg.training.trainer import resolve_amp, select_device
 
+CHANNEL_RULES = {
+    "strict": "a 1-channel slice given to a 3-channel model is an error",
+    "replicate": "a 1-channel slice given to a 3-channel model is copied into all three channels "
+    "(inputs the model never saw in training: expect lower accuracy)",
+}
+
+
+def match_channels(images: np.ndarray, in_channels: int, rule: str, source: str) -> np.ndarray:
+    """Apply the channel rule to uint8 slices (N, H, W, C) for a model with `in_channels` inputs.
+
+    Returns the slices unchanged, or (rule "replicate", C = 1, model 3) with the one channel
+    copied three times. A 3-channel input to a 1-channel model is left for preprocessing to take
+    its FLAIR channel.
+
+    Raises:
+        BrainsegError: naming `source`, for a channel count other than 1 or 3, or a 1-channel
+            input to a 3-channel model under rule "strict".
+    """
+    if rule not in CHANNEL_RULES:
+        raise BrainsegError(f"channel rule must be one of {', '.join(CHANNEL_RULES)}, got {rule!r}")
+    c = images.shape[-1]
+    if c not in (1, 3):
+        raise BrainsegError(f"{source}: slices have {c} channels; expected 1 (FLAIR) or 3 (pre-contrast, FLAIR, "
+                            "post-contrast)")
+    if c == 1 and in_channels == 3:
+        if rule == "strict":
+            raise BrainsegError(
+                f"{source} has 1 channel but the model expects 3 (pre-contrast, FLAIR, post-contrast); "
+                "use a model trained with in_channels=1, or pass --channels replicate to copy the channel "
+                "into all three (the model never saw such inputs)"
+            )
+        return np.repeat(images, 3, axis=-1)
+    return images
+
 
 class Predictor:
     """Mean sigmoid probability of one or more checkpoints, optionally with flip TTA.
 
     Args:
         checkpoints: checkpoint paths (or run folders, or already-loaded checkpoint dicts).
+        device: "auto" (CUDA, then MPS, then CPU) or a torch device name.
         tta: average over the identity and horizontal/vertical flips.
         batch_size: slices per forward pass.
+        amp: mixed precision ("auto": bf16/fp16 on CUDA only, "off", "bf16", "fp16").
+        channels: channel rule, "strict" or "replicate" (see `CHANNEL_RULES`).
     """
 
     def __init__(
@@ -37,19 +79,24 @@ class Predictor:
         tta: bool = False,
         batch_size: int = 16,
         amp: str = "auto",
+        channels: str = "strict",
     ) -> None:
         if not checkpoints:
             raise BrainsegError("no checkpoint given")
+        if batch_size < 1:
+            raise BrainsegError(f"batch size must be at least 1, got {batch_size}")
+        if channels not in CHANNEL_RULES:
+            raise BrainsegError(f"channel rule must be one of {', '.join(CHANNEL_RULES)}, got {channels!r}")
         self.device = select_device(device)
         self.amp_dtype = resolve_amp(amp, self.device)
-        self.tta, self.batch_size = tta, batch_size
+        self.tta, self.batch_size, self.channels = tta, batch_size, channels
         self.checkpoints = [c if isinstance(c, dict) else load_checkpoint(c) for c in checkpoints]
         self.models = [model_from_checkpoint(c, self.device) for c in self.checkpoints]
         self.preprocessing = [c["preprocessing"] for c in self.checkpoints]
-        channels = {p["in_channels"] for p in self.preprocessing}
-        if len(channels) > 1:
-            raise BrainsegError(f"the ensemble mixes models with {sorted(channels)} input channels")
-        self.in_channels = channels.pop()
+        channel_counts = {p["in_channels"] for p in self.preprocessing}
+        if len(channel_counts) > 1:
+            raise BrainsegError(f"the ensemble mixes models with {sorted(channel_counts)} input channels")
+        self.in_channels = channel_counts.pop()
         self.forward_seconds = 0.0
         self.slices_seen = 0
 
@@ -57,15 +104,32 @@ class Predictor:
     def ms_per_slice(self) -> float:
         return 1000.0 * self.forward_seconds / max(self.slices_seen, 1)
 
+    def describe(self) -> list[dict[str, Any]]:
+        """What each ensemble member is (for result files): path, model, epoch, split, preprocessing."""
+        return [
+            {
+                "checkpoint": c.get("path"),
+                "model": c["model"].get("name"),
+                "model_config": c["model"],
+                "epoch": c.get("epoch"),
+                "split_id": (c.get("split") or {}).get("id"),
+                "preprocessing": c["preprocessing"],
+            }
+            for c in self.checkpoints
+        ]
+
     def _prepare(self, images: np.ndarray, prep: dict[str, Any], source: str) -> torch.Tensor:
         from brainseg.data.preprocess import preprocess_image
 
-        arr = [
-            preprocess_image(
-                img, size=prep["size"], in_channels=prep["in_channels"], normalization=prep["normalization"]
-            )
-            for img in images
-        ]
+        try:
+            arr = [
+                preprocess_image(
+                    img, size=prep["size"], in_channels=prep["in_channels"], normalization=prep["normalization"]
+                )
+                for img in images
+            ]
+        except BrainsegError as exc:
+            raise BrainsegError(f"{source}: {exc}") from None
         return torch.from_numpy(np.stack(arr))
 
     @torch.no_grad()
@@ -97,7 +161,7 @@ class Predictor:
         """Probabilities (N, H, W) float32 at the input's size for uint8 slices (N, H, W, C).
 
         With `return_logits`, also the first model's logits at its own size (no TTA), which is
-        what the training loss is computed on.
+        what the training loss is computed on. `source` names the input in error messages.
         """
         from brainseg.data.preprocess import resize_probability
 
@@ -106,8 +170,11 @@ class Predictor:
             images = images[..., None]
         if images.ndim != 4:
             raise BrainsegError(f"{source}: expected slices (N, H, W, C), got shape {images.shape}")
+        images = match_channels(images, self.in_channels, self.channels, source)
         n, h, w = images.shape[:3]
         total = np.zeros((n, h, w), dtype=np.float32)
+        if n == 0:
+            return (total, torch.zeros(0, 1, 1, 1)) if return_logits else total
         first_logits = None
         t0 = time.perf_counter()
         for k, (model, prep) in enumerate(zip(self.models, self.preprocessing)):
