@@ -1,0 +1,20 @@
+"""Use trained models on new scans: find inputs, read them, predict, write results in their own form."""
+
+from __future__ import annotations
+
+from brainseg.inference.inputs import Case, InputSet, discover_inputs
+from brainseg.inference.pipeline import VOLUME_COLUMNS, PostProcessing, postprocess, predict_path
+from brainseg.inference.readers import read_case, read_nifti, read_slice_file
+
+__all__ = [
+    "VOLUME_COLUMNS",
+    "Case",
+    "InputSet",
+    "PostProcessing",
+    "discover_inputs",
+    "postprocess",
+    "predict_path",
+    "read_case",
+    "read_nifti",
+    "read_slice_file",
+]

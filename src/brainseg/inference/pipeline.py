@@ -1,0 +1,345 @@
+"""`predict_path`: segment new scans with one checkpoint or an ensemble and write the results.
+
+Output folder layout (nothing is ever written among the input's own slices):
+
+- a slice ``X.tif`` / ``X.png`` → ``OUT/X_mask.tif`` / ``OUT/X_mask.png``;
+- a patient folder ``P`` (alone or in a dataset root) → ``OUT/P/P_<n>_mask.tif``, the
+  kaggle_3m naming, so OUT can be laid beside the images as a labelled copy;
+- a NIfTI ``X.nii.gz`` → ``OUT/X_mask.nii.gz`` with the input's affine and header;
+- ``OUT/overlays/…_overlay.png``: the FLAIR channel with the predicted tumour in magenta;
+- ``OUT/volumes.csv``: one row per slice (``level=slice``: tumour area in pixels and mm², highest
+  and mean tumour probability, detection) and one per case (``level=volume``: tumour volume in
+  pixels, mm³ and mL where the voxel size is known, detection);
+- ``OUT/predict.json``: checkpoints, settings, status (``running``, ``complete``, ``failed``).
+
+Cases are done one at a time and volumes.csv is rewritten (atomically) after each, so a bad
+file met later stops the run with an error naming it while every result already written stays.
+Probabilities become masks as in `brainseg.evaluation.evaluate`: threshold (≥), then the largest
+3-D connected component per case, then 2-D components below the minimum lesion size are dropped;
+a slice counts as a detection when its predicted area reaches ``min_area`` pixels, a case when
+any of its slices does (`brainseg.metrics.detection`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainseg import __version__
+from brainseg.errors import BrainsegError, CheckpointError
+from brainseg.fileio import write_csv_atomic, write_json_atomic
+from brainseg.inference.inputs import Case, InputSet, discover_inputs
+from brainseg.inference.readers import INTENSITY_RULE, CaseData, read_case
+
+VOLUME_COLUMNS = (
+    "level", "case", "slice", "input", "mask", "height", "width", "area_px", "area_mm2", "prob_max",
+    "prob_mean", "detected", "n_slices", "n_detected_slices", "volume_px", "volume_mm3", "volume_ml",
+)
+OVERLAY_CHOICES = ("tumour", "all", "none")
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """How probabilities become masks and detections (defaults: the first checkpoint's eval settings)."""
+
+    threshold: float = 0.5
+    largest_component: bool = False
+    min_lesion_size: int = 0
+    min_area: int = 10
+
+    def check(self) -> PostProcessing:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise BrainsegError(f"threshold must lie in [0, 1], got {self.threshold}")
+        if self.min_lesion_size < 0 or self.min_area < 0:
+            raise BrainsegError(
+                f"min lesion size and min area must be ≥ 0, got {self.min_lesion_size} and {self.min_area}"
+            )
+        return self
+
+
+def postprocess(probs: np.ndarray, pp: PostProcessing) -> np.ndarray:
+    """Probabilities (N, H, W) of one case → boolean masks, the way evaluation makes them."""
+    from brainseg.evaluation.postprocess import largest_component, remove_small_components
+
+    pred = np.asarray(probs) >= pp.threshold
+    if pp.largest_component:
+        pred = largest_component(pred)
+    if pp.min_lesion_size > 1:
+        pred = np.stack([remove_small_components(p, pp.min_lesion_size) for p in pred])
+    return pred
+
+
+def case_rows(
+    case: Case,
+    labels: Sequence[int],
+    mask_names: Sequence[str],
+    volume_mask: str,
+    pred: np.ndarray,
+    probs: np.ndarray,
+    spacing: tuple[float, float, float] | None,
+    min_area: int,
+) -> list[dict[str, Any]]:
+    """The volumes.csv rows of one case: one per slice, then its totals (pure)."""
+    n, h, w = pred.shape
+    areas = pred.reshape(n, -1).sum(axis=1)
+    pixel_mm2 = spacing[0] * spacing[1] if spacing else None
+    detected = areas >= max(min_area, 1)
+    rows: list[dict[str, Any]] = []
+    for k in range(n):
+        inside = probs[k][pred[k]]
+        rows.append({
+            "level": "slice",
+            "case": case.name,
+            "slice": labels[k],
+            "input": str(case.images[k] if case.images else case.source),
+            "mask": mask_names[k],
+            "height": h,
+            "width": w,
+            "area_px": int(areas[k]),
+            "area_mm2": float(areas[k] * pixel_mm2) if pixel_mm2 is not None else None,
+            "prob_max": float(probs[k].max()),
+            "prob_mean": float(inside.mean()) if inside.size else None,
+            "detected": int(detected[k]),
+        })
+    total = int(areas.sum())
+    voxel_mm3 = spacing[0] * spacing[1] * spacing[2] if spacing else None
+    rows.append({
+        "level": "volume",
+        "case": case.name,
+        "input": str(case.source),
+        "mask": volume_mask,
+        "height": h,
+        "width": w,
+        "prob_max": float(probs.max()) if n else None,
+        "detected": int(detected.any()),
+        "n_slices": n,
+        "n_detected_slices": int(detected.sum()),
+        "volume_px": total,
+        "volume_mm3": float(total * voxel_mm3) if voxel_mm3 is not None else None,
+        "volume_ml": float(total * voxel_mm3 / 1000.0) if voxel_mm3 is not None else None,
+    })
+    return rows
+
+
+def _nifti_suffix(path: Path) -> str:
+    return ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+
+
+@dataclass
+class CasePlan:
+    """Where one case's files go: masks (one per slice, or one NIfTI), overlays (one per slice)."""
+
+    masks: list[Path]
+    overlays: list[Path]
+    volume_mask: Path
+
+
+def plan_case(out: Path, case: Case, n_slices: int | None = None) -> CasePlan:
+    """Output paths of a case (see the module docstring); NIfTI overlays need `n_slices`."""
+    if case.kind == "nifti":
+        mask = out / f"{case.name}_mask{_nifti_suffix(case.source)}"
+        ov = [out / "overlays" / case.name / f"{case.name}_z{k:03d}_overlay.png" for k in range(n_slices or 0)]
+        return CasePlan([mask], ov, mask)
+    folder = out if case.kind == "slice" else out / case.source.name
+    ov_folder = out / "overlays" if case.kind == "slice" else out / "overlays" / case.source.name
+    masks = [folder / f"{p.stem}_mask{p.suffix}" for p in case.images]
+    overlays = [ov_folder / f"{p.stem}_overlay.png" for p in case.images]
+    return CasePlan(masks, overlays, masks[0] if case.kind == "slice" else folder)
+
+
+def check_outputs(inputs: InputSet, out: Path) -> None:
+    """Refuse an output folder that would write among the input's slices or over an input file.
+
+    Folder inputs: no output may land in a folder that holds input slices (predicted masks would
+    mix with the images and any ground truth). Single files: no output may replace an existing
+    file beside the input (e.g. its ground-truth ``X_mask.tif``).
+    """
+    input_files = {p.resolve() for c in inputs.cases for p in (c.images or (c.source,))}
+    input_dirs = {p.parent for p in input_files}
+    single_file = inputs.root.is_file()
+    planned: list[Path] = [out / "volumes.csv", out / "predict.json"]
+    for case in inputs.cases:
+        plan = plan_case(out, case, 1)
+        planned += plan.masks + plan.overlays
+    for path in planned:
+        r = path.resolve()
+        if r in input_files or (r.parent in input_dirs and (not single_file or r.exists())):
+            raise BrainsegError(
+                f"--out {out} would write {path} among the input's own files in {r.parent}; "
+                "choose an output folder outside the input"
+            )
+
+
+def resolve_postprocessing(ckpt: dict[str, Any], overrides: dict[str, Any]) -> PostProcessing:
+    """The first checkpoint's eval settings, with the given (non-None) overrides."""
+    from brainseg.config import RunConfig
+
+    ev = RunConfig.from_dict(ckpt["config"], str(ckpt.get("path", "checkpoint"))).eval
+    base = {k: getattr(ev, k) for k in ("threshold", "largest_component", "min_lesion_size", "min_area")}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return PostProcessing(
+        threshold=float(base["threshold"]),
+        largest_component=bool(base["largest_component"]),
+        min_lesion_size=int(base["min_lesion_size"]),
+        min_area=int(base["min_area"]),
+    ).check()
+
+
+def _write_case(
+    out: Path, case: Case, data: CaseData, plan: CasePlan, pred: np.ndarray, overlays: str
+) -> int:
+    """Write a case's masks and overlays; returns the number of files written."""
+    from brainseg.inference.writers import write_mask_slice, write_nifti_mask, write_overlay
+
+    written = 0
+    if case.kind == "nifti":
+        write_nifti_mask(plan.masks[0], pred, data.nifti)
+        written += 1
+    else:
+        for path, m in zip(plan.masks, pred):
+            write_mask_slice(path, m)
+            written += 1
+    if overlays != "none":
+        for k, path in enumerate(plan.overlays):
+            if overlays == "all" or pred[k].any():
+                write_overlay(path, data.images[k], pred[k])
+                written += 1
+    return written
+
+
+def predict_path(
+    input_path: str | Path,
+    out_dir: str | Path,
+    checkpoints: Sequence[str | Path | dict[str, Any]],
+    *,
+    tta: bool = False,
+    device: str = "auto",
+    batch_size: int = 16,
+    amp: str = "auto",
+    channels: str = "strict",
+    threshold: float | None = None,
+    largest_component: bool | None = None,
+    min_lesion_size: int | None = None,
+    min_area: int | None = None,
+    overlays: str = "tumour",
+    skip_bad: bool = False,
+    progress: bool = True,
+    announce: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Segment every case of `input_path` and write masks, overlays, volumes.csv and predict.json.
+
+    Args:
+        input_path: a slice (TIF/PNG), a patient folder, a kaggle_3m dataset root, a NIfTI file
+            or a folder of NIfTI files (see `brainseg.inference.inputs`).
+        out_dir: output folder (created); it must not put files among the input's slices.
+        checkpoints: one checkpoint (file or run folder) or several: an ensemble averages their
+            probabilities.
+        tta, device, batch_size, amp, channels: passed to `Predictor`.
+        threshold, largest_component, min_lesion_size, min_area: post-processing and detection;
+            None takes the first checkpoint's own setting.
+        overlays: "tumour" (slices with predicted tumour), "all" or "none".
+        skip_bad: go on past a case that cannot be read or used, listing it in predict.json,
+            instead of stopping with its error.
+        announce: called with one line per skipped case (e.g. print to stderr).
+
+    Returns:
+        The contents of predict.json.
+
+    Raises:
+        BrainsegError: bad input (naming the file), bad settings or an unusable checkpoint.
+    """
+    from brainseg.evaluation.predict import CHANNEL_RULES, Predictor
+
+    if overlays not in OVERLAY_CHOICES:
+        raise BrainsegError(f"overlays must be one of {', '.join(OVERLAY_CHOICES)}, got {overlays!r}")
+    inputs = discover_inputs(input_path)
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise BrainsegError(f"--out {out} exists and is not a folder")
+    check_outputs(inputs, out)
+    predictor = Predictor(checkpoints, device=device, tta=tta, batch_size=batch_size, amp=amp, channels=channels)
+    pp = resolve_postprocessing(
+        predictor.checkpoints[0],
+        {"threshold": threshold, "largest_component": largest_component,
+         "min_lesion_size": min_lesion_size, "min_area": min_area},
+    )
+    info: dict[str, Any] = {
+        "brainseg_version": __version__,
+        "status": "running",
+        "input": str(inputs.root),
+        "input_kind": inputs.kind,
+        "out": str(out),
+        "checkpoints": predictor.describe(),
+        "ensemble": "mean of the members' sigmoid probabilities" if len(predictor.models) > 1 else None,
+        "tta": "mean over identity, horizontal and vertical flips" if tta else None,
+        "device": str(predictor.device),
+        "amp": str(predictor.amp_dtype).replace("torch.", "") if predictor.amp_dtype else "off",
+        "postprocessing": asdict(pp),
+        "channel_rule": {"name": channels, "doc": CHANNEL_RULES[channels],
+                         "grey_rgb": "slices whose three channels are identical count as one channel"},
+        "nifti_intensity": INTENSITY_RULE,
+        "mask_values": {"slices": [0, 255], "nifti": [0, 1]},
+        "n_cases": len(inputs.cases),
+        "cases_done": 0,
+        "slices_done": 0,
+        "files_written": 0,
+        "skipped": [],
+        "notes": [],
+    }
+    write_json_atomic(out / "predict.json", info)
+    rows: list[dict[str, Any]] = []
+    cases = inputs.cases
+    if progress and len(cases) > 1:
+        from tqdm.auto import tqdm
+
+        cases = tqdm(cases, desc="predicting", unit="case", leave=False, mininterval=1.0, file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        for case in cases:
+            try:
+                data = read_case(case)
+                probs = predictor.predict(data.images, source=str(case.source))
+            except CheckpointError:
+                raise
+            except BrainsegError as exc:
+                if not skip_bad:
+                    raise
+                info["skipped"].append({"case": case.name, "input": str(case.source), "error": str(exc)})
+                if announce:
+                    announce(f"skipping {case.source}: {exc}")
+                continue
+            n = len(data.images)
+            pred = postprocess(probs, pp)
+            plan = plan_case(out, case, n)
+            info["files_written"] += _write_case(out, case, data, plan, pred, overlays)
+            labels = list(case.numbers) if case.kind != "nifti" else list(range(n))
+            labels = [lab if lab is not None else k for k, lab in enumerate(labels)]
+            names = (
+                [str(p.relative_to(out)) for p in plan.masks]
+                if case.kind != "nifti"
+                else [str(plan.masks[0].relative_to(out))] * n
+            )
+            rows += case_rows(case, labels, names, str(plan.volume_mask.relative_to(out)), pred, probs,
+                              data.spacing, pp.min_area)
+            write_csv_atomic(out / "volumes.csv", rows, VOLUME_COLUMNS)
+            info["notes"] += list(data.notes)
+            info["cases_done"] += 1
+            info["slices_done"] += n
+    except BaseException as exc:
+        info["status"] = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
+        info["error"] = f"{type(exc).__name__}: {exc}"
+        write_json_atomic(out / "predict.json", info)
+        raise
+    if not rows:
+        write_csv_atomic(out / "volumes.csv", rows, VOLUME_COLUMNS)
+    info["status"] = "complete"
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    info["inference_ms_per_slice"] = round(predictor.ms_per_slice, 3)
+    write_json_atomic(out / "predict.json", info)
+    return info

@@ -1,0 +1,222 @@
+"""Read what `discover_inputs` found into uint8 slices (N, H, W, C), C = 1 or 3.
+
+Slice files (TIF, PNG) must hold 8-bit pixels: grey (H×W or H×W×1) or three channels in the LGG
+order (pre-contrast, FLAIR, post-contrast). An alpha channel is dropped when it is fully opaque and
+refused otherwise. A case whose every slice has three identical channels (a grey picture saved as
+RGB) counts as one channel, so the channel rule applies to it as to any grey input.
+
+NIfTI volumes (nibabel) are segmented slice by slice along the last spatial axis: slice k is
+``data[:, :, k]`` with array axis 0 as image rows and axis 1 as columns, so the mask written back
+lines up voxel for voxel with the input. Shapes accepted: X×Y×Z (one channel), X×Y×Z×C and
+X×Y×Z×1×C (C = 1 or 3, in the LGG order). Intensities that are not uint8 are scaled to 0–255
+per channel over the whole volume (`to_uint8`). The voxel size comes from the header, in mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainseg.errors import DataError
+from brainseg.inference.inputs import Case
+
+#: Upper percentile of the non-background voxels mapped to 255 when scaling a volume to uint8.
+UPPER_PERCENTILE = 99.5
+INTENSITY_RULE = (
+    "NIfTI intensities that are not uint8 are scaled per channel over the whole volume: its minimum "
+    f"→ 0 and the {UPPER_PERCENTILE}th percentile of the voxels above that minimum → 255 (clipped)"
+)
+_SPATIAL_UNIT_MM = {"mm": 1.0, "meter": 1000.0, "micron": 0.001, "unknown": 1.0}
+
+
+@dataclass
+class CaseData:
+    """A case's slices and what is known about their geometry.
+
+    Attributes:
+        images: uint8 (N, H, W, C), C = 1 or 3, in slice order.
+        spacing: (row, column, slice) voxel size in mm, or None when the format carries none.
+        nifti: the nibabel image of a NIfTI case (its affine and header are copied to the mask).
+        notes: remarks for the result files (e.g. a header without spatial units).
+    """
+
+    images: np.ndarray
+    spacing: tuple[float, float, float] | None = None
+    nifti: Any = None
+    notes: tuple[str, ...] = ()
+
+
+def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[2] in (2, 4):
+        if not np.all(arr[:, :, -1] == 255):
+            raise DataError(f"{path} has a transparent alpha channel; save the slice without transparency")
+        arr = arr[:, :, :-1]
+    return arr
+
+
+def _check_slice(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.dtype != np.uint8:
+        raise DataError(f"{path} has pixels of type {arr.dtype}; expected 8-bit (uint8) slices")
+    arr = _drop_alpha(arr, path)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3):
+        raise DataError(
+            f"{path} has shape {arr.shape}; expected one slice H×W (grey) or H×W×3 "
+            "(pre-contrast, FLAIR, post-contrast)"
+        )
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise DataError(f"{path} has shape {arr.shape}; too small to be a slice")
+    return np.ascontiguousarray(arr)
+
+
+def _read_tif(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if len(tif.pages) == 0:
+                raise DataError(f"{path} cannot be read as a TIFF image: it holds no image (truncated or corrupt?)")
+            if len(tif.pages) != 1:
+                raise DataError(f"{path} holds {len(tif.pages)} images; expected exactly one slice")
+            page = tif.pages[0]
+            arr, axes = page.asarray(), page.axes
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except Exception as exc:  # tifffile, zlib and struct errors all mean a broken or truncated file
+        raise DataError(f"{path} cannot be read as a TIFF image (truncated or corrupt?): {exc}") from None
+    if arr.ndim == 3 and axes.startswith("S"):  # planar-separate RGB comes as (C, H, W)
+        arr = np.moveaxis(arr, 0, -1)
+    return arr
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                raise DataError(f"{path} is a {im.format} file, not a PNG")
+            if im.mode in ("1", "P"):  # bilevel and palette images: expand to their real colours
+                im = im.convert("L" if im.mode == "1" else "RGBA")
+            if im.mode not in ("L", "LA", "RGB", "RGBA"):
+                raise DataError(f"{path} is a PNG of mode {im.mode}; expected 8-bit grey or RGB")
+            return np.asarray(im)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path} cannot be read as a PNG image (truncated or corrupt?): {exc}") from None
+
+
+def read_slice_file(path: str | Path) -> np.ndarray:
+    """One slice image (TIF or PNG) → uint8 (H, W, C), C = 1 or 3.
+
+    Raises:
+        DataError: naming the file, when it is unreadable or not one 8-bit grey/3-channel slice.
+    """
+    path = Path(path)
+    arr = _read_png(path) if path.suffix.lower() == ".png" else _read_tif(path)
+    return _check_slice(arr, path)
+
+
+def collapse_grey(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) whose three channels are identical in every slice → (N, H, W, 1).
+
+    A stack that is blank everywhere is left as it is: it says nothing about its channels.
+    """
+    if images.shape[-1] != 3 or not images.any():
+        return images
+    if np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 1], images[..., 2]):
+        return np.ascontiguousarray(images[..., :1])
+    return images
+
+
+def to_uint8(volume: np.ndarray) -> np.ndarray:
+    """Scale one channel of a volume to uint8 by `INTENSITY_RULE` (uint8 input is kept as is)."""
+    if volume.dtype == np.uint8:
+        return volume
+    v = np.asarray(volume, dtype=np.float64)
+    lo = float(v.min())
+    above = v[v > lo]
+    if above.size == 0:
+        return np.zeros(v.shape, dtype=np.uint8)
+    hi = float(np.percentile(above, UPPER_PERCENTILE))
+    if hi <= lo:  # all voxels above the minimum share one value
+        hi = float(above.max())
+    return np.clip(np.rint((v - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def read_nifti(path: str | Path) -> CaseData:
+    """A NIfTI volume → slices (Z, X, Y, C) uint8, voxel size in mm, and the nibabel image.
+
+    Raises:
+        DataError: naming the file, when it is unreadable, truncated, of an unusable shape, or
+            holds values that are not finite.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except Exception as exc:  # nibabel, gzip, zlib and EOF errors: a broken or truncated file
+        raise DataError(f"{path} cannot be read as a NIfTI volume (truncated or corrupt?): {exc}") from None
+    shape = data.shape
+    if data.ndim == 5 and shape[3] == 1:
+        data = data[:, :, :, 0, :]
+    if data.ndim == 3:
+        data = data[..., None]
+    if data.ndim != 4 or data.shape[3] not in (1, 3):
+        raise DataError(
+            f"{path} has shape {shape}; expected a volume X×Y×Z (one channel) or X×Y×Z×3 "
+            "(pre-contrast, FLAIR, post-contrast)"
+        )
+    if min(data.shape[:2]) < 2 or data.shape[2] < 1:
+        raise DataError(f"{path} has shape {shape}; too small to hold axial slices")
+    if data.dtype.kind not in "uif":
+        raise DataError(f"{path} holds values of type {data.dtype}; expected numbers")
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        raise DataError(f"{path} holds NaN or infinite values")
+    channels = [to_uint8(data[..., c]) for c in range(data.shape[3])]
+    images = np.ascontiguousarray(np.stack(channels, axis=-1).transpose(2, 0, 1, 3))  # (Z, X, Y, C)
+    notes: list[str] = []
+    unit = img.header.get_xyzt_units()[0] if hasattr(img.header, "get_xyzt_units") else "unknown"
+    if unit == "unknown":
+        notes.append(f"{path.name}: the header gives no spatial unit; voxel sizes are taken as mm")
+    scale = _SPATIAL_UNIT_MM.get(unit, 1.0)
+    zooms = tuple(float(z) * scale for z in img.header.get_zooms()[:3])
+    spacing = zooms if len(zooms) == 3 and all(z > 0 for z in zooms) else None
+    if spacing is None:
+        notes.append(f"{path.name}: the header's voxel size {img.header.get_zooms()} is unusable; no mm² or mL")
+    return CaseData(images, spacing, img, tuple(notes))
+
+
+def read_case(case: Case) -> CaseData:
+    """Read every slice of a case, checking they share one size; grey stacks become 1 channel.
+
+    Raises:
+        DataError: naming the file at fault (unreadable, wrong shape, or a size unlike the first slice's).
+    """
+    if case.kind == "nifti":
+        data = read_nifti(case.source)
+        data.images = collapse_grey(data.images)
+        return data
+    slices: list[np.ndarray] = []
+    for path in case.images:
+        arr = read_slice_file(path)
+        if slices and arr.shape != slices[0].shape:
+            raise DataError(
+                f"{path} has shape {arr.shape}, but {case.images[0].name} of the same patient has "
+                f"{slices[0].shape}; a patient's slices must share one size and channel count"
+            )
+        slices.append(arr)
+    return CaseData(collapse_grey(np.stack(slices)))
