@@ -1,0 +1,104 @@
+"""`brainseg predict`: segment new scans with one checkpoint or an ensemble."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = (
+    "Segment new scans with a trained model. INPUT is a slice (.tif/.png), a patient folder "
+    "(<name>_<n>.tif slices), a dataset root in the kaggle_3m layout, a NIfTI volume (.nii/.nii.gz) "
+    "or a folder of NIfTI volumes. Several --checkpoint options form an ensemble (mean probability)."
+)
+
+EPILOG = """\
+outputs (in --out DIR; never among the input's own files):
+  masks          X_mask.tif / X_mask.png for a slice; DIR/<patient>/<patient>_<n>_mask.tif for a
+                 patient or dataset (values 0/255, the input's size); X_mask.nii.gz for a NIfTI
+                 volume (values 0/1, the input's affine and header)
+  overlays/      FLAIR channel with the predicted tumour in magenta (see --overlays)
+  volumes.csv    level=slice rows: tumour area (pixels, mm² when the voxel size is known),
+                 highest and mean tumour probability, detection; level=volume rows: tumour volume
+                 (pixels, mm³ and mL for NIfTI), detected slices, detection
+  predict.json   checkpoints, settings, and status (running / complete / failed)
+
+preprocessing comes from the checkpoint alone: slices of another size are resized in, and masks
+resized back to the input's size.
+
+channel rule (--channels): models take 3 channels (pre-contrast, FLAIR, post-contrast) or 1 (FLAIR).
+  3-channel input, 1-channel model: the FLAIR channel (the 2nd) is used.
+  1-channel input, 3-channel model: an error (strict, the default), or with --channels replicate
+                 the one channel is copied into all three (inputs the model never saw in training:
+                 expect lower accuracy).
+  A slice or volume whose three channels are identical (a grey picture saved as RGB) counts as
+  one channel.
+
+NIfTI: segmented slice by slice along the last axis (slice k = data[:, :, k], axis 0 as rows);
+a 4-D volume X×Y×Z×3 holds the three channels. Intensities that are not uint8 are scaled per
+channel to 0-255 (volume minimum → 0, 99.5th percentile → 255). Voxel sizes come from the header.
+
+post-processing defaults to the first checkpoint's own settings (threshold 0.5 unless its run
+said otherwise): threshold, then --largest-component per case (3-D), then --min-lesion-size (2-D);
+a slice is a detection when its tumour area reaches --min-area pixels, a case when any slice is.
+
+examples:
+  brainseg predict -c runs/unet kaggle_3m/TCGA_CS_4942_19970222 --out pred   (a run folder: its best checkpoint)
+  brainseg predict --checkpoint runs/unet --checkpoint runs/segnet scan.nii.gz --out pred --tta
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = EPILOG
+    p.add_argument("input", metavar="INPUT", help="slice, patient folder, dataset root, NIfTI file or folder")
+    p.add_argument("--checkpoint", "-c", action="append", required=True, metavar="CKPT",
+                   help="checkpoint file or run folder (its best checkpoint); repeat for an ensemble")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: mean over identity and flips")
+    p.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's, 0.5)")
+    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the largest 3-D connected component per case (default: the checkpoint's)")
+    p.add_argument("--min-lesion-size", type=int, metavar="PX",
+                   help="drop predicted 2-D components smaller than PX pixels (default: the checkpoint's)")
+    p.add_argument("--min-area", type=int, metavar="PX",
+                   help="detection: tumour area (pixels) for a positive slice (default: the checkpoint's, 10)")
+    p.add_argument("--channels", choices=("strict", "replicate"), default="strict",
+                   help="channel rule for 1-channel input to a 3-channel model (see below; default strict)")
+    p.add_argument("--overlays", choices=("tumour", "all", "none"), default="tumour",
+                   help="overlay PNGs for slices with predicted tumour (default), every slice, or none")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
+                   help="mixed precision (auto: bf16/fp16 on CUDA only)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="go on past a case that cannot be read, and list it in predict.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from brainseg.inference.pipeline import predict_path
+
+    info = predict_path(
+        args.input,
+        args.out,
+        args.checkpoint,
+        tta=args.tta,
+        device=args.device,
+        batch_size=args.batch_size,
+        amp=args.amp,
+        channels=args.channels,
+        threshold=args.threshold,
+        largest_component=args.largest_component,
+        min_lesion_size=args.min_lesion_size,
+        min_area=args.min_area,
+        overlays=args.overlays,
+        skip_bad=args.skip_bad,
+        progress=not args.quiet,
+        announce=lambda m: print(f"brainseg predict: {m}", file=sys.stderr),
+    )
+    models = ", ".join(str(c["model"]) for c in info["checkpoints"])
+    print(f"{info['cases_done']} case(s), {info['slices_done']} slice(s) segmented with {models} on "
+          f"{info['device']} ({info['inference_ms_per_slice']:.1f} ms/slice); results in {info['out']}")
+    if info["skipped"]:
+        print(f"{len(info['skipped'])} case(s) skipped: see {info['out']}/predict.json")
+    return 0
