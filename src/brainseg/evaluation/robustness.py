@@ -684,7 +684,7 @@ def run_robustness(
     # nothing cannot drop much either, so the clean Dice and the retained fraction are reported too)
     degradation, retained = {}, {}
     for m in loaded:
-        mine = [r for r in rows if r["model"] == m.name and r["perturbation"] != CLEAN]
+        mine = [r for r in rows if r["model"] == m.name and r["perturbation"] != CLEAN and r["severity"] > 0]
         drops = [r["dice_drop"] for r in mine if not math.isnan(r["dice_drop"])]
         kept = [r["dice_retained"] for r in mine if not math.isnan(r["dice_retained"])]
         degradation[m.name] = float(np.mean(drops)) if drops else float("nan")
