@@ -341,3 +341,34 @@ def test_cli_predict_and_its_help(trained, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         cli_main(["predict", "--help"])
     assert "--channels replicate" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # evaluate indexes (decodes) all 1909 real slices: ~10 s
+def test_real_patient_folder_matches_evaluate(trained, real_data: Path, tmp_path: Path) -> None:
+    """A real kaggle_3m patient: 256×256 {0, 255} masks, one per slice, and evaluate's Dice."""
+    from brainseg.evaluation.evaluate import evaluate_run
+    from brainseg.training.checkpoint import save_checkpoint
+
+    folder = sorted(p for p in real_data.iterdir() if p.is_dir())[0]
+    files = slice_files(folder)
+    images, truth = images_of(folder), truth_of(folder)
+    assert images.shape[1:] == (256, 256, 3)
+    # the phantom-trained checkpoint, told that this real patient is its test split
+    ck = {k: v for k, v in load_checkpoint(trained.ckpt).items() if k != "path"}
+    ck["split"] = {**ck["split"], "test": [folder.name]}
+    save_checkpoint(tmp_path / "run" / "checkpoint_best.pt", ck)
+    probs = Predictor([tmp_path / "run"], device="cpu").predict(images)
+    thr = float(np.quantile(probs, 0.9))
+
+    predict_path(folder, tmp_path / "pred", [tmp_path / "run"], device="cpu", threshold=thr, progress=False)
+    masks = np.stack([tifffile.imread(tmp_path / "pred" / folder.name / f"{p.stem}_mask.tif") for p in files])
+    assert masks.shape == (len(files), 256, 256) and set(np.unique(masks).tolist()) <= {0, 255}
+    pred = masks == 255
+    tp, fp, fn = (pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()
+
+    evaluate_run(tmp_path / "run", split="test", data_root=str(real_data), eval_overrides={"threshold": thr},
+                 device="cpu", progress=False, out_dir=tmp_path / "eval")
+    (row,) = read_csv(tmp_path / "eval" / "per_patient.csv")
+    assert row["patient"] == folder.name
+    assert 2 * tp / (2 * tp + fp + fn) == pytest.approx(float(row["dice"]), rel=1e-5)
+    assert int(row["pred_volume_px"]) == int(pred.sum())
