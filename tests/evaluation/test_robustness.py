@@ -455,3 +455,29 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys, trained: Path) -> None:
     assert cli_main(["robustness", str(trained), "--perturbations", "snow", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "unknown perturbation 'snow'" in err and "Traceback" not in err
+
+
+def test_resolve_targets_reads_runs_fold_folders_and_comparisons(tmp_path: Path) -> None:
+    from brainseg.evaluation.robustness import resolve_targets
+
+    def ckpt(d: Path) -> Path:
+        d.mkdir(parents=True)
+        (d / "checkpoint_best.pt").write_bytes(b"")  # only its presence is looked at here
+        return d
+
+    run = ckpt(tmp_path / "run")
+    folds = [ckpt(tmp_path / "kfold" / f"fold{k}") for k in (0, 1, 10, 2)]
+    cmp = tmp_path / "cmp"
+    seg = ckpt(cmp / "runs" / "segnet")
+    unet_folds = [ckpt(cmp / "runs" / "unet" / f"fold{k}") for k in (0, 1)]
+    (cmp / "runs" / "pspnet").mkdir(parents=True)  # not trained yet: left out
+    (cmp / "protocol.json").write_text(json.dumps({"models": ["unet", "pspnet", "segnet"]}))
+
+    targets, comparison = resolve_targets([run, tmp_path / "kfold"])
+    assert comparison is None
+    assert [(t.name, t.run_dirs) for t in targets] == [(None, [run]), ("kfold", [folds[0], folds[1], folds[3], folds[2]])]
+    targets, comparison = resolve_targets([cmp])
+    assert comparison == cmp
+    assert [(t.name, t.run_dirs) for t in targets] == [("unet", unet_folds), ("segnet", [seg])]
+    with pytest.raises(BrainsegError, match="no checkpoint_last.pt"):
+        resolve_targets([run], checkpoint="last")
