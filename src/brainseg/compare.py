@@ -29,10 +29,12 @@ DEFAULT_MODELS = ("unet", "attention_unet", "segnet", "deeplabv3plus", "pspnet")
 
 # The out-of-the-box comparison on the built-in phantoms: small models at 64×64 so that all five
 # train and evaluate on a 2-core laptop CPU in a few minutes (see README for measured times).
+# 96×96 rather than 64×64 because PSPNet's output stride of 8 leaves too coarse a grid at 64 for
+# the phantoms' small lesions; tumour slices are drawn twice as often to speed learning.
 PHANTOM_PRESET: dict[str, dict[str, Any]] = {
-    "data": {"size": 64},
+    "data": {"size": 96, "tumour_weight": 2.0},
     "model": {"width": 8},
-    "train": {"epochs": 8, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.5},
+    "train": {"epochs": 24, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.5},
 }
 
 

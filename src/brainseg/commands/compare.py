@@ -6,13 +6,18 @@ import argparse
 import sys
 
 from brainseg.commands._common import add_training_arguments, config_from_args
+from brainseg.compare import PHANTOM_PRESET
 
 DESCRIPTION = (
     "Train every selected model on the same patient-level split with the same budget, evaluate each "
     "on the same test patients, and write leaderboard.csv/.md, significance tests, figures/ and "
     "report.html/.md to --out. Finished runs are reused and interrupted ones resumed on a re-run. "
     "Without --data (and without --config) it runs on the built-in phantoms with small models "
-    "(64×64, width 8, 8 epochs) so that it finishes in minutes on a laptop CPU."
+    "({size}×{size}, width {width}, {epochs} epochs, tumour slices drawn {tw:g}× as often) so that it "
+    "finishes in minutes on a laptop CPU; flags still override these."
+).format(
+    size=PHANTOM_PRESET["data"]["size"], width=PHANTOM_PRESET["model"]["width"],
+    epochs=PHANTOM_PRESET["train"]["epochs"], tw=PHANTOM_PRESET["data"]["tumour_weight"],
 )
 
 
@@ -28,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from brainseg.compare import PHANTOM_PRESET, compare
+    from brainseg.compare import compare
 
     base = PHANTOM_PRESET if args.data is None and args.config is None else None
     cfg = config_from_args(args, base=base)
