@@ -7,10 +7,12 @@ and turns `BrainsegError` (bad input, bad settings) into one clear line and a no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from brainseg import __version__
 from brainseg.errors import BrainsegError
@@ -63,13 +65,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     mod = importlib.import_module(modules[args.command])
     try:
-        return int(mod.run(args) or 0)
+        with _distributed():
+            return int(mod.run(args) or 0)
     except BrainsegError as exc:
         print(f"brainseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"brainseg {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _distributed() -> Iterator[None]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group, print results from rank 0 only.
+
+    The group lives until the process exits (a group cannot be re-created in the same process
+    under torchrun, and a program may call `main` more than once). Outside torchrun this does
+    nothing and imports nothing heavy.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    import atexit
+
+    from brainseg.training import distributed as dist_utils
+
+    if not dist_utils.is_distributed():
+        dist_utils.init_from_env()
+        atexit.register(dist_utils.cleanup)
+    if dist_utils.is_main():
+        yield
+    else:  # the other ranks would print the same results again
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            yield
 
 
 if __name__ == "__main__":

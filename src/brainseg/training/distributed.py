@@ -1,20 +1,35 @@
 """Thin helpers over torch.distributed, so the same code runs alone or under `torchrun`.
 
-`torchrun --nproc_per_node=N -m brainseg train …` sets RANK, WORLD_SIZE and LOCAL_RANK; we then
-initialise the default process group (NCCL on CUDA, gloo on CPU) and wrap the model in
-DistributedDataParallel. Everything else asks `is_main()` before writing files or printing.
+`torchrun --nproc_per_node=N -m brainseg train …` sets RANK, WORLD_SIZE and LOCAL_RANK; the CLI
+then starts the default process group once (`init_from_env`) and every command below it sees
+`rank()`, `world_size()` and `is_main()`. Training wraps the model in
+DistributedDataParallel; everything that writes files or prints asks `is_main()` first.
+
+Backends: gloo for CPU tensors; on a machine with CUDA the group is "cpu:gloo,cuda:nccl", so
+gradients of a GPU model travel over NCCL while object collectives and barriers (small, in CPU
+memory) use gloo — and a `--device cpu` run on a GPU machine still works.
+
+Without torchrun (WORLD_SIZE unset or 1) every helper is a no-op that returns the one-process
+answer, so callers never branch on "distributed or not".
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+# Rank 0 alone evaluates and writes reports while the other ranks wait in a barrier (`brainseg
+# compare`); torch's default (30 min for gloo, 10 min for NCCL) is too short for a large test split.
+TIMEOUT_ENV = "BRAINSEG_DIST_TIMEOUT_MIN"
+DEFAULT_TIMEOUT_MIN = 120
+
 
 def env_world_size() -> int:
+    """WORLD_SIZE as torchrun sets it (1 when not launched by torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -34,20 +49,42 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env(device_type: str) -> bool:
-    """Start the process group when launched by torchrun; returns True when distributed."""
-    if env_world_size() <= 1 or is_distributed():
-        return is_distributed()
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    if device_type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+def backend_for(device_type: str | None) -> str:
+    """The process-group backend for a run on `device_type` (None: decide from this machine).
+
+    CUDA → "cpu:gloo,cuda:nccl" (NCCL for GPU tensors, gloo for objects and CPU tensors);
+    anything else → "gloo".
+    """
+    cuda = torch.cuda.is_available() if device_type is None else device_type == "cuda"
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
+def init_from_env(device_type: str | None = None) -> bool:
+    """Start the default process group when launched by torchrun; returns True when distributed.
+
+    A no-op (returning the current state) outside torchrun or when the group already exists, so
+    the CLI and `train_run` may both call it.
+    """
+    if is_distributed():
+        return True
+    if env_world_size() <= 1:
+        return False
+    if not dist.is_available():
+        from brainseg.errors import BrainsegError
+
+        raise BrainsegError("WORLD_SIZE > 1 (launched by torchrun?) but this torch has no torch.distributed")
+    backend = backend_for(device_type)
+    if "nccl" in backend and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    minutes = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_MIN))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=minutes))
     return True
 
 
 def local_device(device: torch.device) -> torch.device:
+    """The device of this process: cuda:LOCAL_RANK under torchrun on GPUs, `device` otherwise."""
     if device.type == "cuda" and is_distributed():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return device
 
 
@@ -57,7 +94,7 @@ def barrier() -> None:
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
-    """Every rank's `obj`, in rank order (a one-element list when not distributed)."""
+    """Every rank's `obj` (picklable), in rank order (a one-element list when not distributed)."""
     if not is_distributed():
         return [obj]
     out: list[Any] = [None] * world_size()
@@ -66,6 +103,7 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of `values` over all ranks, in float64 (the values themselves alone)."""
     if not is_distributed():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -74,6 +112,7 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
     if not is_distributed():
         return obj
     box = [obj]
@@ -81,6 +120,21 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) into every rank's `module`, in place.
+
+    DistributedDataParallel broadcasts them at the start of each training forward, but each rank
+    then updates its own copy from its own shard; after the last step of an epoch they differ.
+    Validation on every rank must use the model rank 0 checkpoints, so sync them first.
+    """
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def cleanup() -> None:
+    """Destroy the process group (call once, at the end of the program)."""
     if is_distributed():
         dist.destroy_process_group()

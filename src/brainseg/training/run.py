@@ -89,6 +89,7 @@ def resolve_split(cfg: RunConfig, index: Any, run_dir: Path | None) -> Any:
                 )
         elif dist_utils.is_main():
             S.save_splits(path, drawn)
+        dist_utils.barrier()  # under torchrun, the other ranks may read splits.json next
     return drawn[d.fold]
 
 
@@ -121,6 +122,43 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.idx)
+
+
+def loader_options(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    """DataLoader settings shared by training, validation and `benchmarks/speed.py`.
+
+    Pinned memory only pays (and only exists) when batches are copied to a CUDA device.
+    """
+    workers = cfg.train.num_workers
+    return {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
+
+
+def make_train_loader(
+    dataset: Any,
+    cfg: RunConfig,
+    device: torch.device,
+    *,
+    weights: np.ndarray | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> DataLoader:
+    """The training loader of one process: its share of every global batch.
+
+    `cfg.train.batch_size` is the global batch; each of `world` processes loads
+    batch_size / world slices per step (see `EpochSampler`), so one process with batch B and
+    W processes with B/W each take the same optimisation steps on the same slices.
+    """
+    global_batch = cfg.train.batch_size
+    if global_batch % world:
+        raise BrainsegError(f"train.batch_size {global_batch} is not divisible by {world} processes")
+    # Drop an incomplete last batch (a 1-slice batch breaks BatchNorm) unless there is only one.
+    drop_last = len(dataset) >= global_batch
+    sampler = EpochSampler(
+        len(dataset), seed=cfg.train.seed, weights=weights, rank=rank, world_size=world, drop_last=drop_last and world > 1
+    )
+    return DataLoader(
+        dataset, batch_size=global_batch // world, sampler=sampler, drop_last=drop_last, **loader_options(cfg, device)
+    )
 
 
 def make_val_fn(
@@ -226,20 +264,13 @@ def train_run(
     weights = None
     if d.tumour_weight > 0:
         weights = np.where(train_ds.has_tumour, d.tumour_weight, 1.0)
-    per_rank_batch = cfg.train.batch_size // world
-    loader_kw: dict[str, Any] = {
-        "num_workers": cfg.train.num_workers,
-        "pin_memory": device.type == "cuda",
-        "persistent_workers": cfg.train.num_workers > 0,
-    }
-    train_loader = DataLoader(
-        train_ds,
-        batch_size=per_rank_batch,
-        sampler=EpochSampler(len(train_ds), seed=cfg.train.seed, weights=weights, rank=rank, world_size=world),
-        drop_last=len(train_ds) >= cfg.train.batch_size,  # avoid a 1-slice batch for BatchNorm
-        **loader_kw,
+    train_loader = make_train_loader(train_ds, cfg, device, weights=weights, rank=rank, world=world)
+    val_loader = DataLoader(
+        val_ds,
+        batch_size=cfg.train.batch_size // world,
+        sampler=ShardSampler(len(val_ds), rank, world),
+        **loader_options(cfg, device),
     )
-    val_loader = DataLoader(val_ds, batch_size=per_rank_batch, sampler=ShardSampler(len(val_ds), rank, world), **loader_kw)
 
     model_kwargs = dict(cfg.model.kwargs)
     if cfg.model.width is not None:

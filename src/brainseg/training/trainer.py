@@ -72,8 +72,18 @@ class EpochSampler(Sampler[int]):
     """Per-epoch order derived from (seed, epoch), sharded over distributed ranks.
 
     Uniform shuffling by default; with `weights` (e.g. tumour slices weighted up) a weighted draw
-    with replacement. Rank r of W takes every W-th index of the same global order, so W processes
-    with batch B/W see the same global batches as one process with batch B.
+    with replacement. Rank r of W takes every W-th index of the same global order (positions r,
+    r+W, …), so W processes with batch B/W see the same global batches as one process with
+    batch B: global batch j is positions jB…jB+B-1 of the order, split between the ranks.
+
+    Args:
+        n: dataset length.
+        seed: the order of epoch e comes from (seed, e) alone.
+        weights: optional per-item sampling weights (draws with replacement).
+        rank, world_size: this process's share in distributed training.
+        drop_last: with W > 1, drop the last n mod W items of the order instead of padding it
+            with repeats; together with a loader's `drop_last` this gives every rank exactly the
+            batches one process would make (one process drops the same incomplete tail).
     """
 
     def __init__(
@@ -84,31 +94,49 @@ class EpochSampler(Sampler[int]):
         weights: np.ndarray | None = None,
         rank: int = 0,
         world_size: int = 1,
+        drop_last: bool = False,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise BrainsegError(f"rank {rank} is not in [0, {world_size})")
+        if drop_last and n < world_size:
+            raise BrainsegError(f"{n} training slices cannot be shared by {world_size} processes")
         self.n, self.seed, self.rank, self.world = n, seed, rank, world_size
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.epoch = 0
-        self.per_rank = math.ceil(n / world_size)
+        self.drop_last = drop_last
+        self.per_rank = n // world_size if drop_last else math.ceil(n / world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def global_order(self) -> torch.Tensor:
+        """The order of the current epoch over all ranks (length per_rank × world_size)."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         if self.weights is None:
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
-        pad = self.per_rank * self.world - self.n
-        if pad:
-            order = torch.cat([order, order[:pad]])
-        return order
+        size = self.per_rank * self.world
+        if size > self.n:  # pad with the first items so every rank has the same count
+            order = torch.cat([order, order[: size - self.n]])
+        return order[:size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.global_order()[self.rank :: self.world].tolist())
 
     def __len__(self) -> int:
         return self.per_rank
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Strip DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
@@ -184,9 +212,8 @@ class Trainer:
     # -- state ------------------------------------------------------------------------------------
     @property
     def bare_model(self) -> nn.Module:
-        m = self.model
-        m = getattr(m, "module", m)  # DistributedDataParallel
-        return getattr(m, "_orig_mod", m)  # torch.compile
+        """The model itself, without its DistributedDataParallel and torch.compile wrappers."""
+        return unwrap(self.model)
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         """Restore model, optimizer, scheduler, scaler, RNG and loop state from a checkpoint."""
@@ -219,6 +246,8 @@ class Trainer:
             t0 = time.perf_counter()
             train_loss, n_seen = self._train_epoch(epoch)
             train_time = time.perf_counter() - t0
+            # every rank validates (and rank 0 saves) the same weights and BatchNorm statistics
+            dist_utils.broadcast_buffers(self.bare_model)
             val = self.val_fn(self.bare_model)
             seconds = time.perf_counter() - t0
             st.epoch = epoch
