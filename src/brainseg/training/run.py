@@ -32,6 +32,9 @@ CONFIG_NAME = "config.json"
 SUMMARY_NAME = "train_summary.json"
 
 
+TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {"pspnet": {"aux": True}}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -63,10 +66,11 @@ def resolve_split(cfg: RunConfig, index: Any, run_dir: Path | None) -> Any:
             raise BrainsegError(f"{d.split_file} holds {len(splits)} split(s); fold {d.fold} does not exist")
         return splits[d.fold]
     if d.holdout_institution:
+        # "all": one split per institution (leave-one-institution-out over every site), run as folds.
+        codes = sorted(set(inst.values())) if d.holdout_institution == "all" else [d.holdout_institution]
         drawn = [
-            S.leave_institution_out(
-                index.patients, inst, institution=d.holdout_institution, val_fraction=d.val_fraction, seed=d.seed
-            )
+            S.leave_institution_out(index.patients, inst, institution=c, val_fraction=d.val_fraction, seed=d.seed)
+            for c in codes
         ]
     elif d.folds and d.folds > 1:
         drawn = S.kfold_splits(index.patients, inst, k=d.folds, seed=d.seed, val_fraction=d.val_fraction)
@@ -272,7 +276,9 @@ def train_run(
         **loader_options(cfg, device),
     )
 
-    model_kwargs = dict(cfg.model.kwargs)
+    # An architecture's own training protocol unless the user says otherwise: PSPNet trains with
+    # its auxiliary head (deep supervision, Zhao et al. 2017 §4); in eval mode the head is unused.
+    model_kwargs = {**TRAINING_DEFAULTS.get(cfg.model.name, {}), **cfg.model.kwargs}
     if cfg.model.width is not None:
         model_kwargs["width"] = cfg.model.width
     model = create_model(cfg.model.name, in_channels=d.in_channels, **model_kwargs)
