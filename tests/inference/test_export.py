@@ -57,11 +57,11 @@ def test_a_graph_that_differs_is_not_written(trained, tmp_path: Path, monkeypatc
     # an exporter that (wrongly) emits another network's graph: the check must catch it
     twin = load_checkpoint(trained.twin)
     x = ex.example_inputs(twin["preprocessing"], 2)
-    twin_bytes, _ = ex._export_bytes(model_from_checkpoint(twin), torch.from_numpy(x), "torchscript", None)
-    monkeypatch.setattr(ex, "_export_bytes", lambda *a, **k: (twin_bytes, "torchscript"))
+    twin_bytes = ex._export_with(model_from_checkpoint(twin), torch.from_numpy(x), "torchscript", None)
+    monkeypatch.setattr(ex, "_export_with", lambda *a, **k: twin_bytes)
     out = tmp_path / "wrong.onnx"
-    with pytest.raises(BrainsegError, match="differ from PyTorch's.*nothing was written"):
-        ex.export_onnx(trained.ckpt, out, exporter="torchscript")
+    with pytest.raises(BrainsegError, match="torchscript: .*differ from PyTorch's.*dynamo: .*differ.*nothing was written"):
+        ex.export_onnx(trained.ckpt, out)  # auto: both exporters tried, both refused
     assert not out.exists() and not list(tmp_path.iterdir())
 
 

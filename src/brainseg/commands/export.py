@@ -21,8 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torchscript: PyTorch's older exporter (deprecated, fast); dynamo: the torch.export-"
                         "based one (PyTorch >= 2.5, slower); auto (default): torchscript, else dynamo")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the check on logits")
-    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the check on logits")
+    p.add_argument("--atol", type=float, default=1e-4,
+                   help="check: largest |ONNX − PyTorch| logit difference allowed is ATOL + RTOL·max|logit|")
+    p.add_argument("--rtol", type=float, default=1e-4, help="see --atol (default 1e-4)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,4 +34,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {r['path']} ({r['model']}, {r['exporter']} exporter, opset {r['opset']}, {r['bytes'] / 1e6:.1f} MB): input "
           f"{r['input']['name']} {r['input']['shape']}, output {r['output']['name']}; ONNX Runtime matches "
           f"PyTorch within {r['max_abs_diff']:.2g} on batches of {' and '.join(map(str, r['batches_checked']))}")
+    for failure in r["exporter_failures"]:
+        print(f"  (tried first: {failure})")
     return 0
