@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-DESCRIPTION = (
-    "Segment new scans with a trained model. INPUT is a slice (.tif/.png), a patient folder "
-    "(<name>_<n>.tif slices), a dataset root in the kaggle_3m layout, a NIfTI volume (.nii/.nii.gz) "
-    "or a folder of NIfTI volumes. Several --checkpoint options form an ensemble (mean probability)."
-)
+# line breaks are kept: the help uses RawDescriptionHelpFormatter for the tables in EPILOG
+DESCRIPTION = """\
+Segment new scans with a trained model. INPUT is a slice (.tif/.png), a patient folder
+(<name>_<n>.tif slices), a dataset root in the kaggle_3m layout, a NIfTI volume (.nii/.nii.gz)
+or a folder of NIfTI volumes. Several --checkpoint options form an ensemble (mean probability)."""
 
 EPILOG = """\
 outputs (in --out DIR; never among the input's own files):
@@ -35,7 +35,8 @@ channel rule (--channels): models take 3 channels (pre-contrast, FLAIR, post-con
 
 NIfTI: segmented slice by slice along the last axis (slice k = data[:, :, k], axis 0 as rows);
 a 4-D volume X×Y×Z×3 holds the three channels. Intensities that are not uint8 are scaled per
-channel to 0-255 (volume minimum → 0, 99.5th percentile → 255). Voxel sizes come from the header.
+channel to 0-255 (volume minimum → 0, 99.5th percentile of the voxels above it → 255). Voxel
+sizes (mm² and mL in volumes.csv) come from the header.
 
 post-processing defaults to the first checkpoint's own settings (threshold 0.5 unless its run
 said otherwise): threshold, then --largest-component per case (3-D), then --min-lesion-size (2-D);
