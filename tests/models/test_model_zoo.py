@@ -1,7 +1,8 @@
 """Tests generated from the model registry: every registered architecture gets all of them.
 
 A newly registered model is covered without new test code; it only needs a parameter pin in
-`PINNED_PARAMS` (the failure message prints the number to pin once it has been checked).
+`helpers_models.PINNED_PARAMS` (the failure message prints the number to pin once it has been
+checked).
 Models run at tiny widths on 64×64 inputs to keep the file fast.
 """
 
@@ -12,6 +13,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers_models import FIVE, PINNED_PARAMS
 from torch import nn
 
 from brainseg.errors import BrainsegError
@@ -23,20 +25,10 @@ from brainseg.models import (
     list_models,
     model_arguments,
     register_model,
+    registry,
 )
 
 SIZE = 64
-
-# Parameters at the default (full) width, 3 input channels, 1 output channel.
-PINNED_PARAMS = {
-    # Buda et al.'s reference UNet (mateuszbuda/brain-segmentation-pytorch, init_features=32)
-    # has 7,763,041 parameters; ours is layer for layer the same network.
-    "unet": 7_763_041,
-    "attention_unet": 8_024_645,
-    "segnet": 29_435_649,
-    "deeplabv3plus": 26_711_201,
-    "pspnet": 26_267_969,
-}
 
 # Extra configurations that change the forward path (tested like separate models).
 VARIANTS = {
@@ -74,7 +66,35 @@ def logits_of(y: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def test_registry_holds_the_five_architectures():
-    assert {"unet", "attention_unet", "segnet", "deeplabv3plus", "pspnet"} <= set(list_models())
+    assert set(FIVE) <= set(list_models())
+
+
+def test_decorator_registers_a_new_model_for_create_model():
+    @register_model("tiny_identity")
+    class TinyIdentity(SegmentationModel):
+        default_width = 4
+
+        def __init__(self, in_channels=3, out_channels=1, width=None, scale: float = 1.0):
+            super().__init__()
+            self.conv = nn.Conv2d(in_channels, out_channels, 1)
+            self._set_config(in_channels=in_channels, out_channels=out_channels, width=width, scale=scale)
+
+        @property
+        def size_divisor(self) -> int:
+            return 1
+
+    try:
+        assert TinyIdentity.name == "tiny_identity"
+        assert list_models()[-1] == "tiny_identity"
+        model = create_model("tiny_identity", in_channels=1, scale=2.0)
+        assert isinstance(model, TinyIdentity)
+        expected = {"name": "tiny_identity", "in_channels": 1, "out_channels": 1, "width": None}
+        assert model.config == {**expected, "scale": 2.0}
+        with pytest.raises(BrainsegError, match="scale"):
+            create_model("tiny_identity", shift=1)
+    finally:
+        registry._REGISTRY.pop("tiny_identity", None)
+    assert "tiny_identity" not in list_models()
 
 
 def test_unknown_name_lists_the_known_ones():
@@ -89,9 +109,21 @@ def test_duplicate_registration_raises():
     class Another(SegmentationModel):
         pass
 
-    with pytest.raises(BrainsegError, match="already registered"):
+    with pytest.raises(BrainsegError, match="already registered") as err:
         register_model("unet")(Another)
+    for name in list_models():
+        assert name in str(err.value)
     assert get_model_class("unet").__name__ == "UNet"
+
+
+@pytest.mark.parametrize("bad", ["UNet", "u net", ""])
+def test_badly_formed_names_are_refused(bad):
+    class Another(SegmentationModel):
+        pass
+
+    with pytest.raises(BrainsegError, match="lower-case"):
+        register_model(bad)(Another)
+    assert bad not in list_models()
 
 
 def test_unknown_option_raises_with_the_known_options():
