@@ -66,9 +66,10 @@ class AttentionGate(nn.Module):
 
     The skip features x (resolution 2h×2w) are weighted by coefficients α ∈ [0, 1] computed from
     x and the gating signal g taken from the next coarser level (h×w):
-    ``α = σ(ψ(ReLU(W_x x + W_g g + b_g)) + b_ψ)``. As in the paper, W_x is a 2×2 convolution with
-    stride 2, so the sum is formed at the gating resolution, and α is resampled bilinearly back to
-    the skip resolution.
+    ``α = σ(ψ(ReLU(W_x x + W_g g + b_g)) + b_ψ)``. The paper's Fig. 2 forms the sum at the
+    gating signal's (coarser) resolution; its authors' code does so with W_x as a 2×2 convolution
+    of stride 2, as here (cheaper than upsampling g), and α is resampled bilinearly back to the
+    skip resolution (the paper's "grid resampling").
 
     Args:
         x_channels: channels of the skip features.
