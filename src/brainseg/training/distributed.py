@@ -1,16 +1,36 @@
 """Thin helpers over torch.distributed, so the same code runs alone or under `torchrun`.
 
-`torchrun --nproc_per_node=N -m brainseg train …` sets RANK, WORLD_SIZE and LOCAL_RANK; the CLI
-then starts the default process group once (`init_from_env`) and every command below it sees
-`rank()`, `world_size()` and `is_main()`. Training wraps the model in
-DistributedDataParallel; everything that writes files or prints asks `is_main()` first.
+    torchrun --standalone --nproc_per_node=N -m brainseg train …      # or: … -m brainseg compare …
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; `brainseg.cli` then starts the default process
+group once for the whole command (`init_from_env`) and silences stdout on ranks other than 0.
+What a distributed run does, and how it relates to a one-process run:
+
+- **Global batch.** `train.batch_size` is the global batch: each of N processes loads
+  batch_size / N slices per step (batch_size must divide by N), and rank r takes positions
+  r, r+N, … of one shared per-epoch order (`EpochSampler`), so N processes take the same steps on
+  the same slices as one process with the whole batch; learning rate and schedule need no change.
+- **Gradients** are averaged over ranks by DistributedDataParallel (NCCL on GPUs, gloo on CPU).
+  A loss that is a mean over pixels (BCE, focal) then gives exactly the one-process gradient;
+  the batch-level Dice/Tversky losses are computed per rank's share, as in any DDP training.
+- **BatchNorm** normalises with each rank's own share (torch offers SyncBatchNorm on GPUs only);
+  the running statistics kept are rank 0's, and are copied to every rank before validation
+  (`broadcast_buffers`), so every rank validates the model that rank 0 checkpoints.
+- **Validation** runs on every rank over a disjoint share of the validation slices; the
+  confusion counts are gathered and merged, so every rank ends an epoch with the same figures
+  (and takes the same early-stopping and best-checkpoint decisions).
+- **Files**: checkpoints, history.csv, config.json, splits.json and summaries are written by rank 0
+  only; the others wait in a barrier where they would read them.
+- **Resume** (`--resume`) works the same way: every rank loads checkpoint_last.pt. The order and
+  the global batches depend on the global batch size only, so a run may even resume with another
+  N (only the BatchNorm shares change).
+- **compare**: every rank trains each model; rank 0 alone evaluates and builds the report while
+  the others wait in a barrier (timeout `BRAINSEG_DIST_TIMEOUT_MIN`, default 120 minutes).
 
 Backends: gloo for CPU tensors; on a machine with CUDA the group is "cpu:gloo,cuda:nccl", so
 gradients of a GPU model travel over NCCL while object collectives and barriers (small, in CPU
-memory) use gloo — and a `--device cpu` run on a GPU machine still works.
-
-Without torchrun (WORLD_SIZE unset or 1) every helper is a no-op that returns the one-process
-answer, so callers never branch on "distributed or not".
+memory) use gloo — and a `--device cpu` run on a GPU machine still works. Without torchrun
+(WORLD_SIZE unset or 1) every helper is a no-op that returns the one-process answer.
 """
 
 from __future__ import annotations

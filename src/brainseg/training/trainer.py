@@ -198,8 +198,10 @@ class Trainer:
         max_batches: int = 0,
         progress: bool = True,
         channels_last: bool = False,
+        time_limit_s: float = 0.0,
     ) -> None:
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
+        self.time_limit_s = time_limit_s
         self.train_loader, self.val_fn = train_loader, val_fn
         self.device, self.epochs, self.run_dir, self.meta = device, epochs, Path(run_dir), meta
         self.amp_dtype, self.grad_clip, self.patience, self.aux_weight = amp_dtype, grad_clip, patience, aux_weight
@@ -259,6 +261,10 @@ class Trainer:
                 st.bad_epochs += 1
                 if self.patience and st.bad_epochs >= self.patience:
                     st.stopped_early = True
+            out_of_time = bool(self.time_limit_s) and st.train_seconds >= self.time_limit_s and epoch < self.epochs
+            # rank 0's clock decides, so that every process stops after the same epoch
+            out_of_time = bool(dist_utils.broadcast_object(out_of_time))
+            st.stopped_early = st.stopped_early or out_of_time
             st.history.append(
                 {
                     "epoch": epoch,
@@ -278,7 +284,7 @@ class Trainer:
                 write_history(self.run_dir / "history.csv", st.history)
                 if self.progress:
                     flag = " *best*" if improved else ""
-                    stop = "  (early stop)" if st.stopped_early else ""
+                    stop = "  (time limit: stopping)" if out_of_time else "  (early stop)" if st.stopped_early else ""
                     print(
                         f"  epoch {epoch}/{self.epochs}  train_loss {train_loss:.4f}  val_loss "
                         f"{val['val_loss']:.4f}  val_dice {val['val_dice']:.4f}{flag}  {seconds:.1f}s{stop}",
@@ -294,6 +300,33 @@ class Trainer:
         if isinstance(out, dict):  # deep supervision (PSPNet's auxiliary head)
             return self.loss_fn(out["out"].float(), masks) + self.aux_weight * self.loss_fn(out["aux"].float(), masks)
         return self.loss_fn(out.float(), masks)
+
+    def train_step(self, batch: dict[str, Any], epoch: int = 0) -> torch.Tensor:
+        """One optimisation step on one loader batch; returns the loss (detached, on the device).
+
+        Under DDP the backward pass averages gradients over ranks; `benchmarks/speed.py` times
+        this method, so what it measures is what training runs.
+        """
+        images = batch["image"].to(self.device, non_blocking=True)
+        masks = batch["mask"].to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss = self._forward_loss(images, masks)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {loss.item()} at epoch {epoch}, step {self.state.global_step + 1}: "
+                f"try a lower learning rate (train.lr), gradient clipping (train.grad_clip) or amp off"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.state.global_step += 1
+        return loss.detach()
 
     def _train_epoch(self, epoch: int) -> tuple[float, int]:
         self.model.train()
@@ -312,28 +345,10 @@ class Trainer:
         for i, batch in enumerate(loader):
             if i >= total:
                 break
-            images = batch["image"].to(self.device, non_blocking=True)
-            masks = batch["mask"].to(self.device, non_blocking=True)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            loss = self._forward_loss(images, masks)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the training loss became {loss.item()} at epoch {epoch}, step {self.state.global_step + 1}: "
-                    f"try a lower learning rate (train.lr), gradient clipping (train.grad_clip) or amp off"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.state.global_step += 1
+            loss = self.train_step(batch, epoch)
             loss_sum += loss.detach().double()
             n_batches += 1
-            n_seen += images.shape[0] * dist_utils.world_size()
+            n_seen += batch["image"].shape[0] * dist_utils.world_size()
             if bar is not None:
                 bar.update(1)
                 if n_batches % 5 == 0 or n_batches == total:
