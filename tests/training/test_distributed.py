@@ -30,7 +30,7 @@ WORLD = 2
 EPOCHS = 3
 TOLERANCE = 1e-4  # |w_ddp - w_one| / |w_one - w_initial|; see the last test
 # loss "bce" (a mean over pixels) so that the mean of two half-batch losses is the full-batch loss
-# exactly; the batch-level Dice loss is not additive over ranks (see the DDP notes in run.py).
+# exactly; the batch-level Dice loss is not additive over ranks (see brainseg.training.distributed).
 TRAIN_FLAGS = [
     "--model", "unet", "--size", "32", "--width", "4", "--batch-size", "8", "--lr", "3e-3",
     "--loss", "bce", "--device", "cpu", "--set", "data.val_fraction=0.25", "--set", "data.test_fraction=0.25",
