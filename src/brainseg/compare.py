@@ -34,12 +34,15 @@ DEFAULT_MODELS = ("unet", "attention_unet", "segnet", "deeplabv3plus", "pspnet")
 PHANTOM_PRESET: dict[str, dict[str, Any]] = {
     "data": {"size": 96, "tumour_weight": 2.0},
     "model": {"width": 8},
-    "train": {"epochs": 24, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.5},
+    "train": {"epochs": 20, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.5},
 }
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from brainseg.training import distributed as dist_utils
+
+    if dist_utils.is_main():  # under torchrun, one copy of each message
+        print(msg, file=sys.stderr, flush=True)
 
 
 def run_dirs(out: Path, models: list[str], folds: int) -> dict[str, list[Path]]:

@@ -64,6 +64,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     max_batches_per_epoch: int = 0  # 0 → a full pass over the training slices
+    time_limit_minutes: float = 0.0  # stop after the epoch that reaches this much training time; 0 → none
 
 
 @dataclass

@@ -187,3 +187,12 @@ def test_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
         load_checkpoint(other)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_time_limit_stops_after_the_epoch_that_reaches_it(tiny_phantoms: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(tiny_phantoms, epochs=4)
+    cfg.train.time_limit_minutes = 1e-6  # reached by the first epoch
+    summary = train_run(cfg, tmp_path / "run", progress=False)
+    assert len(read_csv(tmp_path / "run" / "history.csv")) == 1
+    assert summary["finished"] and summary["epochs_run"] == 1
+    assert (tmp_path / "run" / "checkpoint_best.pt").is_file()

@@ -328,6 +328,7 @@ def train_run(
         max_batches=cfg.train.max_batches_per_epoch,
         progress=progress,
         channels_last=cfg.train.channels_last,
+        time_limit_s=60.0 * cfg.train.time_limit_minutes,
     )
     if ckpt is not None:
         trainer.load_state(ckpt)
