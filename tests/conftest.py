@@ -26,6 +26,17 @@ def tiny_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_phantoms(out, patients=8, seed=3, slices=(8, 10), size=64)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-epoch width-4 UNet run on the tiny phantoms (see helpers_runs.tiny_cfg), trained once."""
+    from brainseg.training.run import train_run
+    from helpers_runs import tiny_cfg
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    train_run(tiny_cfg(tiny_phantoms), run, progress=False)
+    return run
+
+
 @pytest.fixture()
 def real_data() -> Path:
     if not REAL_DATA.is_dir():

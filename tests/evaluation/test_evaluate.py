@@ -10,7 +10,6 @@ import pytest
 from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
 
 from brainseg.cli import main
-from brainseg.config import RunConfig
 from brainseg.data.lgg import index_dataset
 from brainseg.evaluation.evaluate import (
     DETECTION_COLUMNS,
@@ -20,24 +19,6 @@ from brainseg.evaluation.evaluate import (
 )
 from brainseg.evaluation.predict import Predictor
 from brainseg.fileio import read_csv, read_json
-from brainseg.training.run import train_run
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = RunConfig()
-    cfg.data.root = str(tiny_phantoms)
-    cfg.data.size = 32
-    cfg.data.val_fraction = 0.25
-    cfg.data.test_fraction = 0.25
-    cfg.model.width = 4
-    cfg.train.epochs = 2
-    cfg.train.batch_size = 8
-    cfg.train.lr = 3e-3
-    cfg.train.device = "cpu"
-    run = tmp_path_factory.mktemp("eval_run") / "run"
-    train_run(cfg, run, progress=False)
-    return run
 
 
 def test_evaluate_writes_documented_files_that_agree_with_sklearn(tiny_run: Path, capsys) -> None:

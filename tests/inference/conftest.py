@@ -19,21 +19,11 @@ class Trained:
 
 @pytest.fixture(scope="session")
 def trained(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    from brainseg.config import RunConfig
     from brainseg.training.checkpoint import load_checkpoint, save_checkpoint
     from brainseg.training.run import train_run
+    from helpers_runs import tiny_cfg
 
-    cfg = RunConfig()
-    cfg.data.root = str(tiny_phantoms)
-    cfg.data.size = 32
-    cfg.data.val_fraction = 0.25
-    cfg.data.test_fraction = 0.25
-    cfg.model.name = "unet"
-    cfg.model.width = 4
-    cfg.train.epochs = 1
-    cfg.train.batch_size = 8
-    cfg.train.lr = 3e-3
-    cfg.train.device = "cpu"
+    cfg = tiny_cfg(tiny_phantoms, epochs=1)
     base = tmp_path_factory.mktemp("inference_run")
     run = base / "run"
     train_run(cfg, run, progress=False)

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.config import RunConfig
 from brainseg.errors import BrainsegError, CheckpointError
 from brainseg.fileio import read_csv, read_json
 from brainseg.training.checkpoint import (
@@ -26,21 +25,7 @@ from brainseg.training.checkpoint import (
 from brainseg.training.history import COLUMNS as HISTORY_COLUMNS
 from brainseg.training.run import train_run
 from brainseg.training.trainer import EpochSampler, Trainer, TrainingDiverged, warmup_cosine
-
-
-def tiny_cfg(root: Path, epochs: int = 2, model: str = "unet") -> RunConfig:
-    cfg = RunConfig()
-    cfg.data.root = str(root)
-    cfg.data.size = 32
-    cfg.data.val_fraction = 0.25
-    cfg.data.test_fraction = 0.25
-    cfg.model.name = model
-    cfg.model.width = 4
-    cfg.train.epochs = epochs
-    cfg.train.batch_size = 8
-    cfg.train.lr = 3e-3
-    cfg.train.device = "cpu"
-    return cfg
+from helpers_runs import tiny_cfg
 
 
 def test_training_loss_falls_and_files_are_written(tiny_phantoms: Path, tmp_path: Path) -> None:
