@@ -72,6 +72,7 @@ class EvalConfig:
     """How probabilities become masks and how metrics are reduced."""
 
     threshold: float = 0.5
+    tta: bool = False  # test-time augmentation: mean probability over the identity and the two flips
     min_area: int = 10  # detection: a slice is positive when its predicted area ≥ this (native pixels)
     min_lesion_size: int = 0  # post-processing: drop predicted 2-D components smaller than this (pixels)
     largest_component: bool = False  # keep only the largest 3-D connected component per patient

@@ -243,6 +243,41 @@ def test_tta_is_the_mean_over_flips(trained) -> None:
     assert np.allclose(got, expect, atol=1e-6)
 
 
+def test_a_runs_eval_tta_setting_is_the_default_for_predict_and_evaluate(trained, tmp_path: Path) -> None:
+    """A run whose config says eval.tta=true predicts and evaluates with flip TTA unless told not to."""
+    from brainseg.evaluation.evaluate import evaluate_run
+    from brainseg.training.checkpoint import save_checkpoint
+
+    run = tmp_path / "run_tta"
+    run.mkdir()
+    ckpt = {k: v for k, v in load_checkpoint(trained.ckpt).items() if k != "path"}
+    ckpt["config"] = {**ckpt["config"], "eval": {**ckpt["config"]["eval"], "tta": True}}
+    save_checkpoint(run / "checkpoint_best.pt", ckpt)
+    patient = richest_test_patient(trained)
+    images = images_of(trained.data / patient)
+    plain = Predictor([trained.ckpt], device="cpu").predict(images)
+    flips = Predictor([trained.ckpt], device="cpu", tta=True).predict(images)
+    thr = float(np.quantile(flips, 0.8))
+    assert not np.array_equal(plain >= thr, flips >= thr)  # the two settings are told apart
+
+    for tta, expect in ((None, flips), (False, plain), (True, flips)):
+        out = tmp_path / f"pred_{tta}"
+        info = predict_path(trained.data / patient, out, [run], tta=tta, threshold=thr, device="cpu", progress=False)
+        masks = np.stack([tifffile.imread(out / patient / f"{p.stem}_mask.tif") == 255
+                          for p in slice_files(trained.data / patient)])
+        assert np.array_equal(masks, expect >= thr)
+        assert (info["tta"] is not None) == (expect is flips)
+
+    got = evaluate_run(run, eval_overrides={"threshold": thr}, device="cpu", progress=False, out_dir=tmp_path / "e1")
+    ref = evaluate_run(trained.run, eval_overrides={"threshold": thr}, tta=True, device="cpu", progress=False,
+                       out_dir=tmp_path / "e2")
+    off = evaluate_run(run, eval_overrides={"threshold": thr}, tta=False, device="cpu", progress=False,
+                       out_dir=tmp_path / "e3")
+    assert got["tta"] is True and got["eval_config"]["tta"] is True and off["tta"] is False and ref["tta"] is True
+    assert read_csv(tmp_path / "e1" / "per_slice.csv") == read_csv(tmp_path / "e2" / "per_slice.csv")
+    assert read_csv(tmp_path / "e3" / "per_slice.csv") != read_csv(tmp_path / "e1" / "per_slice.csv")
+
+
 def _corrupt(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:300])
 

@@ -44,3 +44,26 @@ def test_cli_reports_bad_config_in_one_line(tmp_path: Path, capsys) -> None:
     assert main(["train", "--config", str(f), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.yaml" in err[0] and "Traceback" not in err[0]
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.y*ml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_config_files_load_and_name_known_models(path: Path) -> None:
+    import yaml
+
+    from brainseg.models import list_models
+
+    cfg = build_config(path)
+    raw = yaml.safe_load(path.read_text())
+    for section, values in raw.items():  # every value in the file reached the settings
+        for key, value in values.items():
+            assert getattr(getattr(cfg, section), key) == value, f"{path.name}: {section}.{key}"
+    assert cfg.model.name in list_models()
+
+
+def test_cpu_recipe_evaluates_with_tta_and_the_largest_component() -> None:
+    cfg = build_config(Path(__file__).resolve().parents[2] / "configs" / "unet_cpu.yaml")
+    assert cfg.eval.tta and cfg.eval.largest_component and cfg.data.size == 128
+    assert RunConfig().eval.tta is False  # the default stays a single forward pass

@@ -20,20 +20,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the run was trained on)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
     p.add_argument("--threshold", type=float, help="probability threshold (default: the run's, 0.5)")
-    p.add_argument("--largest-component", action="store_true", default=None,
-                   help="keep only the largest 3-D connected component per patient volume")
+    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the largest 3-D connected component per patient volume (default: the run's)")
     p.add_argument("--min-area", type=int, help="detection: predicted area (pixels) for a positive slice (default 10)")
     p.add_argument("--min-lesion-size", type=int, help="drop predicted 2-D components smaller than this (pixels)")
     p.add_argument("--empty-policy", choices=("one", "skip"), help="per-slice score of an empty/empty slice")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation: mean probability over identity and flips (default: the run's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", metavar="DIR", help="where to write the result files")
 
 
 def print_summary(s: dict[str, Any]) -> None:
     m = s["metrics"]
-    print(f"{s['model']} on {s['split']} ({s['n_patients']} patients, {s['n_slices']} slices; threshold "
-          f"{s['threshold']}, empty policy {s['empty_policy']!r}):")
+    pp = s["postprocessing"]
+    how = [f"threshold {s['threshold']}"] + (["flip TTA"] if s.get("tta") else [])
+    how += (["largest 3-D component"] if pp["largest_component_per_volume"] else [])
+    how += ([f"lesions ≥ {pp['min_lesion_size']} px"] if pp["min_lesion_size"] > 1 else [])
+    print(f"{s['model']} on {s['split']} ({s['n_patients']} patients, {s['n_slices']} slices; {', '.join(how)}; "
+          f"empty policy {s['empty_policy']!r}):")
     print(f"  {'':<12}{'per patient':>14}{'per slice':>12}{'micro':>10}")
     for name in ("dice", "iou", "precision", "recall"):
         r = m[name]

@@ -38,8 +38,9 @@ a 4-D volume X×Y×Z×3 holds the three channels. Intensities that are not uint8
 channel to 0-255 (volume minimum → 0, 99.5th percentile of the voxels above it → 255). Voxel
 sizes (mm² and mL in volumes.csv) come from the header.
 
-post-processing defaults to the first checkpoint's own settings (threshold 0.5 unless its run
-said otherwise): threshold, then --largest-component per case (3-D), then --min-lesion-size (2-D);
+--tta and post-processing default to the first checkpoint's own settings (its run's eval section;
+no TTA and threshold 0.5 unless the run said otherwise): threshold, then --largest-component per
+case (3-D), then --min-lesion-size (2-D);
 a slice is a detection when its tumour area reaches --min-area pixels, a case when any slice is.
 
 examples:
@@ -55,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", "-c", action="append", required=True, metavar="CKPT",
                    help="checkpoint file or run folder (its best checkpoint); repeat for an ensemble")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation: mean over identity and flips")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation: mean over identity and flips (default: the checkpoint's)")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's, 0.5)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the largest 3-D connected component per case (default: the checkpoint's)")

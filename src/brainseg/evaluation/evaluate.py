@@ -171,13 +171,15 @@ def evaluate_run(
     eval_overrides: dict[str, Any] | None = None,
     device: str = "auto",
     batch_size: int = 16,
-    tta: bool = False,
+    tta: bool | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `<run_dir>/checkpoint_<checkpoint>.pt` on the run's own split; write the result files.
 
-    Results go to `<run_dir>/eval_<split>/` unless `out_dir` is given.
+    Results go to `<run_dir>/eval_<split>/` unless `out_dir` is given. The run's own `eval`
+    settings apply (threshold, TTA, post-processing, …) except where `eval_overrides` or `tta`
+    (None: the run's) say otherwise.
     """
     from brainseg.data.lgg import index_dataset
     from brainseg.data.phantom import resolve_data_root
@@ -188,7 +190,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir / f"checkpoint_{checkpoint}.pt")
     cfg = RunConfig.from_dict(ckpt["config"], ckpt["path"])
-    for k, v in (eval_overrides or {}).items():
+    for k, v in {**(eval_overrides or {}), "tta": tta}.items():
         if v is not None:
             cfg.set(f"eval.{k}", v)
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
@@ -209,7 +211,7 @@ def evaluate_run(
             f"the {split} patients of {run_dir} are not all in {root}: missing {', '.join(missing[:5])}"
             f"{' …' if len(missing) > 5 else ''}"
         )
-    predictor = Predictor([ckpt], device=device, tta=tta, batch_size=batch_size)
+    predictor = Predictor([ckpt], device=device, tta=cfg.eval.tta, batch_size=batch_size)
     acc, extra = evaluate_patients(
         predictor, index, patients, cfg.eval, loss_fn=build_loss(cfg.train.loss), progress=progress,
         desc=f"evaluating {cfg.model.name} on {split}",
@@ -227,7 +229,7 @@ def evaluate_run(
         "params": ckpt.get("params"),
         "loss_name": cfg.train.loss,
         "loss": extra["loss"],
-        "tta": tta,
+        "tta": cfg.eval.tta,
         "device": str(predictor.device),
         "inference_ms_per_slice": round(predictor.ms_per_slice, 3),
         "eval_config": asdict(cfg.eval),

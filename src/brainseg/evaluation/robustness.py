@@ -600,7 +600,7 @@ def run_robustness(
                     f"the {split} patients of {rd} are not all in {root}: missing {', '.join(missing[:5])}"
                     f"{' …' if len(missing) > 5 else ''}"
                 )
-            preds.append(Predictor([ckpt], device=device, batch_size=batch_size))
+            preds.append(Predictor([ckpt], device=device, tta=cfg.eval.tta, batch_size=batch_size))
             pats.append(patients)
             eval_cfg = eval_cfg or cfg.eval
         loaded.append(_Loaded(str(name), list(t.run_dirs), preds, pats, eval_cfg, root))  # type: ignore[arg-type]

@@ -191,6 +191,15 @@ def resolve_postprocessing(ckpt: dict[str, Any], overrides: dict[str, Any]) -> P
     ).check()
 
 
+def resolve_tta(ckpt: dict[str, Any], tta: bool | None) -> bool:
+    """`tta` if given, else the checkpoint's own eval setting."""
+    from brainseg.config import RunConfig
+
+    if tta is not None:
+        return bool(tta)
+    return bool(RunConfig.from_dict(ckpt["config"], str(ckpt.get("path", "checkpoint"))).eval.tta)
+
+
 def _write_case(
     out: Path, case: Case, data: CaseData, plan: CasePlan, pred: np.ndarray, overlays: str
 ) -> int:
@@ -218,7 +227,7 @@ def predict_path(
     out_dir: str | Path,
     checkpoints: Sequence[str | Path | dict[str, Any]],
     *,
-    tta: bool = False,
+    tta: bool | None = None,
     device: str = "auto",
     batch_size: int = 16,
     amp: str = "auto",
@@ -240,7 +249,8 @@ def predict_path(
         out_dir: output folder (created); it must not put files among the input's slices.
         checkpoints: one checkpoint (file or run folder) or several: an ensemble averages their
             probabilities.
-        tta, device, batch_size, amp, channels: passed to `Predictor`.
+        tta, device, batch_size, amp, channels: passed to `Predictor`; tta None takes the first
+            checkpoint's own setting (its run's `eval.tta`).
         threshold, largest_component, min_lesion_size, min_area: post-processing and detection;
             None takes the first checkpoint's own setting.
         overlays: "tumour" (slices with predicted tumour), "all" or "none".
@@ -263,7 +273,8 @@ def predict_path(
     if out.exists() and not out.is_dir():
         raise BrainsegError(f"--out {out} exists and is not a folder")
     check_outputs(inputs, out)
-    predictor = Predictor(checkpoints, device=device, tta=tta, batch_size=batch_size, amp=amp, channels=channels)
+    predictor = Predictor(checkpoints, device=device, batch_size=batch_size, amp=amp, channels=channels)
+    predictor.tta = resolve_tta(predictor.checkpoints[0], tta)
     pp = resolve_postprocessing(
         predictor.checkpoints[0],
         {"threshold": threshold, "largest_component": largest_component,
@@ -277,7 +288,7 @@ def predict_path(
         "out": str(out),
         "checkpoints": predictor.describe(),
         "ensemble": "mean of the members' sigmoid probabilities" if len(predictor.models) > 1 else None,
-        "tta": "mean over identity, horizontal and vertical flips" if tta else None,
+        "tta": "mean over identity, horizontal and vertical flips" if predictor.tta else None,
         "device": str(predictor.device),
         "amp": str(predictor.amp_dtype).replace("torch.", "") if predictor.amp_dtype else "off",
         "postprocessing": asdict(pp),
