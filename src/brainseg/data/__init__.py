@@ -8,7 +8,6 @@ Modules (import the one you need; this package imports nothing heavy on its own)
 - `preprocess`: resizing and intensity normalisation shared by training and prediction.
 - `transforms`: paired, seeded augmentation of uint8 slices and masks.
 - `dataset`: the in-memory uint8 cache and the torch `SliceDataset`.
-- `sampling`: the tumour-weighted slice sampler.
 """
 
 from __future__ import annotations
