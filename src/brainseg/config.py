@@ -60,7 +60,7 @@ class TrainConfig:
     device: str = "auto"  # auto → cuda, then mps, then cpu
     patience: int = 0  # early stopping after this many epochs without val Dice gain; 0 → off
     num_workers: int = 0
-    channels_last: bool = False
+    channels_last: bool = False  # force NHWC on every device; on a CPU each model has its own measured layout
     compile: bool = False
     seed: int = 0
     max_batches_per_epoch: int = 0  # 0 → a full pass over the training slices
