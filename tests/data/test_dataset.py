@@ -1,8 +1,7 @@
-"""The cached SliceDataset and the tumour-weighted sampler."""
+"""The cached SliceDataset."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ from torch.utils.data import DataLoader
 from brainseg.data.dataset import SliceDataset, load_arrays
 from brainseg.data.lgg import index_dataset, read_image, read_mask
 from brainseg.data.preprocess import preprocess_image, resize_mask
-from brainseg.data.sampling import TumourWeightedSampler
 from brainseg.errors import BrainsegError
 
 
@@ -60,36 +58,3 @@ def test_cache_is_uint8_and_checked(tiny_dataset: Path) -> None:
         SliceDataset(records[:5], size=24, arrays=(images, masks))
     with pytest.raises(BrainsegError, match="normalization"):
         SliceDataset(records, size=24, normalization="minmax", arrays=(images, masks))
-
-
-def _tumour_fraction(sampler: TumourWeightedSampler, has: np.ndarray) -> float:
-    return float(has[list(sampler)].mean())
-
-
-@pytest.mark.parametrize("rate", [0.3, 0.5, 0.7])
-def test_sampler_draws_tumour_slices_at_the_requested_rate(rate: float) -> None:
-    has = np.zeros(1000, bool)
-    has[np.random.default_rng(0).choice(1000, 300, replace=False)] = True
-    p = has.mean()
-    # a tumour slice `w` times as likely as an empty one gives rate w·p / (w·p + 1 − p): solve for w
-    w = rate * (1 - p) / (p * (1 - rate))
-    n = 40_000
-    sampler = TumourWeightedSampler(has, weight=w, num_samples=n, seed=1)
-    assert len(sampler) == n
-    got = _tumour_fraction(sampler, has)
-    assert abs(got - rate) < 4 * math.sqrt(rate * (1 - rate) / n)  # 4 standard errors
-
-
-def test_sampler_is_seeded_per_epoch_and_shards_ranks() -> None:
-    has = np.arange(50) % 3 == 0
-    a = TumourWeightedSampler(has, weight=2.0, seed=3)
-    b = TumourWeightedSampler(has, weight=2.0, seed=3)
-    assert list(a) == list(b) and len(list(a)) == 50
-    first = list(a)
-    a.set_epoch(1)
-    assert list(a) != first
-    r0 = TumourWeightedSampler(has, weight=2.0, seed=3, rank=0, num_replicas=2)
-    r1 = TumourWeightedSampler(has, weight=2.0, seed=3, rank=1, num_replicas=2)
-    assert list(r0) == first[0::2] and list(r1) == first[1::2]
-    with pytest.raises(BrainsegError, match="> 0"):
-        TumourWeightedSampler(has, weight=0.0)

@@ -148,6 +148,23 @@ def test_epoch_sampler_shards_the_same_global_order() -> None:
     assert (draws < 500).mean() > 0.8  # weight 9:1 → 90% expected
 
 
+@pytest.mark.parametrize("rate", [0.3, 0.5, 0.7])
+def test_weighted_draw_gives_tumour_slices_at_the_expected_rate(rate: float) -> None:
+    has = np.zeros(1000, bool)
+    has[np.random.default_rng(0).choice(1000, 300, replace=False)] = True
+    p = has.mean()
+    # a tumour slice `w` times as likely as an empty one gives rate w·p / (w·p + 1 − p): solve for w
+    w = rate * (1 - p) / (p * (1 - rate))
+    sampler = EpochSampler(1000, seed=1, weights=np.where(has, w, 1.0))
+    draws = []
+    for epoch in range(40):  # 40 epochs of 1,000 draws
+        sampler.set_epoch(epoch)
+        draws += list(sampler)
+    draws = np.array(draws)
+    n = len(draws)
+    assert abs(has[draws].mean() - rate) < 4 * math.sqrt(rate * (1 - rate) / n)  # 4 standard errors
+
+
 def test_warmup_cosine_schedule_by_hand() -> None:
     f = warmup_cosine(total_steps=110, warmup_steps=10, floor=0.0)
     assert f(0) == pytest.approx(0.1)
