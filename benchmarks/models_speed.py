@@ -22,6 +22,12 @@ and after the run: absolute figures from a busy machine are slow and noisy, rati
     python benchmarks/models_speed.py             # 128 and 256, batch 2, 3 repeats (< 5 min idle)
     python benchmarks/models_speed.py --sizes 256 --models unet monai_basicunet --repeats 9
     python benchmarks/models_speed.py --quick --threads 1 --clock cpu   # steadiest on a busy CPU
+    python benchmarks/models_speed.py --layouts --threads 1 --clock cpu  # NCHW vs channels-last
+
+Our models run on a CPU in the memory layout their class sets (`cpu_channels_last`, see
+`brainseg.models.base`); `--layouts` is the measurement behind that choice: every model (MONAI's
+too, its input and weights converted) timed in both layouts in alternation, with the ratio
+channels-last/NCHW (< 1: channels-last faster).
 """
 
 from __future__ import annotations
@@ -115,6 +121,61 @@ class Runner:
         self.opt.step()
 
 
+class _ChannelsLast(nn.Module):
+    """Run a (MONAI) model with channels-last input and weights."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
+def _build(name: str, base: int | None, channels_last: bool) -> nn.Module:
+    """Ours (layout forced either way) or MONAI's (wrapped for channels-last), seeded alike."""
+    torch.manual_seed(0)
+    if name in MONAI_MODELS:
+        model = build_monai(name, base)  # type: ignore[arg-type]
+        return _ChannelsLast(model) if channels_last else model
+    return create_model(name).set_cpu_layout(channels_last)  # overrides the class's choice
+
+
+def layouts(args: argparse.Namespace, sizes: list[int], batch: int, repeats: int) -> list[dict]:
+    """Every model in NCHW and in channels-last, timed in alternation; ratios channels-last/NCHW."""
+    header = (f"{'size':>5}  {'model':<20} {'default':<13} {'fwd NCHW':>9} {'fwd CL':>8} {'ratio':>6}  "
+              f"{'train NCHW':>10} {'train CL':>9} {'ratio':>6}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for size in sizes:
+        for name in args.models:
+            base = None
+            if name in MONAI_MODELS:
+                with torch.device("meta"):
+                    target = count_parameters(create_model(MONAI_MODELS[name]))
+                base = matched_monai(name, target)[1]
+                default = "NCHW"
+            else:
+                default = "channels-last" if type(create_model(name)).cpu_channels_last else "NCHW"
+            runners = {cl: Runner(_build(name, base, cl), batch, size) for cl in (False, True)}
+            fwd = measure(runners, "forward", args.warmup, repeats, args.clock)
+            train = measure(runners, "train_step", args.warmup, repeats, args.clock)
+            ms = {k: {c: 1000 * statistics.median(v[c]) / batch for c in (False, True)} for k, v in
+                  (("fwd", fwd), ("train", train))}
+            row = {"size": size, "model": name, "default_layout": default,
+                   "forward_ms_nchw": ms["fwd"][False], "forward_ms_channels_last": ms["fwd"][True],
+                   "ratio_forward": paired_ratio(fwd[True], fwd[False]),
+                   "train_ms_nchw": ms["train"][False], "train_ms_channels_last": ms["train"][True],
+                   "ratio_train_step": paired_ratio(train[True], train[False])}
+            rows.append(row)
+            print(f"{size:>5}  {name:<20} {default:<13} {ms['fwd'][False]:>9.1f} {ms['fwd'][True]:>8.1f} "
+                  f"{row['ratio_forward']:>6.2f}  {ms['train'][False]:>10.1f} {ms['train'][True]:>9.1f} "
+                  f"{row['ratio_train_step']:>6.2f}", flush=True)
+            del runners
+    return rows
+
+
 def _seconds(fn: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> float:
     t0 = clock()
     fn()
@@ -201,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         default="wall",
         help="wall: elapsed time (default); cpu: process CPU time (use with --threads 1 on a busy machine)",
     )
+    parser.add_argument("--layouts", action="store_true",
+                        help="time every model in NCHW and channels-last layout instead (see the docstring)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([128] if args.quick else [128, 256])
@@ -221,10 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{'size':>5}  {'model':<20} {'config':<9} {'params':>11}  {'GFLOP':>6}  {'forward':>8}  "
         f"{'train step':>10}  {'fwd GFLOP/s':>11}  {'ratio fwd':>9}  {'ratio train':>11}"
     )
-    print(header)
-    print("-" * len(header))
     results: list[dict] = []
-    for size in sizes:
+    if args.layouts:
+        results = layouts(args, sizes, batch, repeats)
+    else:
+        print(header)
+        print("-" * len(header))
+    for size in sizes if not args.layouts else []:
         for group in _groups(args.models):
             torch.manual_seed(0)
             models: dict[str, nn.Module] = {}

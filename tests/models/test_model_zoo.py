@@ -209,6 +209,37 @@ def test_state_dict_round_trip_through_config(name, extra):
 
 
 @pytest.mark.parametrize(("name", "extra"), CASES, ids=CASE_IDS)
+def test_cpu_layout_changes_speed_only(name, extra):
+    """NCHW and channels-last runs of one model: same logits and gradients, standard-layout output,
+    and weights that load across layouts."""
+    model = build(name, extra)
+    assert all(p.is_contiguous(memory_format=torch.channels_last if model.cpu_channels_last
+                                else torch.contiguous_format) for p in model.parameters() if p.ndim == 4)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, SIZE, SIZE))  # non-trivial running statistics
+    nchw = create_model(**model.config).set_cpu_layout(False)
+    cl = create_model(**model.config).set_cpu_layout(True)
+    nchw.load_state_dict(model.state_dict())
+    cl.load_state_dict(model.state_dict())
+    assert any(p.ndim == 4 and not p.is_contiguous() for p in cl.parameters())  # the layout survives loading
+    x = torch.randn(2, 3, SIZE, SIZE)
+    outs, grads = [], []
+    for m in (nchw, cl):
+        m.eval()
+        y = logits_of(m(x.clone().requires_grad_()))
+        assert y.is_contiguous()
+        y.square().mean().backward()
+        outs.append(y.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
+    # the same sums in another order: float32 rounding, relative to each tensor's scale
+    assert (outs[0] - outs[1]).abs().max() <= 1e-5 * outs[0].abs().max()
+    assert (grads[0] - grads[1]).abs().max() <= 1e-3 * grads[0].abs().max()
+    assert torch.equal(cl.state_dict()[next(iter(cl.state_dict()))],
+                       nchw.state_dict()[next(iter(nchw.state_dict()))])
+
+
+@pytest.mark.parametrize(("name", "extra"), CASES, ids=CASE_IDS)
 def test_bad_input_size_names_the_nearest_valid_size(name, extra):
     model = build(name, extra).eval()
     d = model.size_divisor

@@ -6,7 +6,9 @@ class adds what the rest of the program relies on without knowing the architectu
 * `size_divisor` and `check_input_size`, so a wrong slice size fails with the nearest valid
   size instead of a shape error deep inside torch;
 * `config`, the exact keyword arguments that rebuild the model with `create_model(**config)`
-  (a checkpoint stores it next to the state dict).
+  (a checkpoint stores it next to the state dict);
+* the memory layout its convolutions run in on a CPU (`cpu_channels_last`), chosen per
+  architecture from measurements (`benchmarks/models_speed.py`), invisible to callers.
 """
 
 from __future__ import annotations
@@ -38,13 +40,17 @@ class SegmentationModel(nn.Module):
     """Base class of the registered architectures (see `brainseg.models.registry`).
 
     Subclasses set the class attributes below, build `encoder`/`decoder`/`head`, call
-    `_set_config(...)` with their constructor arguments and start `forward` with
-    `self._check_input(x)`.
+    `_set_config(...)` with their constructor arguments, start `forward` with
+    `x = self._prepare_input(x)` and end it with `self._output(logits)`.
 
     Attributes:
         name: registry name (set by `register_model`).
         default_width: the base feature width used when `width=None` (full size).
         paper: short citation of the paper the architecture follows.
+        cpu_channels_last: on a CPU, run the forward pass in channels-last (NHWC) layout: oneDNN's
+            NHWC convolutions and pooling are faster for some architectures and slower for others,
+            so each sets this from `benchmarks/models_speed.py --layouts`. Inputs and logits keep
+            the caller's layout; GPUs (not measured) are left as they are.
         config: the exact keyword arguments that rebuild this model (`name` included). An
             ``encoder_weights`` file is not recorded: the model's state dict already holds those
             weights, and rebuilding a checkpoint must not depend on a file on the training machine.
@@ -53,6 +59,7 @@ class SegmentationModel(nn.Module):
     name: ClassVar[str] = ""
     default_width: ClassVar[int] = 0
     paper: ClassVar[str] = ""
+    cpu_channels_last: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,10 +69,23 @@ class SegmentationModel(nn.Module):
 
     # -- construction record -------------------------------------------------------------
     def _set_config(self, **kwargs: Any) -> None:
-        """Record the constructor arguments (resolved, e.g. width=None → the default width)."""
+        """Record the constructor arguments (resolved, e.g. width=None → the default width).
+
+        Called once every layer exists: it also puts the weights in the model's CPU layout.
+        """
         self.config = {"name": type(self).name, **kwargs}
         self.in_channels = int(kwargs["in_channels"])
         self.out_channels = int(kwargs["out_channels"])
+        self.set_cpu_layout(type(self).cpu_channels_last)
+
+    def set_cpu_layout(self, channels_last: bool) -> SegmentationModel:
+        """Run this model's CPU forward in channels-last (True) or NCHW layout, weights included.
+
+        Weights keep their layout through `load_state_dict` and `.to(device)`; state dicts and
+        checkpoints hold the same values either way.
+        """
+        self.cpu_channels_last = bool(channels_last)
+        return self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     # -- input checks --------------------------------------------------------------------
     @property
@@ -95,6 +115,18 @@ class SegmentationModel(nn.Module):
                 f"{x.shape[1]} (shape {tuple(x.shape)})"
             )
         self.check_input_size(int(x.shape[2]), int(x.shape[3]))
+
+    def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Check `x` (see `_check_input`) and return it in the layout this model runs in."""
+        self._check_input(x)
+        if self.cpu_channels_last and x.device.type == "cpu" and not _is_tracing():
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @staticmethod
+    def _output(y: torch.Tensor) -> torch.Tensor:
+        """Logits in the standard (NCHW-contiguous) layout, whatever layout the model ran in."""
+        return y if _is_tracing() else y.contiguous()
 
     # -- helpers for subclasses ----------------------------------------------------------
     @staticmethod

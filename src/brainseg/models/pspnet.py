@@ -76,6 +76,7 @@ class PSPNet(SegmentationModel):
 
     default_width = 64
     paper = "Zhao et al. 2017"
+    cpu_channels_last = True  # CPU train step ×0.97 vs NCHW at batch 16 (models_speed.py --layouts)
 
     def __init__(
         self,
@@ -118,7 +119,7 @@ class PSPNet(SegmentationModel):
         return self.encoder.output_stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        self._check_input(x)
+        x = self._prepare_input(x)
         size = x.shape[2:]
         features = self.encoder(x)
         out = F.interpolate(
@@ -126,5 +127,5 @@ class PSPNet(SegmentationModel):
         )
         if self.aux_head is not None and self.training:
             aux = F.interpolate(self.aux_head(features[3]), size=size, mode="bilinear", align_corners=False)
-            return {"out": out, "aux": aux}
-        return out
+            return {"out": self._output(out), "aux": self._output(aux)}
+        return self._output(out)

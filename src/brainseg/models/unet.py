@@ -84,6 +84,7 @@ class UNet(SegmentationModel):
 
     default_width = 32
     paper = "Ronneberger et al. 2015; configuration of Buda et al. 2019"
+    cpu_channels_last = True  # CPU train step ×0.70 vs NCHW at batch 16 (models_speed.py --layouts)
     levels = 4  # 2×2 max-pools
 
     def __init__(
@@ -110,5 +111,5 @@ class UNet(SegmentationModel):
         return 2**self.levels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        return self.head(self.decoder(self.encoder(x)))
+        x = self._prepare_input(x)
+        return self._output(self.head(self.decoder(self.encoder(x))))
