@@ -2,7 +2,8 @@
 
 For every model and slice size: forward ms/slice (eval mode, no_grad) and train-step ms/slice
 (forward + backward + AdamW step, BCE-with-logits loss), full (default) width, 3 input channels,
-1 output channel. In the same run, MONAI's own networks at a matched parameter budget:
+1 output channel, batch 16 (the default batch of `train` and `predict`; per-slice costs change
+with the batch, so compare figures taken at one batch size). In the same run, MONAI's own networks at a matched parameter budget:
 
 * `monai.networks.nets.BasicUNet` against our `unet`: the same U-Net layout (2×2 max-pool, two
   3×3 conv + norm + ReLU per level, transposed-conv upsampling, concatenated skips), configured
@@ -10,7 +11,9 @@ For every model and slice size: forward ms/slice (eval mode, no_grad) and train-
 * `monai.networks.nets.AttentionUnet` against our `attention_unet`, as MONAI defines it;
 
 each with the base width whose parameter count is closest to ours (both counts are printed).
-The ratio ours/MONAI is printed for both figures: below 1 means ours is faster.
+The ratio ours/MONAI is printed for both figures: below 1 means ours is faster. MONAI's networks
+run as MONAI builds them (NCHW); `--monai-channels-last` runs them channels-last too (input and
+weights), the layout ours use on a CPU, for the comparison at each side's best.
 
 Measuring on a shared CPU: ours and its MONAI counterpart are timed in alternation, one
 iteration each, the order swapped every repeat, so that load from other processes hits both
@@ -18,8 +21,8 @@ alike; the ratio is the median of the per-repeat ratios of these adjacent pairs,
 steadier than the ratio of two medians taken minutes apart. The load average is printed before
 and after the run: absolute figures from a busy machine are slow and noisy, ratios much less so.
 
-    python benchmarks/models_speed.py --quick     # 128×128, batch 1, 2 repeats (< 1 min idle)
-    python benchmarks/models_speed.py             # 128 and 256, batch 2, 3 repeats (< 5 min idle)
+    python benchmarks/models_speed.py --quick     # 128×128, batch 2, 2 repeats (< 1 min idle)
+    python benchmarks/models_speed.py             # 128 and 256, batch 16, 3 repeats (~15 min idle)
     python benchmarks/models_speed.py --sizes 256 --models unet monai_basicunet --repeats 9
     python benchmarks/models_speed.py --quick --threads 1 --clock cpu   # steadiest on a busy CPU
     python benchmarks/models_speed.py --layouts --threads 1 --clock cpu  # NCHW vs channels-last
@@ -249,10 +252,10 @@ def _load() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     known = list_models() + list(MONAI_MODELS)
-    parser.add_argument("--quick", action="store_true", help="128×128 only, batch 1, 2 repeats (< 1 min idle)")
+    parser.add_argument("--quick", action="store_true", help="128×128 only, batch 2, 2 repeats (< 1 min idle)")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="slice sizes (default 128 256)")
     parser.add_argument("--models", nargs="+", default=known, choices=known, help="default: all")
-    parser.add_argument("--batch", type=int, default=None, help="slices per batch (default 2; quick 1)")
+    parser.add_argument("--batch", type=int, default=None, help="slices per batch (default 16; quick 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3; quick 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
@@ -262,12 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         default="wall",
         help="wall: elapsed time (default); cpu: process CPU time (use with --threads 1 on a busy machine)",
     )
+    parser.add_argument("--monai-channels-last", action="store_true",
+                        help="run MONAI's networks channels-last too (default: as MONAI builds them, NCHW)")
     parser.add_argument("--layouts", action="store_true",
                         help="time every model in NCHW and channels-last layout instead (see the docstring)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([128] if args.quick else [128, 256])
-    batch = args.batch or (1 if args.quick else 2)
+    batch = args.batch or (2 if args.quick else 16)
     repeats = args.repeats or (2 if args.quick else 3)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -281,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         f"alternation; ratio = median of back-to-back pairs, ours/MONAI (< 1: ours faster)."
     )
     header = (
-        f"{'size':>5}  {'model':<20} {'config':<9} {'params':>11}  {'GFLOP':>6}  {'forward':>8}  "
+        f"{'size':>5}  {'model':<20} {'config':<11} {'params':>11}  {'GFLOP':>6}  {'forward':>8}  "
         f"{'train step':>10}  {'fwd GFLOP/s':>11}  {'ratio fwd':>9}  {'ratio train':>11}"
     )
     results: list[dict] = []
@@ -302,10 +307,14 @@ def main(argv: list[str] | None = None) -> int:
                         target = count_parameters(create_model(MONAI_MODELS[name]))
                     models[name], base = matched_monai(name, target)
                     config[name] = f"base {base}"
+                    if args.monai_channels_last:
+                        models[name] = _ChannelsLast(models[name])
+                        config[name] += " CL"
                     flops[name] = forward_flops(name, size, base)
                 else:
                     models[name] = create_model(name)
                     config[name] = f"width {models[name].config['width']}"
+                    config[name] += " CL" if models[name].cpu_channels_last else ""  # its CPU layout
                     flops[name] = forward_flops(name, size)
             runners = {k: Runner(m, batch, size) for k, m in models.items()}
             fwd = measure(runners, "forward", args.warmup, repeats, args.clock)
@@ -333,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                         ratios = f"  {row['ratio_forward']:>9.2f}  {row['ratio_train_step']:>11.2f}"
                 results.append(row)
                 print(
-                    f"{size:>5}  {name:<20} {row['config']:<9} {row['params']:>11,}  "
+                    f"{size:>5}  {name:<20} {row['config']:<11} {row['params']:>11,}  "
                     f"{row['forward_gflop_per_slice']:>6.2f}  {row['forward_ms_per_slice']:>8.1f}  "
                     f"{row['train_step_ms_per_slice']:>10.1f}  {row['forward_gflop_per_s']:>11.1f}{ratios}",
                     flush=True,

@@ -13,7 +13,9 @@ For every architecture in the registry and every slice size it reports:
   as `train_run` builds it (sampler, workers, pinned memory on CUDA).
 
 Speed options are measured as variants (`--variants`): base (the TrainConfig defaults),
-channels_last, compile (torch.compile), amp (bf16 autocast), workersN (N DataLoader workers).
+channels_last (`train.channels_last`: NHWC on every device; on a CPU the models already run
+channels-last, see `models_speed.py --layouts`, so there it equals base), compile
+(torch.compile), amp (bf16 autocast), workersN (N DataLoader workers).
 Every run records the device, torch version, thread counts and the load average before and
 after, because on a shared machine other processes slow every figure down.
 
