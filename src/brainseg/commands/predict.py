@@ -40,8 +40,8 @@ sizes (mm² and mL in volumes.csv) come from the header.
 
 --tta and post-processing default to the first checkpoint's own settings (its run's eval section;
 no TTA and threshold 0.5 unless the run said otherwise): threshold, then --largest-component per
-case (3-D), then --min-lesion-size (2-D);
-a slice is a detection when its tumour area reaches --min-area pixels, a case when any slice is.
+case (3-D), then --min-lesion-size (2-D); a slice is a detection when its tumour area reaches
+--min-area pixels, a case when any slice is.
 
 examples:
   brainseg predict -c runs/unet kaggle_3m/TCGA_CS_4942_19970222 --out pred   (a run folder: its best checkpoint)
