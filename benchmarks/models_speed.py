@@ -3,7 +3,8 @@
 For every model and slice size: forward ms/slice (eval mode, no_grad) and train-step ms/slice
 (forward + backward + AdamW step, BCE-with-logits loss), full (default) width, 3 input channels,
 1 output channel, batch 16 (the default batch of `train` and `predict`; per-slice costs change
-with the batch, so compare figures taken at one batch size). In the same run, MONAI's own networks at a matched parameter budget:
+with the batch, so compare figures taken at one batch size). In the same run, MONAI's own
+networks at a matched parameter budget:
 
 * `monai.networks.nets.BasicUNet` against our `unet`: the same U-Net layout (2×2 max-pool, two
   3×3 conv + norm + ReLU per level, transposed-conv upsampling, concatenated skips), configured
@@ -49,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainseg.fileio import write_json_atomic
-from brainseg.models import count_flops, count_parameters, create_model, list_models
+from brainseg.models import count_flops, count_parameters, create_model, get_model_class, list_models
 
 # MONAI network → our counterpart; timed in alternation with it.
 MONAI_MODELS = {"monai_basicunet": "unet", "monai_attentionunet": "attention_unet"}
@@ -81,12 +82,14 @@ def build_monai(name: str, base: int, in_channels: int = 3) -> nn.Module:
     raise ValueError(f"unknown MONAI model {name!r}; known: {', '.join(MONAI_MODELS)}")
 
 
-def matched_monai(name: str, target_params: int) -> tuple[nn.Module, int]:
-    """MONAI's `name` at the base width whose parameter count is closest to `target_params`.
+def matched_base(name: str) -> int:
+    """The base width of MONAI's `name` whose parameter count is closest to our counterpart's.
 
     Counts grow with the width, so the search stops at the first width past the target; models
     are counted on the meta device (no memory).
     """
+    with torch.device("meta"):
+        target_params = count_parameters(create_model(MONAI_MODELS[name]))
     best, best_gap = 4, None
     for base in range(4, 257):
         with torch.device("meta"):
@@ -96,7 +99,7 @@ def matched_monai(name: str, target_params: int) -> tuple[nn.Module, int]:
             best, best_gap = base, gap
         if n > target_params:
             break
-    return build_monai(name, best), best
+    return best
 
 
 class Runner:
@@ -153,14 +156,9 @@ def layouts(args: argparse.Namespace, sizes: list[int], batch: int, repeats: int
     rows = []
     for size in sizes:
         for name in args.models:
-            base = None
-            if name in MONAI_MODELS:
-                with torch.device("meta"):
-                    target = count_parameters(create_model(MONAI_MODELS[name]))
-                base = matched_monai(name, target)[1]
-                default = "NCHW"
-            else:
-                default = "channels-last" if type(create_model(name)).cpu_channels_last else "NCHW"
+            base = matched_base(name) if name in MONAI_MODELS else None
+            ours_cl = name not in MONAI_MODELS and get_model_class(name).cpu_channels_last
+            default = "channels-last" if ours_cl else "NCHW"
             runners = {cl: Runner(_build(name, base, cl), batch, size) for cl in (False, True)}
             fwd = measure(runners, "forward", args.warmup, repeats, args.clock)
             train = measure(runners, "train_step", args.warmup, repeats, args.clock)
@@ -177,6 +175,70 @@ def layouts(args: argparse.Namespace, sizes: list[int], batch: int, repeats: int
                   f"{row['ratio_train_step']:>6.2f}", flush=True)
             del runners
     return rows
+
+
+def against_monai(args: argparse.Namespace, sizes: list[int], batch: int, repeats: int) -> list[dict]:
+    """Every model (ours next to its MONAI counterpart, timed in alternation) at every size."""
+    header = (
+        f"{'size':>5}  {'model':<20} {'config':<11} {'params':>11}  {'GFLOP':>6}  {'forward':>8}  "
+        f"{'train step':>10}  {'fwd GFLOP/s':>11}  {'ratio fwd':>9}  {'ratio train':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    results: list[dict] = []
+    for size in sizes:
+        for group in _groups(args.models):
+            torch.manual_seed(0)
+            models: dict[str, nn.Module] = {}
+            config: dict[str, str] = {}
+            flops: dict[str, int] = {}
+            for name in group:
+                if name in MONAI_MODELS:
+                    base = matched_base(name)
+                    models[name] = build_monai(name, base)
+                    config[name] = f"base {base}"
+                    if args.monai_channels_last:
+                        models[name] = _ChannelsLast(models[name])
+                        config[name] += " CL"
+                    flops[name] = forward_flops(name, size, base)
+                else:
+                    models[name] = create_model(name)
+                    config[name] = f"width {models[name].config['width']}"
+                    config[name] += " CL" if models[name].cpu_channels_last else ""  # its CPU layout
+                    flops[name] = forward_flops(name, size)
+            runners = {k: Runner(m, batch, size) for k, m in models.items()}
+            fwd = measure(runners, "forward", args.warmup, repeats, args.clock)
+            train = measure(runners, "train_step", args.warmup, repeats, args.clock)
+            for name in group:
+                row = {
+                    "size": size,
+                    "model": name,
+                    "config": config[name],
+                    "params": count_parameters(models[name]),
+                    "forward_gflop_per_slice": flops[name] / 1e9,
+                    "batch": batch,
+                    "forward_ms_per_slice": 1000 * statistics.median(fwd[name]) / batch,
+                    "train_step_ms_per_slice": 1000 * statistics.median(train[name]) / batch,
+                }
+                # Achieved forward throughput: shows whether a slower model is less efficient or
+                # simply has more arithmetic to do.
+                row["forward_gflop_per_s"] = row["forward_gflop_per_slice"] / (row["forward_ms_per_slice"] / 1000)
+                ratios = ""
+                for monai_name, ours in MONAI_MODELS.items():
+                    if ours == name and monai_name in models:
+                        row["vs"] = monai_name
+                        row["ratio_forward"] = paired_ratio(fwd[name], fwd[monai_name])
+                        row["ratio_train_step"] = paired_ratio(train[name], train[monai_name])
+                        ratios = f"  {row['ratio_forward']:>9.2f}  {row['ratio_train_step']:>11.2f}"
+                results.append(row)
+                print(
+                    f"{size:>5}  {name:<20} {row['config']:<11} {row['params']:>11,}  "
+                    f"{row['forward_gflop_per_slice']:>6.2f}  {row['forward_ms_per_slice']:>8.1f}  "
+                    f"{row['train_step_ms_per_slice']:>10.1f}  {row['forward_gflop_per_s']:>11.1f}{ratios}",
+                    flush=True,
+                )
+            del runners, models
+    return results
 
 
 def _seconds(fn: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> float:
@@ -285,69 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load average (1/5/15 min) at start: {load_before}. Ours and MONAI's are timed in "
         f"alternation; ratio = median of back-to-back pairs, ours/MONAI (< 1: ours faster)."
     )
-    header = (
-        f"{'size':>5}  {'model':<20} {'config':<11} {'params':>11}  {'GFLOP':>6}  {'forward':>8}  "
-        f"{'train step':>10}  {'fwd GFLOP/s':>11}  {'ratio fwd':>9}  {'ratio train':>11}"
-    )
-    results: list[dict] = []
-    if args.layouts:
-        results = layouts(args, sizes, batch, repeats)
-    else:
-        print(header)
-        print("-" * len(header))
-    for size in sizes if not args.layouts else []:
-        for group in _groups(args.models):
-            torch.manual_seed(0)
-            models: dict[str, nn.Module] = {}
-            config: dict[str, str] = {}
-            flops: dict[str, int] = {}
-            for name in group:
-                if name in MONAI_MODELS:
-                    with torch.device("meta"):
-                        target = count_parameters(create_model(MONAI_MODELS[name]))
-                    models[name], base = matched_monai(name, target)
-                    config[name] = f"base {base}"
-                    if args.monai_channels_last:
-                        models[name] = _ChannelsLast(models[name])
-                        config[name] += " CL"
-                    flops[name] = forward_flops(name, size, base)
-                else:
-                    models[name] = create_model(name)
-                    config[name] = f"width {models[name].config['width']}"
-                    config[name] += " CL" if models[name].cpu_channels_last else ""  # its CPU layout
-                    flops[name] = forward_flops(name, size)
-            runners = {k: Runner(m, batch, size) for k, m in models.items()}
-            fwd = measure(runners, "forward", args.warmup, repeats, args.clock)
-            train = measure(runners, "train_step", args.warmup, repeats, args.clock)
-            for name in group:
-                row = {
-                    "size": size,
-                    "model": name,
-                    "config": config[name],
-                    "params": count_parameters(models[name]),
-                    "forward_gflop_per_slice": flops[name] / 1e9,
-                    "batch": batch,
-                    "forward_ms_per_slice": 1000 * statistics.median(fwd[name]) / batch,
-                    "train_step_ms_per_slice": 1000 * statistics.median(train[name]) / batch,
-                }
-                # Achieved forward throughput: shows whether a slower model is less efficient or
-                # simply has more arithmetic to do.
-                row["forward_gflop_per_s"] = row["forward_gflop_per_slice"] / (row["forward_ms_per_slice"] / 1000)
-                ratios = ""
-                for monai_name, ours in MONAI_MODELS.items():
-                    if ours == name and monai_name in models:
-                        row["vs"] = monai_name
-                        row["ratio_forward"] = paired_ratio(fwd[name], fwd[monai_name])
-                        row["ratio_train_step"] = paired_ratio(train[name], train[monai_name])
-                        ratios = f"  {row['ratio_forward']:>9.2f}  {row['ratio_train_step']:>11.2f}"
-                results.append(row)
-                print(
-                    f"{size:>5}  {name:<20} {row['config']:<11} {row['params']:>11,}  "
-                    f"{row['forward_gflop_per_slice']:>6.2f}  {row['forward_ms_per_slice']:>8.1f}  "
-                    f"{row['train_step_ms_per_slice']:>10.1f}  {row['forward_gflop_per_s']:>11.1f}{ratios}",
-                    flush=True,
-                )
-            del runners, models
+    results = (layouts if args.layouts else against_monai)(args, sizes, batch, repeats)
 
     compared = [r for r in results if "vs" in r]
     if compared:
