@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from brainseg import __version__
+from brainseg.config import EvalConfig, RunConfig
 from brainseg.errors import BrainsegError, CheckpointError
 from brainseg.fileio import write_csv_atomic, write_json_atomic
 from brainseg.inference.inputs import Case, InputSet, discover_inputs
@@ -176,11 +177,14 @@ def check_outputs(inputs: InputSet, out: Path) -> None:
             )
 
 
+def checkpoint_eval(ckpt: dict[str, Any]) -> EvalConfig:
+    """The `eval` settings of the run that wrote `ckpt`."""
+    return RunConfig.from_dict(ckpt["config"], str(ckpt.get("path", "checkpoint"))).eval
+
+
 def resolve_postprocessing(ckpt: dict[str, Any], overrides: dict[str, Any]) -> PostProcessing:
     """The first checkpoint's eval settings, with the given (non-None) overrides."""
-    from brainseg.config import RunConfig
-
-    ev = RunConfig.from_dict(ckpt["config"], str(ckpt.get("path", "checkpoint"))).eval
+    ev = checkpoint_eval(ckpt)
     base = {k: getattr(ev, k) for k in ("threshold", "largest_component", "min_lesion_size", "min_area")}
     base.update({k: v for k, v in overrides.items() if v is not None})
     return PostProcessing(
@@ -193,11 +197,7 @@ def resolve_postprocessing(ckpt: dict[str, Any], overrides: dict[str, Any]) -> P
 
 def resolve_tta(ckpt: dict[str, Any], tta: bool | None) -> bool:
     """`tta` if given, else the checkpoint's own eval setting."""
-    from brainseg.config import RunConfig
-
-    if tta is not None:
-        return bool(tta)
-    return bool(RunConfig.from_dict(ckpt["config"], str(ckpt.get("path", "checkpoint"))).eval.tta)
+    return bool(checkpoint_eval(ckpt).tta if tta is None else tta)
 
 
 def _write_case(
