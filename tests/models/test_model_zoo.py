@@ -239,6 +239,27 @@ def test_cpu_layout_changes_speed_only(name, extra):
                        nchw.state_dict()[next(iter(nchw.state_dict()))])
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_weight_layout_follows_the_device(name):
+    """The CPU layout choice applies on a CPU only; another device ("meta" here, no GPU needed)
+    gets NCHW weights unless channels-last is asked for everywhere; moving back restores it."""
+    def layout(m):
+        w = [p for p in m.parameters() if p.ndim == 4]
+        if all(p.is_contiguous() for p in w):
+            return "nchw"
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in w)
+        return "cl"
+
+    model = build(name, {})
+    cpu = "cl" if type(model).cpu_channels_last else "nchw"
+    assert layout(model) == cpu
+    assert layout(model.to("meta")) == "nchw"
+    assert layout(model.to_empty(device="cpu")) == cpu  # (meta holds no values to copy back)
+    model.channels_last_everywhere = True
+    assert layout(model.to("meta")) == "cl"
+    assert layout(model.set_cpu_layout(False).to_empty(device="cpu")) == "cl"  # forced wins on CPU too
+
+
 @pytest.mark.parametrize(("name", "extra"), CASES, ids=CASE_IDS)
 def test_bad_input_size_names_the_nearest_valid_size(name, extra):
     model = build(name, extra).eval()

@@ -50,7 +50,9 @@ class SegmentationModel(nn.Module):
         cpu_channels_last: on a CPU, run the forward pass in channels-last (NHWC) layout: oneDNN's
             NHWC convolutions and pooling are faster for some architectures and slower for others,
             so each sets this from `benchmarks/models_speed.py --layouts`. Inputs and logits keep
-            the caller's layout; GPUs (not measured) are left as they are.
+            the caller's layout; on other devices (not measured) weights are kept NCHW unless
+            `channels_last_everywhere` is set (`train.channels_last`). Moving the model (`.to`)
+            re-applies the rule, so the weights' layout always matches their device.
         config: the exact keyword arguments that rebuild this model (`name` included). An
             ``encoder_weights`` file is not recorded: the model's state dict already holds those
             weights, and rebuilding a checkpoint must not depend on a file on the training machine.
@@ -64,6 +66,7 @@ class SegmentationModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.config: dict[str, Any] = {}
+        self.channels_last_everywhere = False
         self.in_channels = 0
         self.out_channels = 0
 
@@ -81,11 +84,30 @@ class SegmentationModel(nn.Module):
     def set_cpu_layout(self, channels_last: bool) -> SegmentationModel:
         """Run this model's CPU forward in channels-last (True) or NCHW layout, weights included.
 
-        Weights keep their layout through `load_state_dict` and `.to(device)`; state dicts and
-        checkpoints hold the same values either way.
+        Weights keep their layout through `load_state_dict`; state dicts and checkpoints hold the
+        same values either way.
         """
         self.cpu_channels_last = bool(channels_last)
-        return self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        self._match_layout()
+        return self
+
+    def _channels_last_on(self, device: torch.device) -> bool:
+        return self.channels_last_everywhere or (device.type == "cpu" and self.cpu_channels_last)
+
+    def _match_layout(self) -> None:
+        """Put the 4-D weights in the layout this model runs in on their current device."""
+        first = next(self.parameters(), None)
+        if first is None:
+            return
+        fmt = torch.channels_last if self._channels_last_on(first.device) else torch.contiguous_format
+        if any(p.ndim == 4 and not p.is_contiguous(memory_format=fmt) for p in self.parameters()):
+            super()._apply(lambda t: t.contiguous(memory_format=fmt) if t.ndim == 4 else t)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SegmentationModel:
+        """`.to()`, `.cuda()`, … and then the layout rule for the device the weights are now on."""
+        super()._apply(fn, recurse)
+        self._match_layout()
+        return self
 
     # -- input checks --------------------------------------------------------------------
     @property
@@ -119,7 +141,7 @@ class SegmentationModel(nn.Module):
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """Check `x` (see `_check_input`) and return it in the layout this model runs in."""
         self._check_input(x)
-        if self.cpu_channels_last and x.device.type == "cpu" and not _is_tracing():
+        if self._channels_last_on(x.device) and not _is_tracing():
             return x.contiguous(memory_format=torch.channels_last)
         return x
 

@@ -283,9 +283,8 @@ def train_run(
         model_kwargs["width"] = cfg.model.width
     model = create_model(cfg.model.name, in_channels=d.in_channels, **model_kwargs)
     model.check_input_size(d.size, d.size)
+    model.channels_last_everywhere = cfg.train.channels_last
     model.to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.train.loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     steps_per_epoch = len(train_loader) if not cfg.train.max_batches_per_epoch else min(
