@@ -30,6 +30,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("robustness", "brainseg.commands.robustness", "evaluate trained runs under perturbations and strata"),
     ("predict", "brainseg.commands.predict", "segment new scans with one or more checkpoints"),
     ("export", "brainseg.commands.export", "export a checkpoint to ONNX (checked against PyTorch)"),
+    ("serve", "brainseg.commands.serve", "start the local web viewer: upload a scan, see the tumour (127.0.0.1)"),
 ]
 
 
