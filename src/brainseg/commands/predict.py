@@ -33,8 +33,10 @@ channel rule (--channels): models take 3 channels (pre-contrast, FLAIR, post-con
   A slice or volume whose three channels are identical (a grey picture saved as RGB) counts as
   one channel.
 
-NIfTI: segmented slice by slice along the last axis (slice k = data[:, :, k], axis 0 as rows);
-a 4-D volume X×Y×Z×3 holds the three channels. Intensities that are not uint8 are scaled per
+NIfTI: reoriented from the affine to the model's axial view (rows anterior to posterior, columns
+patient right to left, slices inferior to superior; axes permuted and flipped, never resampled),
+segmented slice by slice, and the mask written back in the file's own orientation and shape (slice
+numbers in volumes.csv count in the model's order); a 4-D volume X×Y×Z×3 holds the three channels. Intensities that are not uint8 are scaled per
 channel to 0-255 (volume minimum → 0, 99.5th percentile of the voxels above it → 255). Voxel
 sizes (mm² and mL in volumes.csv) come from the header.
 

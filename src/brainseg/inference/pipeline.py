@@ -5,7 +5,7 @@ Output folder layout (nothing is ever written among the input's own slices):
 - a slice ``X.tif`` / ``X.png`` → ``OUT/X_mask.tif`` / ``OUT/X_mask.png``;
 - a patient folder ``P`` (alone or in a dataset root) → ``OUT/P/P_<n>_mask.tif``, the
   kaggle_3m naming, so OUT can be laid beside the images as a labelled copy;
-- a NIfTI ``X.nii.gz`` → ``OUT/X_mask.nii.gz`` with the input's affine and header;
+- a NIfTI ``X.nii.gz`` → ``OUT/X_mask.nii.gz`` with the input's affine and header, in its own orientation;
 - ``OUT/overlays/…_overlay.png``: the FLAIR channel with the predicted tumour in magenta;
 - ``OUT/volumes.csv``: one row per slice (``level=slice``: tumour area in pixels and mm², highest
   and mean tumour probability, detection) and one per case (``level=volume``: tumour volume in
@@ -208,7 +208,7 @@ def _write_case(
 
     written = 0
     if case.kind == "nifti":
-        write_nifti_mask(plan.masks[0], pred, data.nifti)
+        write_nifti_mask(plan.masks[0], pred, data.nifti, data.orientation)
         written += 1
     else:
         for path, m in zip(plan.masks, pred):
