@@ -262,3 +262,28 @@ def test_serve_without_a_model_says_how_to_pass_one(capsys) -> None:
     assert cli_main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "no model to serve" in err and "-c" in err
+
+
+def test_dicom_zip_upload_gives_a_nifti_mask_on_the_series_grid(client, tiny_phantoms, tmp_path) -> None:
+    from helpers_dicom import write_study
+
+    folder = patient_folders(tiny_phantoms)[6]
+    images = slice_stack(folder)
+    study = write_study(tmp_path / "STUDY", images)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in sorted(study.rglob("*")):
+            if f.is_file():
+                zf.write(f, f"export/{f.relative_to(study.parent)}")
+    r = upload(client, "study.zip", buf.getvalue())
+    assert r.status_code == 202, r.text
+    job = wait_done(client, r.json()["id"])
+    assert job["status"] == "done" and job["kind"] == "dicom" and job["channels"] == 3
+    z = zipfile.ZipFile(io.BytesIO(client.get(f"/api/jobs/{job['id']}/masks.zip").content))
+    (tmp_path / "m.nii.gz").write_bytes(z.read("STUDY_mask.nii.gz"))
+    m = nib.load(tmp_path / "m.nii.gz")
+    assert m.shape == images.shape[1:3] + images.shape[:1]
+    assert job["figures"]["volume_ml"] == pytest.approx(int(np.asanyarray(m.dataobj).sum()) * 0.9 * 0.8 * 3 / 1000)
+    # the page's FLAIR layer is the FLAIR series, as sent
+    img = np.asarray(Image.open(io.BytesIO(client.get(f"/api/jobs/{job['id']}/slices/2/image.png").content)))
+    assert np.array_equal(img, images[2, :, :, 1])

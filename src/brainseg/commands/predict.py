@@ -9,7 +9,8 @@ import sys
 DESCRIPTION = """\
 Segment new scans with a trained model. INPUT is a slice (.tif/.png), a patient folder
 (<name>_<n>.tif slices), a dataset root in the kaggle_3m layout, a NIfTI volume (.nii/.nii.gz)
-or a folder of NIfTI volumes. Several --checkpoint options form an ensemble (mean probability)."""
+a folder of NIfTI volumes, or a DICOM study (a folder of one patient's series, or one file).
+Several --checkpoint options form an ensemble (mean probability)."""
 
 EPILOG = """\
 outputs (in --out DIR; never among the input's own files):
@@ -40,6 +41,11 @@ numbers in volumes.csv count in the model's order); a 4-D volume X×Y×Z×3 hold
 channel to 0-255 (volume minimum → 0, 99.5th percentile of the voxels above it → 255). Voxel
 sizes (mm² and mL in volumes.csv) come from the header.
 
+DICOM: slices sorted by position along the slice normal, RescaleSlope/Intercept applied, then
+scaled to 0-255 like NIfTI (8-bit series without rescaling are kept as they are). Series become
+channels by SeriesDescription (FLAIR; pre-/post-contrast T1), or as --dicom-series says; FLAIR
+alone (or a single series) gives a 1-channel case. The mask is NIfTI with the series' geometry.
+
 --tta and post-processing default to the first checkpoint's own settings (its run's eval section;
 no TTA and threshold 0.5 unless the run said otherwise): threshold, then --largest-component per
 case (3-D), then --min-lesion-size (2-D); a slice is a detection when its tumour area reaches
@@ -69,6 +75,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="detection: tumour area (pixels) for a positive slice (default: the checkpoint's, 10)")
     p.add_argument("--channels", choices=("strict", "replicate"), default="strict",
                    help="channel rule for 1-channel input to a 3-channel model (see below; default strict)")
+    p.add_argument("--dicom-series", action="append", default=[], metavar="ROLE=DESCRIPTION",
+                   help="DICOM: which series is which channel, e.g. --dicom-series flair='AX FLAIR' "
+                        "(roles pre, flair, post; default: matched by SeriesDescription)")
     p.add_argument("--overlays", choices=("tumour", "all", "none"), default="tumour",
                    help="overlay PNGs for slices with predicted tumour (default), every slice, or none")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
@@ -78,6 +87,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="go on past a case that cannot be read, and list it in predict.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_series_map(items: list[str]) -> dict[str, str] | None:
+    """["flair=AX FLAIR", …] → {"flair": "AX FLAIR", …}; None for no items."""
+    from brainseg.errors import BrainsegError
+
+    out: dict[str, str] = {}
+    for item in items:
+        role, sep, desc = item.partition("=")
+        if not sep or not desc:
+            raise BrainsegError(f"--dicom-series {item!r}: expected ROLE=DESCRIPTION, e.g. flair='AX FLAIR'")
+        out[role.strip().lower()] = desc
+    return out or None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         progress=not args.quiet,
         announce=lambda m: print(f"brainseg predict: {m}", file=sys.stderr),
+        dicom_series=parse_series_map(args.dicom_series),
     )
     models = ", ".join(str(c["model"]) for c in info["checkpoints"])
     print(f"{info['cases_done']} case(s), {info['slices_done']} slice(s) segmented with {models} on "

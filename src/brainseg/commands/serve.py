@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's)")
     p.add_argument("--channels", choices=("strict", "replicate"), default="strict",
                    help="channel rule for 1-channel input to a 3-channel model (as in predict)")
+    p.add_argument("--dicom-series", action="append", default=[], metavar="ROLE=DESCRIPTION",
+                   help="DICOM: which series is which channel (as in predict; default: by SeriesDescription)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
 
 
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from brainseg.commands.predict import parse_series_map
     from brainseg.errors import BrainsegError
     from brainseg.serve.app import create_app
     from brainseg.serve.jobs import JobStore
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="brainseg-serve-") as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
         store = JobStore(work, segmenter, workers=args.workers, max_pending=args.max_pending, keep=args.keep)
-        app = create_app(store, max_upload_mb=args.max_upload_mb, host=args.host)
+        app = create_app(store, max_upload_mb=args.max_upload_mb, host=args.host,
+                         dicom_series=parse_series_map(args.dicom_series))
         where = "this machine only" if args.host in ("127.0.0.1", "localhost", "::1") else "OPEN TO THE NETWORK"
         models = ", ".join(str(d["model"]) for d in segmenter.describe()["models"])
         print(f"brainseg serve: {models}, {segmenter.n_views} view(s); work folder {store.work}", file=sys.stderr)

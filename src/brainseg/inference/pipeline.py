@@ -6,6 +6,7 @@ Output folder layout (nothing is ever written among the input's own slices):
 - a patient folder ``P`` (alone or in a dataset root) → ``OUT/P/P_<n>_mask.tif``, the
   kaggle_3m naming, so OUT can be laid beside the images as a labelled copy;
 - a NIfTI ``X.nii.gz`` → ``OUT/X_mask.nii.gz`` with the input's affine and header, in its own orientation;
+- a DICOM study ``S`` (folder or file) → ``OUT/S_mask.nii.gz`` with the series' geometry as affine;
 - ``OUT/overlays/…_overlay.png``: the FLAIR channel with the predicted tumour in magenta;
 - ``OUT/volumes.csv``: one row per slice (``level=slice``: tumour area in pixels and mm², highest
   and mean tumour probability, detection) and one per case (``level=volume``: tumour volume in
@@ -35,7 +36,7 @@ from brainseg import __version__
 from brainseg.config import EvalConfig, RunConfig
 from brainseg.errors import BrainsegError, CheckpointError
 from brainseg.fileio import write_csv_atomic, write_json_atomic
-from brainseg.inference.inputs import Case, InputSet, discover_inputs
+from brainseg.inference.inputs import VOLUME_KINDS, Case, InputSet, discover_inputs
 from brainseg.inference.readers import INTENSITY_RULE, CaseData, read_case
 
 VOLUME_COLUMNS = (
@@ -143,8 +144,8 @@ class CasePlan:
 
 def plan_case(out: Path, case: Case, n_slices: int | None = None) -> CasePlan:
     """Output paths of a case (see the module docstring); NIfTI overlays need `n_slices`."""
-    if case.kind == "nifti":
-        mask = out / f"{case.name}_mask{_nifti_suffix(case.source)}"
+    if case.kind in VOLUME_KINDS:  # DICOM masks are NIfTI too, with the series' geometry
+        mask = out / f"{case.name}_mask{_nifti_suffix(case.source) if case.kind == 'nifti' else '.nii.gz'}"
         ov = [out / "overlays" / case.name / f"{case.name}_z{k:03d}_overlay.png" for k in range(n_slices or 0)]
         return CasePlan([mask], ov, mask)
     folder = out if case.kind == "slice" else out / case.source.name
@@ -207,7 +208,7 @@ def _write_case(
     from brainseg.inference.writers import write_mask_slice, write_nifti_mask, write_overlay
 
     written = 0
-    if case.kind == "nifti":
+    if case.kind in VOLUME_KINDS:
         write_nifti_mask(plan.masks[0], pred, data.nifti, data.orientation)
         written += 1
     else:
@@ -240,6 +241,7 @@ def predict_path(
     skip_bad: bool = False,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
+    dicom_series: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Segment every case of `input_path` and write masks, overlays, volumes.csv and predict.json.
 
@@ -257,6 +259,8 @@ def predict_path(
         skip_bad: go on past a case that cannot be read or used, listing it in predict.json,
             instead of stopping with its error.
         announce: called with one line per skipped case (e.g. print to stderr).
+        dicom_series: role (pre, flair, post) → SeriesDescription for DICOM input; None: matched
+            by description (`brainseg.inference.dicom`).
 
     Returns:
         The contents of predict.json.
@@ -314,7 +318,7 @@ def predict_path(
     try:
         for case in cases:
             try:
-                data = read_case(case)
+                data = read_case(case, dicom_series)
                 probs = predictor.predict(data.images, source=str(case.source))
             except CheckpointError:
                 raise
@@ -329,11 +333,11 @@ def predict_path(
             pred = postprocess(probs, pp)
             plan = plan_case(out, case, n)
             info["files_written"] += _write_case(out, case, data, plan, pred, overlays)
-            labels = list(case.numbers) if case.kind != "nifti" else list(range(n))
+            labels = list(case.numbers) if case.kind not in VOLUME_KINDS else list(range(n))
             labels = [lab if lab is not None else k for k, lab in enumerate(labels)]
             names = (
                 [str(p.relative_to(out)) for p in plan.masks]
-                if case.kind != "nifti"
+                if case.kind not in VOLUME_KINDS
                 else [str(plan.masks[0].relative_to(out))] * n
             )
             rows += case_rows(case, labels, names, str(plan.volume_mask.relative_to(out)), pred, probs,

@@ -210,14 +210,22 @@ def read_nifti(path: str | Path) -> CaseData:
     return CaseData(images, spacing, img, tuple(notes), reo)
 
 
-def read_case(case: Case) -> CaseData:
+def read_case(case: Case, dicom_series: dict[str, str] | None = None) -> CaseData:
     """Read every slice of a case, checking they share one size; grey stacks become 1 channel.
+
+    `dicom_series` maps roles (pre, flair, post) to SeriesDescriptions for a DICOM case
+    (`brainseg.inference.dicom`); None matches them by their descriptions.
 
     Raises:
         DataError: naming the file at fault (unreadable, wrong shape, or a size unlike the first slice's).
     """
-    if case.kind == "nifti":
-        data = read_nifti(case.source)
+    if case.kind in ("nifti", "dicom"):
+        if case.kind == "dicom":
+            from brainseg.inference.dicom import read_dicom_case
+
+            data = read_dicom_case(case.source, dicom_series)
+        else:
+            data = read_nifti(case.source)
         data.images = collapse_grey(data.images)
         return data
     slices: list[np.ndarray] = []

@@ -85,8 +85,14 @@ async def _receive_upload(request: Request, job: Job, max_bytes: int) -> tuple[P
     return saved, name
 
 
-def create_app(store: JobStore, *, max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, host: str = "127.0.0.1") -> FastAPI:
-    """The app serving `store`'s jobs (see the module docstring)."""
+def create_app(
+    store: JobStore,
+    *,
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB,
+    host: str = "127.0.0.1",
+    dicom_series: dict[str, str] | None = None,
+) -> FastAPI:
+    """The app serving `store`'s jobs (see the module docstring); `dicom_series` as in `read_case`."""
     max_bytes = int(max_upload_mb * 2**20)
     app = FastAPI(title="brainseg", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
@@ -135,7 +141,7 @@ def create_app(store: JobStore, *, max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, h
                 saved.unlink(missing_ok=True)
                 case = single_case(target, name)
                 try:
-                    job.data = read_case(case)
+                    job.data = read_case(case, dicom_series)
                 except BrainsegError as exc:
                     raise UploadError(f"{name}: {strip_paths(str(exc), job.folder / 'input')}") from None
                 job.case = case
