@@ -80,6 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(roles pre, flair, post; default: matched by SeriesDescription)")
     p.add_argument("--overlays", choices=("tumour", "all", "none"), default="tumour",
                    help="overlay PNGs for slices with predicted tumour (default), every slice, or none")
+    p.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
+                   help="forward passes with ONNX Runtime (exported once, checked against PyTorch and cached "
+                        "next to the checkpoint) or PyTorch; auto (default): ONNX Runtime when installed, on the CPU")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
@@ -123,10 +126,12 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         announce=lambda m: print(f"brainseg predict: {m}", file=sys.stderr),
         dicom_series=parse_series_map(args.dicom_series),
+        engine=args.engine,
     )
     models = ", ".join(str(c["model"]) for c in info["checkpoints"])
     print(f"{info['cases_done']} case(s), {info['slices_done']} slice(s) segmented with {models} on "
-          f"{info['device']} ({info['inference_ms_per_slice']:.1f} ms/slice); results in {info['out']}")
+          f"{info['device']} with {info['engine']} ({info['inference_ms_per_slice']:.1f} ms/slice); results in "
+          f"{info['out']}")
     if info["skipped"]:
         print(f"{len(info['skipped'])} case(s) skipped: see {info['out']}/predict.json")
     return 0

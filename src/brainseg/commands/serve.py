@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="channel rule for 1-channel input to a 3-channel model (as in predict)")
     p.add_argument("--dicom-series", action="append", default=[], metavar="ROLE=DESCRIPTION",
                    help="DICOM: which series is which channel (as in predict; default: by SeriesDescription)")
+    p.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
+                   help="forward passes with ONNX Runtime or PyTorch, as in predict (default auto: ONNX when installed)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
 
 
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise BrainsegError("--workers, --keep and --max-upload-mb must be ≥ 1 and --max-pending ≥ 0")
     checkpoints = resolve_checkpoints(args.checkpoint)
     segmenter = Segmenter(checkpoints, tta=args.tta, device=args.device, channels=args.channels,
-                          overrides={"threshold": args.threshold})
+                          overrides={"threshold": args.threshold}, engine=args.engine)
     with tempfile.TemporaryDirectory(prefix="brainseg-serve-") as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
         store = JobStore(work, segmenter, workers=args.workers, max_pending=args.max_pending, keep=args.keep)
@@ -78,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
                          dicom_series=parse_series_map(args.dicom_series))
         where = "this machine only" if args.host in ("127.0.0.1", "localhost", "::1") else "OPEN TO THE NETWORK"
         models = ", ".join(str(d["model"]) for d in segmenter.describe()["models"])
-        print(f"brainseg serve: {models}, {segmenter.n_views} view(s); work folder {store.work}", file=sys.stderr)
+        print(f"brainseg serve: {models} on {segmenter.engine}, {segmenter.n_views} view(s); work folder "
+              f"{store.work}", file=sys.stderr)
+        if segmenter.engine_note:
+            print(f"brainseg serve: ONNX Runtime not used: {segmenter.engine_note}", file=sys.stderr)
         print(f"brainseg serve: listening on http://{args.host}:{args.port}/ ({where}); Ctrl-C stops it",
               file=sys.stderr)
         try:

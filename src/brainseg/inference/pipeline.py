@@ -242,6 +242,7 @@ def predict_path(
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
     dicom_series: dict[str, str] | None = None,
+    engine: str = "torch",
 ) -> dict[str, Any]:
     """Segment every case of `input_path` and write masks, overlays, volumes.csv and predict.json.
 
@@ -261,6 +262,8 @@ def predict_path(
         announce: called with one line per skipped case (e.g. print to stderr).
         dicom_series: role (pre, flair, post) → SeriesDescription for DICOM input; None: matched
             by description (`brainseg.inference.dicom`).
+        engine: "torch", "onnx" or "auto" (ONNX Runtime when installed, on the CPU;
+            `brainseg.inference.engine`).
 
     Returns:
         The contents of predict.json.
@@ -279,6 +282,9 @@ def predict_path(
     check_outputs(inputs, out)
     predictor = Predictor(checkpoints, device=device, batch_size=batch_size, amp=amp, channels=channels)
     predictor.tta = resolve_tta(predictor.checkpoints[0], tta)
+    from brainseg.inference.engine import apply_engine
+
+    engine_info = apply_engine(predictor, engine)
     pp = resolve_postprocessing(
         predictor.checkpoints[0],
         {"threshold": threshold, "largest_component": largest_component,
@@ -294,6 +300,7 @@ def predict_path(
         "ensemble": "mean of the members' sigmoid probabilities" if len(predictor.models) > 1 else None,
         "tta": "mean over identity, horizontal and vertical flips" if predictor.tta else None,
         "device": str(predictor.device),
+        **engine_info,
         "amp": str(predictor.amp_dtype).replace("torch.", "") if predictor.amp_dtype else "off",
         "postprocessing": asdict(pp),
         "channel_rule": {"name": channels, "doc": CHANNEL_RULES[channels],

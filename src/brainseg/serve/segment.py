@@ -127,6 +127,7 @@ class Segmenter:
             of a single model).
         device, batch_size, channels: passed to each member's `Predictor`.
         overrides: post-processing overrides (threshold, largest_component, …; None: the checkpoint's).
+        engine: "torch", "onnx" or "auto" (`brainseg.inference.engine`).
     """
 
     def __init__(
@@ -138,6 +139,7 @@ class Segmenter:
         batch_size: int = 16,
         channels: str = "strict",
         overrides: dict[str, Any] | None = None,
+        engine: str = "torch",
     ) -> None:
         from brainseg.evaluation.predict import Predictor
         from brainseg.inference.pipeline import resolve_postprocessing
@@ -146,6 +148,11 @@ class Segmenter:
         loaded = [c if isinstance(c, dict) else load_checkpoint(c) for c in checkpoints]
         # one Predictor per member (TTA off): the views are formed here, so each stays visible
         self.members = [Predictor([c], device=device, batch_size=batch_size, channels=channels) for c in loaded]
+        from brainseg.inference.engine import apply_engine
+
+        used = [apply_engine(m, engine) for m in self.members]
+        self.engine = used[0]["engine"]
+        self.engine_note = next((u["onnx_skipped"] for u in used if "onnx_skipped" in u), None)
         self.tta = tta
         self.pp: PostProcessing = resolve_postprocessing(loaded[0], dict(overrides or {}))
         self.in_channels = self.members[0].in_channels
@@ -164,6 +171,7 @@ class Segmenter:
             "models": [d for m in self.members for d in m.describe()],
             "in_channels": self.in_channels,
             "tta": self.tta,
+            "engine": self.engine,
             "n_views": self.n_views,
             "postprocessing": asdict(self.pp),
             "review_rule": REVIEW_RULE if self.n_views > 1 else "one view only: no disagreement to measure",
