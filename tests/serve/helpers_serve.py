@@ -7,6 +7,9 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
+import tifffile
+
 
 def patient_folders(data: Path) -> list[Path]:
     return sorted(p for p in data.iterdir() if p.is_dir())
@@ -31,3 +34,10 @@ def wait_done(client, job_id: str, timeout: float = 60.0) -> dict:
             return s
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} did not finish in {timeout} s: {s}")
+
+
+def slice_stack(folder: Path, suffix: str = "") -> np.ndarray:
+    """The patient's image slices (suffix "") or its ``_mask`` files, in slice-number order."""
+    files = sorted((p for p in folder.glob(f"*{suffix}.tif") if suffix or not p.stem.endswith("_mask")),
+                   key=lambda p: int(p.stem.split("_")[-2 if suffix else -1]))
+    return np.stack([tifffile.imread(p) for p in files])

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
-from helpers_serve import patient_folders, wait_done, zip_folder
+from helpers_serve import patient_folders, slice_stack, wait_done, zip_folder
 from PIL import Image
 
 from brainseg.cli import main as cli_main
@@ -19,12 +19,6 @@ from brainseg.evaluation.predict import Predictor
 from brainseg.inference import predict_path
 from brainseg.serve.render import OVERLAY_RGB
 from brainseg.serve.segment import DISPUTE, REVIEW_SHARE, case_figures, largest_diameter
-
-
-def slice_stack(folder: Path, suffix: str = "") -> np.ndarray:
-    files = sorted((p for p in folder.glob(f"*{suffix}.tif") if suffix or not p.stem.endswith("_mask")),
-                   key=lambda p: int(p.stem.split("_")[-2 if suffix else -1]))
-    return np.stack([tifffile.imread(p) for p in files])
 
 
 def upload(client, name: str, payload: bytes):
