@@ -39,10 +39,10 @@ from brainseg.fileio import write_json_atomic
 from brainseg.models import count_parameters, create_model, list_models
 
 
-def in_memory_checkpoint(name: str, size: int) -> dict[str, Any]:
-    """What a checkpoint carries for inference, for a freshly initialised full-width model."""
+def in_memory_checkpoint(name: str, size: int, width: int | None = None) -> dict[str, Any]:
+    """What a checkpoint carries for inference, for a freshly initialised model (full width by default)."""
     torch.manual_seed(0)
-    model = create_model(name, in_channels=3, out_channels=1)
+    model = create_model(name, in_channels=3, out_channels=1, width=width)
     return {
         "path": f"<{name}, random weights>",
         "model": dict(model.config),
