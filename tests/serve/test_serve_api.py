@@ -281,3 +281,24 @@ def test_dicom_zip_upload_gives_a_nifti_mask_on_the_series_grid(client, tiny_pha
     # the page's FLAIR layer is the FLAIR series, as sent
     img = np.asarray(Image.open(io.BytesIO(client.get(f"/api/jobs/{job['id']}/slices/2/image.png").content)))
     assert np.array_equal(img, images[2, :, :, 1])
+
+
+def test_png_patient_zip_gives_png_masks(client, tiny_phantoms) -> None:
+    folder = patient_folders(tiny_phantoms)[7]
+    images = slice_stack(folder)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for k, img in enumerate(images, start=1):
+            png = io.BytesIO()
+            Image.fromarray(img).save(png, format="PNG")
+            zf.writestr(f"case_{k}.png", png.getvalue())
+    r = upload(client, "pngs.zip", buf.getvalue())
+    assert r.status_code == 202, r.text
+    job = wait_done(client, r.json()["id"])
+    assert job["status"] == "done" and job["n_slices"] == len(images)
+    z = zipfile.ZipFile(io.BytesIO(client.get(f"/api/jobs/{job['id']}/masks.zip").content))
+    masks = sorted((n for n in z.namelist() if n.endswith("_mask.png")), key=lambda n: int(n.split("_")[-2]))
+    assert len(masks) == len(images)
+    got = np.stack([np.asarray(Image.open(io.BytesIO(z.read(n)))) == 255 for n in masks])
+    assert int(got.sum()) == job["figures"]["volume_px"]
+    assert got.reshape(len(got), -1).sum(1).tolist() == job["figures"]["slice_area_px"]

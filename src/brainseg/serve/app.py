@@ -32,7 +32,14 @@ from brainseg import __version__
 from brainseg.errors import BrainsegError
 from brainseg.serve.jobs import Job, JobStore
 from brainseg.serve.render import LAYERS, image_layer, mask_layer, png_bytes, uncertainty_layer
-from brainseg.serve.uploads import UNPACK_FACTOR, UploadError, single_case, strip_paths, unpack_upload
+from brainseg.serve.uploads import (
+    UNPACK_FACTOR,
+    UploadError,
+    safe_name,
+    single_case,
+    strip_paths,
+    unpack_upload,
+)
 
 DEFAULT_MAX_UPLOAD_MB = 200
 
@@ -198,7 +205,7 @@ def create_app(
                         zf.write(p, str(p.relative_to(out)))
             return buf.getvalue()
 
-        stem = job.case.name if job.case else "case"
+        stem = safe_name(job.case.name if job.case else "case")  # it goes into a header
         return Response(await run_in_threadpool(pack), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{stem}_brainseg.zip"'})
 

@@ -207,7 +207,8 @@
   $("channel").addEventListener("change", () => { if (state.job) { buildThumbs(state.job, state.job.figures); draw(); } });
   $("view").addEventListener("wheel", (e) => { e.preventDefault(); go(state.k + (e.deltaY > 0 ? 1 : -1)); }, { passive: false });
   document.addEventListener("keydown", (e) => {
-    if (!state.job || e.target.tagName === "INPUT" && e.target.type !== "range" || e.target.tagName === "SELECT") return;
+    // form controls keep their own keys (a focused slider already moves with the arrows)
+    if (!state.job || e.target.tagName === "INPUT" || e.target.tagName === "SELECT") return;
     const step = { ArrowDown: 1, j: 1, ArrowUp: -1, k: -1, PageDown: 5, PageUp: -5 }[e.key];
     if (step !== undefined) { e.preventDefault(); go(state.k + step); }
     if (e.key === "o") { const l = $("layer"); l.value = l.value === "none" ? "fill" : "none"; draw(); }
