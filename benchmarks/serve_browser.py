@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib.util
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,7 +25,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
 FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--disable-extensions", "--remote-allow-origins=*",
@@ -33,12 +32,14 @@ FLAGS = (
 )
 
 
-def find_chromium() -> str | None:
-    for name in CANDIDATES:
-        path = name if Path(name).is_file() else shutil.which(name)
-        if path:
-            return str(path)
-    return None
+def _report_browser() -> Any:
+    spec = importlib.util.spec_from_file_location("report_browser", Path(__file__).with_name("report_browser.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+find_chromium = _report_browser().find_chromium  # one search for the browser, shared with the report check
 
 
 def free_port() -> int:

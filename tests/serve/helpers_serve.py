@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -41,3 +43,12 @@ def slice_stack(folder: Path, suffix: str = "") -> np.ndarray:
     files = sorted((p for p in folder.glob(f"*{suffix}.tif") if suffix or not p.stem.endswith("_mask")),
                    key=lambda p: int(p.stem.split("_")[-2 if suffix else -1]))
     return np.stack([tifffile.imread(p) for p in files])
+
+
+def serve_browser() -> Any:
+    """benchmarks/serve_browser.py as a module: the CDP driver and the server thread."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_browser.py"
+    spec = importlib.util.spec_from_file_location("serve_browser", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

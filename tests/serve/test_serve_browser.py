@@ -7,28 +7,16 @@ colour and every other pixel the grey FLAIR value; at half opacity the mix of th
 
 from __future__ import annotations
 
-import importlib.util
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_serve import patient_folders, zip_folder
+from helpers_serve import patient_folders, serve_browser, zip_folder
 from PIL import Image
 
 from brainseg.serve.render import OVERLAY_RGB
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_browser.py"
-
-
-def _driver():
-    spec = importlib.util.spec_from_file_location("serve_browser", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-drv = _driver()
+drv = serve_browser()
 pytestmark = pytest.mark.skipif(drv.find_chromium() is None, reason="Chromium not installed (apt-get install -y chromium)")
 
 

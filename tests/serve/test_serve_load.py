@@ -6,7 +6,6 @@ itself when the test ends; a full queue answers 503 and the client retries, as a
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,18 +13,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from helpers_serve import patient_folders, slice_stack, zip_folder
+from helpers_serve import patient_folders, serve_browser, slice_stack, zip_folder
 from PIL import Image
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_browser.py"
 N_UPLOADS = 8
 
-
-def _driver():
-    spec = importlib.util.spec_from_file_location("serve_browser", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _rss_mb() -> float:
@@ -48,7 +40,7 @@ def test_concurrent_uploads_answered_unmixed_and_bounded(segmenter, tiny_phantom
     expected = {f.name: segmenter.segment(s, None).mask for f, s in zip(cases, stacks)}
     store = JobStore(tmp_path / "work", segmenter, workers=2, max_pending=2, keep=3)
     rss0 = _rss_mb()
-    drv = _driver()
+    drv = serve_browser()
     busy = 0
     with drv.ServerThread(create_app(store)) as srv:
         assert srv.url.startswith("http://127.0.0.1:")
