@@ -35,7 +35,7 @@ def write_series(
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    series_uid = generate_uid()
+    series_uid, frame_uid = generate_uid(), generate_uid()
     row_dir, col_dir = np.array(iop[:3]), np.array(iop[3:])
     normal = np.cross(row_dir, col_dir)
     n = volume.shape[2]
@@ -53,6 +53,10 @@ def write_series(
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.Modality, ds.SeriesDescription, ds.InstanceNumber = "MR", description, int(numbers[i])
+        # what a scanner writes and a DICOM SEG copies: patient, study, frame of reference
+        ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "PHANTOM1", "Phantom^One", "", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", ""
+        ds.ReferringPhysicianName, ds.SeriesNumber, ds.FrameOfReferenceUID = "", 1 + seed, frame_uid
         ds.Rows, ds.Columns = volume.shape[0], volume.shape[1]
         ds.PixelSpacing = [float(spacing[0]), float(spacing[1])]
         ds.ImageOrientationPatient = [float(v) for v in iop]

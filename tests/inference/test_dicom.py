@@ -112,5 +112,35 @@ def test_predict_on_a_dicom_study_matches_the_tif_slices(trained, tmp_path: Path
     assert np.array_equal(np.asanyarray(out.dataobj).astype(bool), expect)
     # voxel (r, c, s) sits where DICOM put it: origin + s·3 mm along z, LPS → RAS
     assert np.allclose(out.affine @ [2, 3, 4, 1], [100.0 - 3 * 0.8, 120.0 - 2 * 0.9, -30.0 + 4 * 3.0, 1])
+    # the DICOM SEG: one frame per FLAIR source image, each the mask of the slice it references
+    import pydicom
+
+    seg = pydicom.dcmread(tmp_path / "out" / "study_seg.dcm")
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == pydicom.dcmread(next((study / "series1").iterdir())).StudyInstanceUID
+    z_of = {}
+    for f in (study / "series1").iterdir():  # series1 is FLAIR (write_study's order)
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        z_of[ds.SOPInstanceUID] = int(round((float(ds.ImagePositionPatient[2]) + 30.0) / 3.0))
+    frames = seg.pixel_array.reshape(-1, *expect.shape[:2])
+    assert len(frames) == expect.shape[2]
+    for i, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        uid = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        assert np.array_equal(frames[i].astype(bool), expect[:, :, z_of[uid]])
     (vol,) = [r for r in read_csv(tmp_path / "out" / "volumes.csv") if r["level"] == "volume"]
     assert float(vol["volume_ml"]) == pytest.approx(expect.sum() * 0.9 * 0.8 * 3.0 / 1000, rel=1e-5)
+
+
+def test_no_seg_without_patient_attributes_but_the_nifti_mask_stands(trained, tmp_path: Path) -> None:
+    import pydicom
+    from test_predict import images_of, richest_test_patient
+
+    flair = images_of(trained.data / richest_test_patient(trained))[..., 1]  # (N, H, W)
+    files = write_series(tmp_path / "s" / "x", flair.transpose(1, 2, 0), "FLAIR", study_uid=generate_uid())
+    for f in files:  # an anonymiser that went too far
+        ds = pydicom.dcmread(f)
+        del ds.PatientID
+        ds.save_as(f)
+    info = predict_path(tmp_path / "s", tmp_path / "out", [trained.ckpt], device="cpu", channels="replicate",
+                        progress=False)
+    assert (tmp_path / "out" / "s_mask.nii.gz").is_file() and not (tmp_path / "out" / "s_seg.dcm").exists()
+    assert any("no DICOM SEG written" in n and "PatientID" in n for n in info["notes"])

@@ -274,6 +274,7 @@ def test_dicom_zip_upload_gives_a_nifti_mask_on_the_series_grid(client, tiny_pha
     job = wait_done(client, r.json()["id"])
     assert job["status"] == "done" and job["kind"] == "dicom" and job["channels"] == 3
     z = zipfile.ZipFile(io.BytesIO(client.get(f"/api/jobs/{job['id']}/masks.zip").content))
+    assert "STUDY_seg.dcm" in z.namelist()  # and a DICOM SEG over the FLAIR series
     (tmp_path / "m.nii.gz").write_bytes(z.read("STUDY_mask.nii.gz"))
     m = nib.load(tmp_path / "m.nii.gz")
     assert m.shape == images.shape[1:3] + images.shape[:1]

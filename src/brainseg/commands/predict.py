@@ -44,7 +44,8 @@ sizes (mm² and mL in volumes.csv) come from the header.
 DICOM: slices sorted by position along the slice normal, RescaleSlope/Intercept applied, then
 scaled to 0-255 like NIfTI (8-bit series without rescaling are kept as they are). Series become
 channels by SeriesDescription (FLAIR; pre-/post-contrast T1), or as --dicom-series says; FLAIR
-alone (or a single series) gives a 1-channel case. The mask is NIfTI with the series' geometry.
+alone (or a single series) gives a 1-channel case. The mask is NIfTI with the series' geometry,
+and a DICOM SEG (X_seg.dcm) over the FLAIR series.
 
 --tta and post-processing default to the first checkpoint's own settings (its run's eval section;
 no TTA and threshold 0.5 unless the run said otherwise): threshold, then --largest-component per

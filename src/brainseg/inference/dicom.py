@@ -63,6 +63,7 @@ class Series:
     spacing: tuple[float, float, float]
     positions: np.ndarray  # (slices, 3) LPS positions of the sorted slices
     as_uint8: bool  # 8-bit and not rescaled: use the values as they are
+    files: list[Path]  # the source files in slice order
 
 
 def _float_list(ds: Any, key: str, n: int, path: Path) -> np.ndarray:
@@ -127,7 +128,8 @@ def read_series(files: list[Path], description: str) -> Series:
     lps[:3, 3] = positions[0]
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS → RAS
     eight = all(int(it[1].get("BitsAllocated", 16)) == 8 and it[5] == 1 and it[6] == 0 for it in items)
-    return Series(description, volume, affine, (float(ps[0]), float(ps[1]), abs(dz)), positions, eight)
+    return Series(description, volume, affine, (float(ps[0]), float(ps[1]), abs(dz)), positions, eight,
+                  [it[0] for it in items])
 
 
 def match_roles(descriptions: list[str], series_map: Mapping[str, str] | None, source: Path) -> dict[str, str]:
@@ -159,9 +161,8 @@ def match_roles(descriptions: list[str], series_map: Mapping[str, str] | None, s
     return roles
 
 
-def read_dicom(path: Path, series_map: Mapping[str, str] | None = None) -> tuple[np.ndarray, np.ndarray,
-                                                                                tuple[float, float, float], str]:
-    """A DICOM study → (volume (rows, cols, slices, C) uint8, RAS affine, voxel size, remark).
+def read_dicom(path: Path, series_map: Mapping[str, str] | None = None) -> tuple[np.ndarray, Series, str]:
+    """A DICOM study → (volume (rows, cols, slices, C) uint8, the FLAIR series, remark).
 
     C is 3 (pre-contrast, FLAIR, post-contrast) when all three roles are found, else 1 (FLAIR).
     """
@@ -201,7 +202,7 @@ def read_dicom(path: Path, series_map: Mapping[str, str] | None = None) -> tuple
                             f"({s.volume.shape} vs {ref.volume.shape}); resampling between series is not done")
     channels = [np.clip(s.volume, 0, 255).astype(np.uint8) if s.as_uint8 else to_uint8(s.volume) for s in series]
     remark = "DICOM series used: " + ", ".join(f"{r}={roles[r]!r}" for r in wanted)
-    return np.stack(channels, axis=-1), ref.affine, ref.spacing, remark
+    return np.stack(channels, axis=-1), ref, remark
 
 
 def read_dicom_case(path: Path, series_map: Mapping[str, str] | None = None) -> Any:
@@ -211,11 +212,13 @@ def read_dicom_case(path: Path, series_map: Mapping[str, str] | None = None) -> 
     from brainseg.inference.orientation import reorientation, to_model_order
     from brainseg.inference.readers import CaseData
 
-    volume, affine, spacing, remark = read_dicom(path, series_map)
+    volume, flair, remark = read_dicom(path, series_map)
+    affine = flair.affine
     reo = reorientation(affine)
     images = np.ascontiguousarray(to_model_order(volume, reo).transpose(2, 0, 1, 3))
-    ref = nib.Nifti1Image(np.zeros(volume.shape[:3], np.uint8), affine)
+    # the mask's reference; `extra` carries the FLAIR files in slice order, for a DICOM SEG
+    ref = nib.Nifti1Image(np.zeros(volume.shape[:3], np.uint8), affine, extra={"dicom_files": flair.files})
     ref.header.set_xyzt_units("mm")
     ref.set_qform(affine, code=1)  # scanner coordinates, as DICOM's own
     ref.set_sform(affine, code=1)
-    return CaseData(images, reo.model_zooms(spacing), ref, (f"{path.name}: {remark}",), reo)
+    return CaseData(images, reo.model_zooms(flair.spacing), ref, (f"{path.name}: {remark}",), reo)

@@ -6,7 +6,8 @@ Output folder layout (nothing is ever written among the input's own slices):
 - a patient folder ``P`` (alone or in a dataset root) → ``OUT/P/P_<n>_mask.tif``, the
   kaggle_3m naming, so OUT can be laid beside the images as a labelled copy;
 - a NIfTI ``X.nii.gz`` → ``OUT/X_mask.nii.gz`` with the input's affine and header, in its own orientation;
-- a DICOM study ``S`` (folder or file) → ``OUT/S_mask.nii.gz`` with the series' geometry as affine;
+- a DICOM study ``S`` (folder or file) → ``OUT/S_mask.nii.gz`` with the series' geometry as affine,
+  and ``OUT/S_seg.dcm``, a DICOM SEG over the FLAIR series (`brainseg.inference.dicom_seg`);
 - ``OUT/overlays/…_overlay.png``: the FLAIR channel with the predicted tumour in magenta;
 - ``OUT/volumes.csv``: one row per slice (``level=slice``: tumour area in pixels and mm², highest
   and mean tumour probability, detection) and one per case (``level=volume``: tumour volume in
@@ -211,6 +212,10 @@ def _write_case(
     if case.kind in VOLUME_KINDS:
         write_nifti_mask(plan.masks[0], pred, data.nifti, data.orientation)
         written += 1
+        if case.kind == "dicom":
+            from brainseg.inference.dicom_seg import write_case_seg
+
+            written += write_case_seg(plan.masks[0].with_name(f"{case.name}_seg.dcm"), pred, data)
     else:
         for path, m in zip(plan.masks, pred):
             write_mask_slice(path, m)
