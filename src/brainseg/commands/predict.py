@@ -22,6 +22,7 @@ outputs (in --out DIR; never among the input's own files):
                  highest and mean tumour probability, detection; level=volume rows: tumour volume
                  (pixels, mm³ and mL for NIfTI), detected slices, detection
   predict.json   checkpoints, settings, and status (running / complete / failed)
+  X_seg.dcm      for a DICOM study: a DICOM SEG over its FLAIR series (with the NIfTI mask)
 
 preprocessing comes from the checkpoint alone: slices of another size are resized in, and masks
 resized back to the input's size.
@@ -37,9 +38,10 @@ channel rule (--channels): models take 3 channels (pre-contrast, FLAIR, post-con
 NIfTI: reoriented from the affine to the model's axial view (rows anterior to posterior, columns
 patient right to left, slices inferior to superior; axes permuted and flipped, never resampled),
 segmented slice by slice, and the mask written back in the file's own orientation and shape (slice
-numbers in volumes.csv count in the model's order); a 4-D volume X×Y×Z×3 holds the three channels. Intensities that are not uint8 are scaled per
-channel to 0-255 (volume minimum → 0, 99.5th percentile of the voxels above it → 255). Voxel
-sizes (mm² and mL in volumes.csv) come from the header.
+numbers in volumes.csv count in the model's order); a 4-D volume X×Y×Z×3 holds the three
+channels. Intensities that are not uint8 are scaled per channel to 0-255 (volume minimum → 0,
+99.5th percentile of the voxels above it → 255). Voxel sizes (mm² and mL in volumes.csv) come
+from the header.
 
 DICOM: slices sorted by position along the slice normal, RescaleSlope/Intercept applied, then
 scaled to 0-255 like NIfTI (8-bit series without rescaling are kept as they are). Series become
