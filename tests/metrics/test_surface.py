@@ -274,9 +274,13 @@ def test_bad_input_is_one_clear_error() -> None:
         patient_surface_metrics(m, m, spacing=(1.0, 0.0, 1.0))
     with pytest.raises(BrainsegError, match="tolerance"):
         patient_surface_metrics(m, m, tolerance=-1)
+    with pytest.raises(BrainsegError, match="tolerance"):
+        patient_surface_metrics(m, m, tolerance="two")
+    with pytest.raises(BrainsegError, match="connectivity"):
+        patient_surface_metrics(m, m, connectivity=4)
     with pytest.raises(BrainsegError, match="connectivity"):
         lesion_counts(m, m, connectivity=8)
-    ok = patient_surface_metrics(m.astype(np.uint8), m.astype(np.float32))  # 0/1 masks of any dtype
+    ok = patient_surface_metrics(m.astype(np.uint8), m.astype(np.float32), tolerance=np.float32(1))  # 0/1 masks
     assert ok["nsd"] == 1.0
 
 

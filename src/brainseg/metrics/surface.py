@@ -193,10 +193,14 @@ def surface_distances(
     return _distances(p, t, sp, mode, _bbox(p | t))
 
 
-def _lesions(p: np.ndarray, t: np.ndarray, connectivity: int, box: tuple[slice, ...] | None) -> dict[str, float]:
+def _structure(connectivity: int) -> np.ndarray:
     if connectivity not in _CONNECTIVITY_RANK:
         raise BrainsegError(f"lesion counts: connectivity must be 6, 18 or 26, got {connectivity!r}")
-    structure = ndimage.generate_binary_structure(3, _CONNECTIVITY_RANK[connectivity])
+    return ndimage.generate_binary_structure(3, _CONNECTIVITY_RANK[connectivity])
+
+
+def _lesions(p: np.ndarray, t: np.ndarray, connectivity: int, box: tuple[slice, ...] | None) -> dict[str, float]:
+    structure = _structure(connectivity)
     n_t = n_p = hit_t = hit_p = 0
     if box is not None:  # components never leave the bounding box of the union
         pc, tc = p[box], t[box]
@@ -265,8 +269,13 @@ def patient_surface_metrics(
         empty), and the 0/1 flags surface_fallback (HD95/ASSD took the image diagonal: no
         matched boundary), empty_truth, empty_pred. All values are finite floats.
     """
-    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+    try:
+        tol = float(tolerance)
+    except (TypeError, ValueError):
+        tol = math.nan
+    if not (math.isfinite(tol) and tol >= 0):
         raise BrainsegError(f"surface metrics: tolerance must be a finite number >= 0, got {tolerance!r}")
+    _structure(connectivity)  # fail before the work
     p, t, sp = _check(pred, truth, spacing, mode)
     n_p, n_t = int(p.sum()), int(t.sum())
     box = _bbox(p | t)
@@ -282,7 +291,7 @@ def patient_surface_metrics(
     else:
         hd95 = float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
         assd = float((d_pt.sum() + d_tp.sum()) / matched)
-        nsd = float((np.count_nonzero(d_pt <= tolerance) + np.count_nonzero(d_tp <= tolerance)) / total)
+        nsd = float((np.count_nonzero(d_pt <= tol) + np.count_nonzero(d_tp <= tol)) / total)
     voxel = sp[0] * sp[1] * sp[2]
     out = {
         "hd95": hd95,
