@@ -97,7 +97,7 @@ def compare(
         "folds": folds or None,
         "splits": [s.to_dict() for s in all_splits],
         "command": command,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "brainseg_version": __version__,
     }
     protocol_path = out / "protocol.json"

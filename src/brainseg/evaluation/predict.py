@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from brainseg.errors import BrainsegError
+from brainseg.runtime import resolve_amp, select_device
 from brainseg.training.checkpoint import load_checkpoint, model_from_checkpoint
-from brainseg.training.trainer import resolve_amp, select_device
 
 CHANNEL_RULES = {
     "strict": "a 1-channel slice given to a 3-channel model is an error",

@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader, Sampler
 from brainseg.config import RunConfig
 from brainseg.errors import BrainsegError
 from brainseg.fileio import read_json, write_json_atomic
+from brainseg.runtime import resolve_amp, select_device
 from brainseg.training import distributed as dist_utils
 from brainseg.training.checkpoint import load_checkpoint
-from brainseg.training.trainer import EpochSampler, Trainer, resolve_amp, select_device, warmup_cosine
+from brainseg.training.trainer import EpochSampler, Trainer, warmup_cosine
 
 CONFIG_NAME = "config.json"
 SUMMARY_NAME = "train_summary.json"
