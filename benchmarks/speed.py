@@ -45,7 +45,7 @@ import torch
 from brainseg.config import RunConfig
 from brainseg.data.dataset import SliceDataset, load_arrays
 from brainseg.data.lgg import index_dataset
-from brainseg.data.phantom import resolve_data_root
+from brainseg.data.roots import resolve_data_root
 from brainseg.fileio import write_json_atomic
 from brainseg.losses import build_loss
 from brainseg.models import count_parameters, create_model, list_models

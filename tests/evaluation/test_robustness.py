@@ -14,17 +14,11 @@ from scipy import stats
 from brainseg.cli import main as cli_main
 from brainseg.config import RunConfig
 from brainseg.errors import BrainsegError
-from brainseg.evaluation.evaluate import evaluate_patients, evaluate_run, split_patients
-from brainseg.evaluation.robustness import (
-    PERTURBATIONS,
-    ROBUSTNESS_COLUMNS,
-    STRATA_COLUMNS,
-    bias_field_map,
-    make_perturbation,
-    perturb,
-    size_thresholds,
-    strata_rows,
-)
+from brainseg.evaluation.evaluate import evaluate_patients, evaluate_run
+from brainseg.evaluation.perturbations import PERTURBATIONS, bias_field_map, make_perturbation, perturb
+from brainseg.evaluation.robustness import ROBUSTNESS_COLUMNS
+from brainseg.evaluation.session import split_patients
+from brainseg.evaluation.strata import STRATA_COLUMNS, size_thresholds, strata_rows
 from brainseg.fileio import read_csv
 from brainseg.metrics.accumulator import MetricAccumulator
 
@@ -352,7 +346,7 @@ def trained(tiny_run: Path) -> Path:
 @pytest.fixture(scope="module")
 def setup(trained: Path):
     from brainseg.data.lgg import index_dataset
-    from brainseg.evaluation.predict import Predictor
+    from brainseg.inference.predictor import Predictor
     from brainseg.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(trained / "checkpoint_best.pt")

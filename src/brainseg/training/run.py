@@ -99,14 +99,12 @@ def resolve_split(cfg: RunConfig, index: Any, run_dir: Path | None) -> Any:
 
 
 def load_run_data(cfg: RunConfig, run_dir: Path | None, announce: Callable[[str], None] | None = None) -> RunData:
-    from brainseg.data.lgg import index_dataset
-    from brainseg.data.phantom import resolve_data_root
+    from brainseg.data.index_cache import index_dataset_cached
+    from brainseg.data.roots import resolve_data_root
 
     say = announce or (lambda m: print(m, file=sys.stderr))
     root = resolve_data_root(cfg.data.root, announce=say)
-    index = index_dataset(root, skip_bad=cfg.data.skip_bad)
-    for patient, reason in getattr(index, "skipped", {}).items():
-        say(f"skipped patient {patient}: {reason}")
+    index = index_dataset_cached(root, skip_bad=cfg.data.skip_bad, announce=say)
     split = resolve_split(cfg, index, run_dir)
     return RunData(root=Path(root), index=index, split=split)
 
@@ -241,8 +239,6 @@ def train_run(
     distributed = dist_utils.init_from_env(device.type)
     device = dist_utils.local_device(device)
     rank, world = dist_utils.rank(), dist_utils.world_size()
-    if cfg.train.batch_size % world:
-        raise BrainsegError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world} processes")
     seed_everything(cfg.train.seed)
     if dist_utils.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
