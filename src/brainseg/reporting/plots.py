@@ -86,8 +86,10 @@ def _nan(v: Any) -> float:
     return x
 
 
-def plot_metrics_bars(board: Sequence[Mapping[str, Any]], colors: Mapping[str, str], path: str | Path) -> Path:
-    """Grouped bars of per-patient Dice, IoU, recall and precision (95% CI whiskers), loss alongside."""
+def plot_metrics_bars(
+    board: Sequence[Mapping[str, Any]], colors: Mapping[str, str], path: str | Path, *, confidence: float = 0.95
+) -> Path:
+    """Grouped bars of per-patient Dice, IoU, recall and precision (CI whiskers at `confidence`), loss alongside."""
     metrics = (("dice", "Dice"), ("iou", "IoU"), ("recall", "Recall"), ("precision", "Precision"))
     n = len(board)
     with _style():
@@ -113,7 +115,7 @@ def plot_metrics_bars(board: Sequence[Mapping[str, Any]], colors: Mapping[str, s
         ax.set_xticks(x, [name for _, name in metrics])
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("mean over test patients (volume)")
-        ax.set_title("Overlap metrics per patient (95% bootstrap CI)")
+        ax.set_title(f"Overlap metrics per patient ({confidence:.0%} bootstrap CI)")
         ax.grid(axis="x", visible=False)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=min(n, 5))
         losses = [_nan(r.get("loss")) for r in board]
