@@ -33,9 +33,6 @@ CONFIG_NAME = "config.json"
 SUMMARY_NAME = "train_summary.json"
 
 
-TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {"pspnet": {"aux": True}}
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -220,7 +217,7 @@ def train_run(
     from brainseg.data.dataset import SliceDataset, load_arrays
     from brainseg.data.preprocess import preprocessing_dict
     from brainseg.losses import build_loss
-    from brainseg.models import count_parameters, create_model
+    from brainseg.models import count_parameters, create_model, get_model_class
 
     run_dir = Path(run_dir)
     last = run_dir / "checkpoint_last.pt"
@@ -273,9 +270,8 @@ def train_run(
         **loader_options(cfg, device),
     )
 
-    # An architecture's own training protocol unless the user says otherwise: PSPNet trains with
-    # its auxiliary head (deep supervision, Zhao et al. 2017 §4); in eval mode the head is unused.
-    model_kwargs = {**TRAINING_DEFAULTS.get(cfg.model.name, {}), **cfg.model.kwargs}
+    # An architecture's own training protocol (e.g. PSPNet's auxiliary head) unless the user says otherwise.
+    model_kwargs = {**get_model_class(cfg.model.name).training_defaults, **cfg.model.kwargs}
     if cfg.model.width is not None:
         model_kwargs["width"] = cfg.model.width
     model = create_model(cfg.model.name, in_channels=d.in_channels, **model_kwargs)
