@@ -62,6 +62,13 @@ def _reduce_dims(x: Tensor, batch: bool) -> list[int]:
     return list(range(start, x.dim()))
 
 
+def _soft(logits: Tensor, target: Tensor, batch: bool) -> tuple[Tensor, Tensor, list[int]]:
+    """Checked sigmoid probabilities, target and the dimensions to sum over (Dice, Tversky)."""
+    x, t = _check(logits, target)
+    p = torch.sigmoid(x)
+    return p, t, _reduce_dims(p, batch)
+
+
 class DiceLoss(nn.Module):
     """Soft Dice loss on sigmoid probabilities (Milletari et al. 2016, V-Net).
 
@@ -83,9 +90,7 @@ class DiceLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         with _fp32(logits.device):
-            x, t = _check(logits, target)
-            p = torch.sigmoid(x)
-            dims = _reduce_dims(p, self.batch)
+            p, t, dims = _soft(logits, target, self.batch)
             inter = (p * t).sum(dim=dims)
             denom = p.sum(dim=dims) + t.sum(dim=dims)
             dice = (2.0 * inter + self.smooth) / (denom + self.smooth).clamp_min(1e-12)
@@ -118,9 +123,7 @@ class TverskyLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         with _fp32(logits.device):
-            x, t = _check(logits, target)
-            p = torch.sigmoid(x)
-            dims = _reduce_dims(p, self.batch)
+            p, t, dims = _soft(logits, target, self.batch)
             tp = (p * t).sum(dim=dims)
             fp = (p * (1.0 - t)).sum(dim=dims)
             fn = ((1.0 - p) * t).sum(dim=dims)

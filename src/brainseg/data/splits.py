@@ -221,12 +221,7 @@ def holdout_split(
 
 
 def kfold_splits(
-    patients: Sequence[str],
-    institutions: Mapping[str, str],
-    *,
-    k: int,
-    seed: int = 0,
-    val_fraction: float = 0.15,
+    patients: Sequence[str], institutions: Mapping[str, str], *, k: int, seed: int = 0, val_fraction: float = 0.15
 ) -> list[Split]:
     """k splits whose test parts partition the patients, stratified by institution.
 

@@ -177,17 +177,8 @@ class MetricAccumulator:
         each metric in `METRICS` (under `empty_policy`), true_area, pred_area, prob_max."""
         check_empty_policy(empty_policy)
         keys, counts, extra = self._arrays()
-        mets = metrics_from_counts(counts, empty_policy=empty_policy)
-        rows = []
-        for i, (p, s) in enumerate(keys):
-            row: dict[str, Any] = {"patient": p, "slice": s}
-            row.update({col: int(counts[i, j]) for j, col in enumerate(COUNT_COLUMNS)})
-            row.update({m: float(mets[m][i]) for m in METRICS})
-            row["true_area"] = _num(extra[i, 1])
-            row["pred_area"] = _num(extra[i, 0])
-            row["prob_max"] = float(extra[i, 2])
-            rows.append(row)
-        return rows
+        ids = [{"patient": p, "slice": s} for p, s in keys]
+        return _rows(ids, counts, extra, empty_policy, ("true_area", "pred_area"))
 
     def _patient_groups(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
         """Patients (sorted), summed counts (P, 4), n_slices (P,), [pred, true, prob_max] (P, 3)."""
@@ -212,17 +203,8 @@ class MetricAccumulator:
         and prob_max (highest slice probability; the patient-level detection score)."""
         check_empty_policy(empty_policy)
         patients, counts, n_slices, extra = self._patient_groups()
-        mets = metrics_from_counts(counts, empty_policy=empty_policy)
-        rows = []
-        for i, p in enumerate(patients):
-            row: dict[str, Any] = {"patient": p, "n_slices": int(n_slices[i])}
-            row.update({col: int(counts[i, j]) for j, col in enumerate(COUNT_COLUMNS)})
-            row.update({m: float(mets[m][i]) for m in METRICS})
-            row["true_volume_px"] = _num(extra[i, 1])
-            row["pred_volume_px"] = _num(extra[i, 0])
-            row["prob_max"] = float(extra[i, 2])
-            rows.append(row)
-        return rows
+        ids = [{"patient": p, "n_slices": int(n)} for p, n in zip(patients, n_slices)]
+        return _rows(ids, counts, extra, empty_policy, ("true_volume_px", "pred_volume_px"))
 
     def summary(
         self, empty_policy: str = "one", *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
@@ -271,6 +253,22 @@ class MetricAccumulator:
             }
         )
         return out
+
+
+def _rows(
+    ids: list[dict[str, Any]], counts: np.ndarray, extra: np.ndarray, policy: str, area_names: tuple[str, str]
+) -> list[dict[str, Any]]:
+    """Result rows: each id's fields, counts, metrics, then true/pred area (named) and prob_max."""
+    mets = metrics_from_counts(counts, empty_policy=policy)
+    rows = []
+    for i, row in enumerate(ids):
+        row.update({col: int(counts[i, j]) for j, col in enumerate(COUNT_COLUMNS)})
+        row.update({m: float(mets[m][i]) for m in METRICS})
+        row[area_names[0]] = _num(extra[i, 1])
+        row[area_names[1]] = _num(extra[i, 0])
+        row["prob_max"] = float(extra[i, 2])
+        rows.append(row)
+    return rows
 
 
 def _describe(values: np.ndarray) -> dict[str, Any]:

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from brainseg.models.base import SegmentationModel, _is_tracing
+from brainseg.models.base import _is_tracing
 from brainseg.models.blocks import AttentionGate, DoubleConv
 from brainseg.models.registry import register_model
-from brainseg.models.unet import UNetEncoder
+from brainseg.models.unet import UNet
 
 
 class AttentionUpBlock(nn.Module):
@@ -54,14 +54,11 @@ class AttentionUNetDecoder(nn.Module):
 
 
 @register_model("attention_unet")
-class AttentionUNet(SegmentationModel):
+class AttentionUNet(UNet):
     """Attention U-Net of Oktay et al. 2018 on the Buda et al. U-Net (see module docstring).
 
-    Args:
-        in_channels: input channels (1 or 3).
-        out_channels: output channels (logits).
+    Args (besides in_channels, out_channels and encoder_weights, see `SegmentationModel`):
         width: base features (32, as the U-Net); level i has width·2^i.
-        encoder_weights: optional local state-dict file for the encoder.
 
     After a forward pass, `attention_maps()` returns the gates' coefficients.
     """
@@ -69,28 +66,11 @@ class AttentionUNet(SegmentationModel):
     default_width = 32
     paper = "Oktay et al. 2018"
     cpu_channels_last = True  # CPU train step ×0.75 vs NCHW at batch 16 (models_speed.py --layouts)
-    levels = 4
-
-    def __init__(
-        self,
-        in_channels: int = 3,
-        out_channels: int = 1,
-        width: int | None = None,
-        encoder_weights: str | None = None,
-    ) -> None:
-        super().__init__(in_channels, out_channels, width, encoder_weights)
+    decoder_class = AttentionUNetDecoder  # the U-Net's encoder, levels and head; gated skips
 
     def build(self, in_channels: int, out_channels: int, width: int) -> dict[str, Any]:
-        widths = [width * 2**i for i in range(self.levels + 1)]
-        self.encoder = UNetEncoder(in_channels, widths)
-        self.decoder = AttentionUNetDecoder(widths)
-        self.head = nn.Conv2d(width, out_channels, kernel_size=1)
         self._attention: list[torch.Tensor] = []
-        return {}
-
-    @property
-    def size_divisor(self) -> int:
-        return 2**self.levels
+        return super().build(in_channels, out_channels, width)
 
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         y, maps = self.decoder(features)

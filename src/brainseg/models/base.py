@@ -45,12 +45,20 @@ def _is_tracing() -> bool:
 class SegmentationModel(nn.Module):
     """Base class of the registered architectures (see `brainseg.models.registry`).
 
-    Subclasses set the class attributes below, pass their constructor arguments to
-    ``super().__init__(in_channels, out_channels, width, encoder_weights, **options)`` and
-    implement `build` (create `encoder`, `decoder`, `head`); they override `decode` when the
-    decoder does not take the encoder's output as it is, and `outputs` for extra outputs. A
-    bare ``super().__init__()`` (no arguments) leaves construction to the subclass, which then
-    calls `_set_config` itself.
+    Subclasses set the class attributes below and implement `build` (create `encoder`,
+    `decoder`, `head`); the constructor's arguments are in_channels, out_channels, width and
+    encoder_weights, and a subclass with options of its own declares them in an ``__init__``
+    that passes them on as ``super().__init__(in_channels, out_channels, width,
+    encoder_weights, **options)``. They override `decode` when the decoder does not take the
+    encoder's output as it is, and `outputs` for extra outputs. A subclass without `build`
+    constructs itself after a bare ``super().__init__()`` and calls `_set_config`.
+
+    Args (every architecture's first four):
+        in_channels: input channels (1: FLAIR, or 3: pre-contrast, FLAIR, post-contrast).
+        out_channels: output channels (logits).
+        width: base feature width; None → the architecture's `default_width` (full size).
+        encoder_weights: optional local state-dict file for the encoder (see
+            `brainseg.models.load_encoder_weights`; our layout or torchvision's where noted).
 
     Attributes:
         name: registry name (set by `register_model`).
@@ -80,7 +88,7 @@ class SegmentationModel(nn.Module):
 
     def __init__(
         self,
-        in_channels: int | None = None,
+        in_channels: int = 3,
         out_channels: int = 1,
         width: int | None = None,
         encoder_weights: str | None = None,
@@ -91,8 +99,8 @@ class SegmentationModel(nn.Module):
         self.channels_last_everywhere = False
         self.in_channels = 0
         self.out_channels = 0
-        if in_channels is None:
-            return
+        if type(self).build is SegmentationModel.build:
+            return  # a subclass that builds itself (and calls `_set_config`)
         from brainseg.models.blocks import init_weights
         from brainseg.models.utils import load_encoder_weights
 

@@ -74,9 +74,7 @@ class DeepLabV3PlusDecoder(nn.Module):
 class DeepLabV3Plus(SegmentationModel):
     """DeepLabV3+ of Chen et al. 2018 with a ResNet encoder (see module docstring).
 
-    Args:
-        in_channels: input channels (1 or 3).
-        out_channels: output channels (logits).
+    Args (besides in_channels, out_channels and encoder_weights, see `SegmentationModel`):
         width: ResNet stem width (64 at full size); every channel count, ASPP (256) and the
             low-level projection (48) included, scales by width/64.
         encoder_depth: ResNet depth, 18, 34 (default), 50 or 101.

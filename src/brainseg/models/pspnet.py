@@ -51,19 +51,14 @@ class PSPDecoder(nn.Module):
         self.out_channels = mid_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.ppm(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
+        return self.blocks[0](self.ppm(x))
 
 
 @register_model("pspnet")
 class PSPNet(SegmentationModel):
     """PSPNet of Zhao et al. 2017 with a dilated ResNet encoder (see module docstring).
 
-    Args:
-        in_channels: input channels (1 or 3).
-        out_channels: output channels (logits).
+    Args (besides in_channels, out_channels and encoder_weights, see `SegmentationModel`):
         width: ResNet stem width (64 at full size); the head (512) and auxiliary head (256)
             scale by width/64.
         encoder_depth: ResNet depth, 18, 34 (default), 50 or 101.
@@ -71,7 +66,6 @@ class PSPNet(SegmentationModel):
         aux: add the auxiliary head on encoder stage 3; in training mode the forward then
             returns ``{"out": logits, "aux": aux_logits}`` (both at input size), in eval mode
             the logits tensor alone.
-        encoder_weights: optional local state-dict file for the ResNet encoder.
     """
 
     default_width = 64
@@ -83,14 +77,8 @@ class PSPNet(SegmentationModel):
     training_defaults = {"aux": True}
 
     def __init__(
-        self,
-        in_channels: int = 3,
-        out_channels: int = 1,
-        width: int | None = None,
-        encoder_depth: int = 34,
-        bins: Sequence[int] = (1, 2, 3, 6),
-        aux: bool = False,
-        encoder_weights: str | None = None,
+        self, in_channels: int = 3, out_channels: int = 1, width: int | None = None, encoder_depth: int = 34,
+        bins: Sequence[int] = (1, 2, 3, 6), aux: bool = False, encoder_weights: str | None = None,
     ) -> None:
         super().__init__(in_channels, out_channels, width, encoder_weights,
                          encoder_depth=encoder_depth, bins=bins, aux=aux)

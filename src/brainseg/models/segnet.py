@@ -132,9 +132,7 @@ class SegNetDecoder(nn.Module):
 class SegNet(SegmentationModel):
     """SegNet of Badrinarayanan et al. 2017 (see module docstring).
 
-    Args:
-        in_channels: input channels (1 or 3).
-        out_channels: output channels (logits).
+    Args (besides in_channels, out_channels and encoder_weights, see `SegmentationModel`):
         width: channels of the first stage (64 in VGG16); stages have width × (1, 2, 4, 8, 8).
         encoder_weights: optional local state-dict file for the VGG16-BN encoder (our layout or
             torchvision's ``vgg16_bn``; see `brainseg.models.load_encoder_weights`).
@@ -143,15 +141,6 @@ class SegNet(SegmentationModel):
     default_width = 64
     paper = "Badrinarayanan et al. 2017"
     cpu_channels_last = True  # CPU train step ×0.80 vs NCHW at batch 16 (models_speed.py --layouts)
-
-    def __init__(
-        self,
-        in_channels: int = 3,
-        out_channels: int = 1,
-        width: int | None = None,
-        encoder_weights: str | None = None,
-    ) -> None:
-        super().__init__(in_channels, out_channels, width, encoder_weights)
 
     def build(self, in_channels: int, out_channels: int, width: int) -> dict[str, Any]:
         self.encoder = VGGEncoder(in_channels, width)

@@ -79,26 +79,23 @@ def fmt(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
-def fmt_count(v: Any) -> str:
-    """1 234 567 → "1.23 M"; for parameters and FLOPs."""
+def _scaled(v: Any, units: Sequence[tuple[str, float, str]], below: str = "") -> str:
+    """`v` in the first of `units` (suffix, scale, format) whose scale it reaches, else whole with
+    the suffix `below`; NaN and empty cells → "–"."""
     x = to_number(v)
     if math.isnan(x):
         return "–"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g} {unit}"
-    return f"{x:.0f}"
+    return next((f"{x / scale:{spec}}{unit}" for unit, scale, spec in units if abs(x) >= scale), f"{x:.0f}{below}")
+
+
+def fmt_count(v: Any) -> str:
+    """1 234 567 → "1.23 M"; for parameters and FLOPs."""
+    return _scaled(v, ((" G", 1e9, ".3g"), (" M", 1e6, ".3g"), (" k", 1e3, ".3g")))
 
 
 def fmt_seconds(v: Any) -> str:
-    x = to_number(v)
-    if math.isnan(x):
-        return "–"
-    if x >= 3600:
-        return f"{x / 3600:.1f} h"
-    if x >= 60:
-        return f"{x / 60:.1f} min"
-    return f"{x:.0f} s"
+    """A duration in seconds as "12 s", "3.5 min" or "1.2 h"."""
+    return _scaled(v, ((" h", 3600.0, ".1f"), (" min", 60.0, ".1f")), " s")
 
 
 def fmt_ci(row: Mapping[str, Any], key: str) -> str:
