@@ -1,7 +1,7 @@
 """Segmentation losses on logits, and a small parser that composes them from a spec string.
 
 Every loss takes the model's raw logits `(N, 1, H, W)` and a float target of the same shape
-with values in {0, 1}, and returns a scalar tensor. Models return logits (see DESIGN.md), so the
+with values in {0, 1}, and returns a scalar tensor. Models return logits (`brainseg.models.base`), so the
 sigmoid lives here, where it can be fused with the log for a numerically safe BCE/focal term.
 All arithmetic runs in float32 with autocast switched off: under fp16/bf16 autocast the sums
 over a whole batch of pixels in a soft Dice lose too much precision.

@@ -1,6 +1,6 @@
 """Collect per-slice confusion counts during evaluation and reduce them the three stated ways.
 
-Reductions (README "Layout" → metrics; Buda et al. 2019 for the per-patient headline):
+Reductions (definitions in `brainseg.metrics.confusion`):
 
 - per patient (volume): counts summed over all of a patient's slices, then the metric; the mean
   over patients is the headline figure (Buda et al. 2019);
