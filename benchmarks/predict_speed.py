@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from brainseg.data.preprocess import preprocessing_dict
-from brainseg.evaluation.predict import Predictor
 from brainseg.fileio import write_json_atomic
+from brainseg.inference.predictor import Predictor
 from brainseg.models import count_parameters, create_model, list_models
 
 

@@ -64,7 +64,7 @@ def compare(
     """Run (or finish) the comparison of `models` with shared settings `cfg` in folder `out`."""
     from brainseg.data import splits as S
     from brainseg.evaluation.evaluate import evaluate_run
-    from brainseg.models import count_flops, list_models
+    from brainseg.models import list_models
     from brainseg.training import distributed as dist_utils
     from brainseg.training.run import load_run_data, run_is_finished, train_run
 
@@ -97,7 +97,7 @@ def compare(
         "folds": folds or None,
         "splits": [s.to_dict() for s in all_splits],
         "command": command,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "brainseg_version": __version__,
     }
     protocol_path = out / "protocol.json"
@@ -128,11 +128,6 @@ def compare(
                 train_run(mcfg, run_dir, resume=resume)
             if dist_utils.is_main() and not (run_dir / "eval_test" / "summary.json").is_file():
                 s = evaluate_run(run_dir, data_root=str(data.root), progress=True)
-                try:
-                    s["flops"] = count_flops(_model_of(run_dir), cfg.data.size, cfg.data.in_channels)
-                except Exception as exc:  # FLOP counting is informative only
-                    announce(f"{label}: FLOPs not counted ({exc})")
-                write_json_atomic(run_dir / "eval_test" / "summary.json", s)
                 d = s["metrics"]["dice"]["per_patient"]["mean"]
                 announce(f"{label}: test Dice per patient {d:.4f} ({s['n_patients']} patients)")
             dist_utils.barrier()
@@ -148,17 +143,11 @@ def compare(
     return result
 
 
-def _model_of(run_dir: Path) -> Any:
-    from brainseg.training.checkpoint import load_checkpoint, model_from_checkpoint
-
-    return model_from_checkpoint(load_checkpoint(run_dir / "checkpoint_best.pt"))
-
-
 def write_examples(out: Path, index: Any, dirs: dict[str, list[Path]], *, n_per_kind: int = 2) -> None:
     """Pick test slices with tumour (best, typical, worst by mean Dice over models) and save every
-    model's probabilities for them, so the report can draw image | truth | predictions without a model."""
+    model's probabilities and masks for them (made as evaluation made them), so the report can
+    draw image | truth | predictions without a model."""
     from brainseg.evaluation.evaluate import load_patient
-    from brainseg.evaluation.predict import Predictor
 
     models = list(dirs)
     scores: dict[tuple[str, int], list[float]] = {}
@@ -200,16 +189,41 @@ def write_examples(out: Path, index: Any, dirs: dict[str, list[Path]], *, n_per_
         slices=np.array([k[1] for k, _ in chosen]),
         kinds=np.array([kind for _, kind in chosen]),
     )
+    volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # patient → decoded slices, shared by models
     for m in models:
         probs: list[np.ndarray | None] = [None] * len(chosen)
+        preds: list[np.ndarray | None] = [None] * len(chosen)
         groups: dict[Path, list[int]] = {}
         for j, (key, _) in enumerate(chosen):
             groups.setdefault(owner[key][m], []).append(j)
         for run_dir, idx in groups.items():  # one model load per run (fold)
-            p = Predictor([run_dir / "checkpoint_best.pt"]).predict(np.stack([images[j] for j in idx]))
-            for j, pj in zip(idx, p):
-                probs[j] = pj
-        _save_npz(ex / f"{m}.npz", probs=np.stack(probs).astype(np.float16))
+            for j, p, b in _predict_as_evaluated(run_dir, index, [chosen[j][0] for j in idx], volumes):
+                probs[idx[j]], preds[idx[j]] = p, b
+        _save_npz(ex / f"{m}.npz", probs=np.stack(probs).astype(np.float16), preds=np.stack(preds).astype(np.uint8))
+
+
+def _predict_as_evaluated(
+    run_dir: Path, index: Any, keys: list[tuple[str, int]], volumes: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(position in `keys`, probabilities, mask) of each (patient, slice), made exactly as
+    `evaluate_run` made them: the run's TTA, and its binarisation of the whole patient volume
+    (so a largest-component rule sees every slice), so a figure's Dice is per_slice.csv's."""
+    from brainseg.evaluation.evaluate import load_patient
+    from brainseg.evaluation.session import EvalRun
+    from brainseg.inference.postprocess import binarize
+
+    run = EvalRun.load(run_dir, "best", index.root, announce=lambda _m: None)
+    predictor = run.predictor()
+    by = index.by_patient()
+    out = []
+    for patient in dict.fromkeys(p for p, _ in keys):
+        if patient not in volumes:
+            volumes[patient] = load_patient(by[patient])
+        probs = predictor.predict(volumes[patient][0], source=patient)
+        pred = binarize(probs, run.cfg.eval)
+        numbers = [r.slice for r in by[patient]]
+        out += [(j, probs[numbers.index(s)], pred[numbers.index(s)]) for j, (p, s) in enumerate(keys) if p == patient]
+    return out
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -16,9 +16,9 @@ from PIL import Image
 
 from brainseg.cli import main as cli_main
 from brainseg.errors import BrainsegError, CheckpointError, DataError
-from brainseg.evaluation.predict import Predictor
 from brainseg.fileio import read_csv, read_json
 from brainseg.inference import discover_inputs, predict_path
+from brainseg.inference.predictor import Predictor
 from brainseg.inference.readers import to_uint8
 from brainseg.inference.writers import OVERLAY_ALPHA, OVERLAY_RGB, overlay_image
 from brainseg.training.checkpoint import load_checkpoint

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     from brainseg.data.lgg import SkippedPatientWarning, index_dataset
-    from brainseg.data.phantom import resolve_data_root
+    from brainseg.data.roots import resolve_data_root
     from brainseg.errors import BrainsegError
 
     if args.dir and args.data and args.dir != args.data:

@@ -14,9 +14,8 @@ Output folder layout (nothing is ever written among the input's own slices):
 
 Cases are done one at a time and volumes.csv is rewritten (atomically) after each, so a bad
 file met later stops the run with an error naming it while every result already written stays.
-Probabilities become masks as in `brainseg.evaluation.evaluate`: threshold (≥), then the largest
-3-D connected component per case, then 2-D components below the minimum lesion size are dropped;
-a slice counts as a detection when its predicted area reaches ``min_area`` pixels, a case when
+Probabilities become masks through `brainseg.inference.postprocess.binarize`, the function
+evaluation uses too (threshold, largest 3-D component per case, minimum lesion size); a slice counts as a detection when its predicted area reaches ``min_area`` pixels, a case when
 any of its slices does (`brainseg.metrics.detection`).
 """
 
@@ -25,14 +24,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from brainseg import __version__
-from brainseg.config import EvalConfig, RunConfig
+from brainseg.config import EvalConfig
 from brainseg.errors import BrainsegError, CheckpointError
 from brainseg.fileio import write_csv_atomic, write_json_atomic
 from brainseg.inference.inputs import Case, InputSet, discover_inputs
@@ -43,37 +42,6 @@ VOLUME_COLUMNS = (
     "prob_mean", "detected", "n_slices", "n_detected_slices", "volume_px", "volume_mm3", "volume_ml",
 )
 OVERLAY_CHOICES = ("tumour", "all", "none")
-
-
-@dataclass(frozen=True)
-class PostProcessing:
-    """How probabilities become masks and detections (defaults: the first checkpoint's eval settings)."""
-
-    threshold: float = 0.5
-    largest_component: bool = False
-    min_lesion_size: int = 0
-    min_area: int = 10
-
-    def check(self) -> PostProcessing:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise BrainsegError(f"threshold must lie in [0, 1], got {self.threshold}")
-        if self.min_lesion_size < 0 or self.min_area < 0:
-            raise BrainsegError(
-                f"min lesion size and min area must be ≥ 0, got {self.min_lesion_size} and {self.min_area}"
-            )
-        return self
-
-
-def postprocess(probs: np.ndarray, pp: PostProcessing) -> np.ndarray:
-    """Probabilities (N, H, W) of one case → boolean masks, the way evaluation makes them."""
-    from brainseg.evaluation.postprocess import largest_component, remove_small_components
-
-    pred = np.asarray(probs) >= pp.threshold
-    if pp.largest_component:
-        pred = largest_component(pred)
-    if pp.min_lesion_size > 1:
-        pred = np.stack([remove_small_components(p, pp.min_lesion_size) for p in pred])
-    return pred
 
 
 def case_rows(
@@ -177,27 +145,13 @@ def check_outputs(inputs: InputSet, out: Path) -> None:
             )
 
 
-def checkpoint_eval(ckpt: dict[str, Any]) -> EvalConfig:
-    """The `eval` settings of the run that wrote `ckpt`."""
-    return RunConfig.from_dict(ckpt["config"], str(ckpt.get("path", "checkpoint"))).eval
+def resolve_postprocessing(ckpt: dict[str, Any], overrides: dict[str, Any]) -> EvalConfig:
+    """The eval settings of the run that wrote `ckpt`, with the given (non-None) overrides."""
+    from brainseg.inference.postprocess import check_postprocessing
+    from brainseg.inference.predictor import checkpoint_config
 
-
-def resolve_postprocessing(ckpt: dict[str, Any], overrides: dict[str, Any]) -> PostProcessing:
-    """The first checkpoint's eval settings, with the given (non-None) overrides."""
-    ev = checkpoint_eval(ckpt)
-    base = {k: getattr(ev, k) for k in ("threshold", "largest_component", "min_lesion_size", "min_area")}
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return PostProcessing(
-        threshold=float(base["threshold"]),
-        largest_component=bool(base["largest_component"]),
-        min_lesion_size=int(base["min_lesion_size"]),
-        min_area=int(base["min_area"]),
-    ).check()
-
-
-def resolve_tta(ckpt: dict[str, Any], tta: bool | None) -> bool:
-    """`tta` if given, else the checkpoint's own eval setting."""
-    return bool(checkpoint_eval(ckpt).tta if tta is None else tta)
+    ev = checkpoint_config(ckpt).eval
+    return check_postprocessing(replace(ev, **{k: v for k, v in overrides.items() if v is not None}))
 
 
 def _write_case(
@@ -264,7 +218,8 @@ def predict_path(
     Raises:
         BrainsegError: bad input (naming the file), bad settings or an unusable checkpoint.
     """
-    from brainseg.evaluation.predict import CHANNEL_RULES, Predictor
+    from brainseg.inference.postprocess import binarize, postprocessing_dict
+    from brainseg.inference.predictor import CHANNEL_RULES, Predictor
 
     if overlays not in OVERLAY_CHOICES:
         raise BrainsegError(f"overlays must be one of {', '.join(OVERLAY_CHOICES)}, got {overlays!r}")
@@ -274,12 +229,12 @@ def predict_path(
         raise BrainsegError(f"--out {out} exists and is not a folder")
     check_outputs(inputs, out)
     predictor = Predictor(checkpoints, device=device, batch_size=batch_size, amp=amp, channels=channels)
-    predictor.tta = resolve_tta(predictor.checkpoints[0], tta)
     pp = resolve_postprocessing(
         predictor.checkpoints[0],
         {"threshold": threshold, "largest_component": largest_component,
-         "min_lesion_size": min_lesion_size, "min_area": min_area},
+         "min_lesion_size": min_lesion_size, "min_area": min_area, "tta": tta},
     )
+    predictor.tta = pp.tta
     info: dict[str, Any] = {
         "brainseg_version": __version__,
         "status": "running",
@@ -291,7 +246,7 @@ def predict_path(
         "tta": "mean over identity, horizontal and vertical flips" if predictor.tta else None,
         "device": str(predictor.device),
         "amp": str(predictor.amp_dtype).replace("torch.", "") if predictor.amp_dtype else "off",
-        "postprocessing": asdict(pp),
+        "postprocessing": postprocessing_dict(pp),
         "channel_rule": {"name": channels, "doc": CHANNEL_RULES[channels],
                          "grey_rgb": "slices whose three channels are identical count as one channel"},
         "nifti_intensity": INTENSITY_RULE,
@@ -326,7 +281,7 @@ def predict_path(
                     announce(f"skipping {case.source}: {exc}")
                 continue
             n = len(data.images)
-            pred = postprocess(probs, pp)
+            pred = binarize(probs, pp)
             plan = plan_case(out, case, n)
             info["files_written"] += _write_case(out, case, data, plan, pred, overlays)
             labels = list(case.numbers) if case.kind != "nifti" else list(range(n))

@@ -1,6 +1,7 @@
 """Segmentation metrics: confusion counts → every metric, stated reductions, detection, statistics.
 
-See DESIGN.md "Metric definitions" for the contract these modules implement.
+The definitions live in `brainseg.metrics.confusion` (counts, metrics, the empty-mask policy) and
+`brainseg.metrics.accumulator` (the three reductions); README "Layout" shows where they sit.
 """
 
 from __future__ import annotations

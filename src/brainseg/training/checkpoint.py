@@ -6,9 +6,15 @@ A checkpoint is a dict saved with `torch.save` (written atomically, see `brainse
 - ``model``: the architecture's constructor arguments (``create_model(**ckpt["model"])``).
 - ``state_dict``: the model weights.
 - ``preprocessing``: size, channels and normalisation the model was trained with.
-- ``config``: the full run configuration (`RunConfig.to_dict()`), ``split``: the split it used.
-- training state for resuming: ``epoch`` (completed epochs), ``global_step``, ``optimizer``,
-  ``scheduler``, ``scaler``, ``rng``, ``best``, ``history``.
+- ``config``: the full run configuration (`RunConfig.to_dict()`), ``split``: the split it used,
+  ``data_root``, ``params`` (parameter count) and ``brainseg_version``.
+- ``epoch``: completed epochs (a copy of ``train_state["epoch"]`` for readers that do not resume).
+- for resuming: ``optimizer``, ``scheduler`` and ``scaler`` (state dicts; ``scaler`` None without
+  fp16), ``rng`` (Python, NumPy and torch generator states) and ``train_state``, the loop's
+  `TrainState` as a dict: ``epoch``, ``global_step``, ``best_dice``, ``best_epoch``,
+  ``bad_epochs``, ``stopped_early``, ``train_seconds`` and ``history`` (one dict per epoch).
+
+`load_checkpoint` adds ``path``, the file it read.
 """
 
 from __future__ import annotations

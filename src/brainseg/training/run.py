@@ -24,15 +24,13 @@ from torch.utils.data import DataLoader, Sampler
 from brainseg.config import RunConfig
 from brainseg.errors import BrainsegError
 from brainseg.fileio import read_json, write_json_atomic
+from brainseg.runtime import resolve_amp, select_device
 from brainseg.training import distributed as dist_utils
 from brainseg.training.checkpoint import load_checkpoint
-from brainseg.training.trainer import EpochSampler, Trainer, resolve_amp, select_device, warmup_cosine
+from brainseg.training.trainer import EpochSampler, Trainer, warmup_cosine
 
 CONFIG_NAME = "config.json"
 SUMMARY_NAME = "train_summary.json"
-
-
-TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {"pspnet": {"aux": True}}
 
 
 def seed_everything(seed: int) -> None:
@@ -98,14 +96,12 @@ def resolve_split(cfg: RunConfig, index: Any, run_dir: Path | None) -> Any:
 
 
 def load_run_data(cfg: RunConfig, run_dir: Path | None, announce: Callable[[str], None] | None = None) -> RunData:
-    from brainseg.data.lgg import index_dataset
-    from brainseg.data.phantom import resolve_data_root
+    from brainseg.data.index_cache import index_dataset_cached
+    from brainseg.data.roots import resolve_data_root
 
     say = announce or (lambda m: print(m, file=sys.stderr))
     root = resolve_data_root(cfg.data.root, announce=say)
-    index = index_dataset(root, skip_bad=cfg.data.skip_bad)
-    for patient, reason in getattr(index, "skipped", {}).items():
-        say(f"skipped patient {patient}: {reason}")
+    index = index_dataset_cached(root, skip_bad=cfg.data.skip_bad, announce=say)
     split = resolve_split(cfg, index, run_dir)
     return RunData(root=Path(root), index=index, split=split)
 
@@ -232,7 +228,7 @@ def train_run(
     from brainseg.data.dataset import SliceDataset, load_arrays
     from brainseg.data.preprocess import preprocessing_dict
     from brainseg.losses import build_loss
-    from brainseg.models import count_parameters, create_model
+    from brainseg.models import count_parameters, create_model, get_model_class
 
     run_dir = Path(run_dir)
     last = run_dir / "checkpoint_last.pt"
@@ -251,8 +247,6 @@ def train_run(
     distributed = dist_utils.init_from_env(device.type)
     device = dist_utils.local_device(device)
     rank, world = dist_utils.rank(), dist_utils.world_size()
-    if cfg.train.batch_size % world:
-        raise BrainsegError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world} processes")
     seed_everything(cfg.train.seed)
     if dist_utils.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -287,9 +281,8 @@ def train_run(
         **loader_options(cfg, device),
     )
 
-    # An architecture's own training protocol unless the user says otherwise: PSPNet trains with
-    # its auxiliary head (deep supervision, Zhao et al. 2017 §4); in eval mode the head is unused.
-    model_kwargs = {**TRAINING_DEFAULTS.get(cfg.model.name, {}), **cfg.model.kwargs}
+    # An architecture's own training protocol (e.g. PSPNet's auxiliary head) unless the user says otherwise.
+    model_kwargs = {**get_model_class(cfg.model.name).training_defaults, **cfg.model.kwargs}
     if cfg.model.width is not None:
         model_kwargs["width"] = cfg.model.width
     model = create_model(cfg.model.name, in_channels=d.in_channels, **model_kwargs)
