@@ -25,7 +25,8 @@ import numpy as np
 from brainseg.data.lgg import index_dataset, read_slice
 from brainseg.data.sequences import patient_copied_sequences
 from brainseg.metrics.stats import bootstrap_ci, paired_wilcoxon
-from brainseg.reporting.tables import load_comparison, per_patient_values
+from brainseg.reporting.comparison import load_comparison
+from brainseg.reporting.leaderboard import per_patient_values
 
 
 def flair_copy_patients(data: str) -> set[str]:

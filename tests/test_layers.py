@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("data", "metrics", "losses", "models"),
     ("training",),
     ("inference",),
-    ("evaluation", "reporting", "export"),
+    ("evaluation", "reporting", "export", "bundles"),
     ("compare",),
     ("commands",),
     ("cli",),

@@ -85,7 +85,7 @@ def fp16_check(ckpt: dict[str, Any], images: np.ndarray, threshold: float = 0.5)
     Returns:
         {"max_abs_probability", "mask_dice", "passed"} against `FP16_TOLERANCE`.
     """
-    from brainseg.evaluation.predict import Predictor
+    from brainseg.inference.predictor import Predictor
 
     half = dict(ckpt, state_dict=_half(ckpt["state_dict"]))
     p32 = Predictor([ckpt], device="cpu").predict(images)
@@ -184,7 +184,7 @@ def make_bundle(
         "name": name,
         "version": version,
         "description": description,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "brainseg_version": __version__,
         "architecture": {"name": ckpt["model"]["name"], "arguments": ckpt["model"], "params": ckpt.get("params")},
         "weights": {"file": WEIGHTS, "dtype": "float16" if fp16["passed"] else "float32",

@@ -36,7 +36,8 @@ def cv_figures(cmp_dir: str, model: str, data_root: str | None) -> dict[str, Any
 
     from brainseg.errors import BrainsegError
     from brainseg.metrics.stats import bootstrap_ci
-    from brainseg.reporting.tables import load_comparison, per_patient_values
+    from brainseg.reporting.comparison import load_comparison
+    from brainseg.reporting.leaderboard import per_patient_values
 
     cmp = load_comparison(cmp_dir)
     vals = per_patient_values(cmp, "dice").get(model)
