@@ -80,3 +80,32 @@ def config_from_args(
         except Exception as exc:  # a YAML syntax error: say where, in one line
             raise BrainsegError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
     return build_config(getattr(args, "config", None), overrides, base)
+
+
+# argparse types for flags that bypass RunConfig (evaluate, predict, export): a bad value is
+# argparse's one-line usage error (exit 2), never a traceback later.
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1]")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be ≥ 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be ≥ 1")
+    return value

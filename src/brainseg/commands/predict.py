@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from brainseg.commands._common import non_negative_int, positive_int, probability
+
 # line breaks are kept: the help uses RawDescriptionHelpFormatter for the tables in EPILOG
 DESCRIPTION = """\
 Segment new scans with a trained model. INPUT is a slice (.tif/.png), a patient folder
@@ -68,19 +70,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace an earlier prediction in --out (removes only what predict wrote there)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time augmentation: mean over identity and flips (default: the checkpoint's)")
-    p.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's, 0.5)")
+    p.add_argument("--threshold", type=probability, help="probability threshold in [0, 1] (default: the checkpoint's, 0.5)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the largest 3-D connected component per case (default: the checkpoint's)")
-    p.add_argument("--min-lesion-size", type=int, metavar="PX",
+    p.add_argument("--min-lesion-size", type=non_negative_int, metavar="PX",
                    help="drop predicted 2-D components smaller than PX pixels (default: the checkpoint's)")
-    p.add_argument("--min-area", type=int, metavar="PX",
+    p.add_argument("--min-area", type=non_negative_int, metavar="PX",
                    help="detection: tumour area (pixels) for a positive slice (default: the checkpoint's, 10)")
     p.add_argument("--channels", choices=("strict", "replicate"), default="strict",
                    help="channel rule for 1-channel input to a 3-channel model (see below; default strict)")
     p.add_argument("--overlays", choices=("tumour", "all", "none"), default="tumour",
                    help="overlay PNGs for slices with predicted tumour (default), every slice, or none")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="slices per forward pass (default 16)")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
                    help="mixed precision (auto: bf16/fp16 on CUDA only)")
     p.add_argument("--skip-bad", action="store_true",

@@ -26,17 +26,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from brainseg.training.run import train_run
-
+    from brainseg.errors import BrainsegError
     from brainseg.fileio import read_json
-    from brainseg.training.run import CONFIG_NAME
+    from brainseg.training.run import CONFIG_NAME, train_run
 
     out = Path(args.out) if args.out else None
     base = None
     if args.resume:  # the run's own settings, so that only the flags given now can differ from them
         out = out or Path(f"runs/{args.model or 'unet'}")
         if (out / CONFIG_NAME).is_file():
-            base = read_json(out / CONFIG_NAME)
+            try:
+                base = read_json(out / CONFIG_NAME)
+            except ValueError as exc:
+                raise BrainsegError(f"{out / CONFIG_NAME} cannot be read as JSON ({exc}); the run cannot be "
+                                    "resumed") from None
     cfg = config_from_args(args, {"model.name": args.model}, base=base)
     out = out or Path(f"runs/{cfg.model.name}")
     summary = train_run(cfg, out, resume=args.resume)

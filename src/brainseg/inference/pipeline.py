@@ -37,7 +37,7 @@ import numpy as np
 from brainseg import __version__
 from brainseg.config import EvalConfig, RunConfig
 from brainseg.errors import BrainsegError, CheckpointError
-from brainseg.fileio import write_csv_atomic, write_json_atomic
+from brainseg.fileio import ensure_writable_folder, write_csv_atomic, write_json_atomic
 from brainseg.inference.inputs import Case, InputSet, discover_inputs
 from brainseg.inference.readers import INTENSITY_RULE, CaseData, read_case
 from brainseg.inference.writers import check_output_folder, clear_previous_outputs
@@ -290,6 +290,7 @@ def predict_path(
         raise BrainsegError(f"--out {out} exists and is not a folder")
     check_outputs(inputs, out)
     check_output_folder(out, overwrite)
+    ensure_writable_folder(out)
     predictor = Predictor(checkpoints, device=device, batch_size=batch_size, amp=amp, channels=channels)
     predictor.tta = resolve_tta(predictor.checkpoints[0], tta)
     pp = resolve_postprocessing(
