@@ -61,8 +61,8 @@ def settings_hash(settings: dict[str, Any], split: Any = None) -> str:
 def diff_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """'key: old → new' for every result-changing setting that differs (inputs: config dicts or
     `result_settings` output), in key order; [] when they match."""
-    a = old if all("." in k for k in old) else result_settings(old)
-    b = new if all("." in k for k in new) else result_settings(new)
+    a = old if _is_flat(old) else result_settings(old)
+    b = new if _is_flat(new) else result_settings(new)
     missing = object()
     out = []
     for key in sorted(set(a) | set(b)):
@@ -71,6 +71,11 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             out.append(f"{key}: {'(absent)' if va is missing else json.dumps(va)} → "
                        f"{'(absent)' if vb is missing else json.dumps(vb)}")
     return out
+
+
+def _is_flat(settings: dict[str, Any]) -> bool:
+    """`result_settings` output ("section.key" keys) rather than a config dict ({} is a config)."""
+    return any("." in k for k in settings)
 
 
 def changed_keys(differences: list[str]) -> list[str]:
