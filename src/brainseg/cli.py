@@ -32,6 +32,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("robustness", "brainseg.commands.robustness", "evaluate trained runs under perturbations and strata"),
     ("predict", "brainseg.commands.predict", "segment new scans with one or more checkpoints"),
     ("export", "brainseg.commands.export", "export a checkpoint to ONNX (checked against PyTorch)"),
+    ("bundle", "brainseg.commands.bundle", "turn a trained run into a shippable model bundle (weights + metadata)"),
 ]
 
 

@@ -33,7 +33,10 @@ class DataConfig:
     size: int = 128  # slices are resized to size×size (256 is native for LGG)
     in_channels: int = 3  # 3 = pre-contrast, FLAIR, post-contrast; 1 = FLAIR only
     normalization: str = "unit"  # see brainseg.data.preprocess.NORMALIZATIONS
-    augment: bool = True
+    augment: bool = True  # paired flips/rotation/zoom and intensity jitter (brainseg.data.transforms)
+    gamma_max: float = 1.25  # augmentation: per-channel gamma drawn log-uniformly in [1/gamma_max, gamma_max]
+    bias_field: float = 0.0  # augmentation: max amplitude of a smooth quadratic bias field; 0 → off
+    seq_dropout: float = 0.0  # augmentation: probability of copying FLAIR into pre/post-contrast (as LGG does)
     tumour_weight: float = 0.0  # >0: sample tumour slices this many times more often
     split_file: str | None = None  # a user's own splits.json; None → drawn from the seed
     val_fraction: float = 0.15
@@ -113,6 +116,9 @@ RULES: dict[str, Rule] = {
     "data.size": _at_least(1, " (pixels; each model also needs a multiple of its size divisor)"),
     "data.in_channels": _one_of(1, 3),
     "data.normalization": _one_of("unit", "zscore"),
+    "data.gamma_max": _at_least(1, " (gamma is drawn in [1/gamma_max, gamma_max])"),
+    "data.bias_field": _at_least(0, " (0: off)"),
+    "data.seq_dropout": _PROBABILITY,
     "data.tumour_weight": _at_least(0),
     "data.val_fraction": _FRACTION,
     "data.test_fraction": _FRACTION,

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--width", type=int, default=None, help="base width for every model (default: each model's own)"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--bundles", action="store_true",
+                        help="list the trained model bundles shipped with brainseg instead (what `predict` "
+                             "uses without -c)")
 
 
 def describe_models(
@@ -98,6 +101,19 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     from brainseg.errors import BrainsegError
 
+    if args.bundles:
+        from brainseg.bundles import DEFAULT_BUNDLE, describe, list_bundles
+
+        bundles = list_bundles()
+        if args.json:
+            print(json.dumps(bundles, indent=2))
+        elif not bundles:
+            print("no bundled models in this installation")
+        else:
+            for meta in bundles:
+                mark = " (default)" if meta.get("name") == DEFAULT_BUNDLE else ""
+                print(f"{describe(meta)}{mark}\n  {meta['path']}")
+        return 0
     if args.size < 1:
         raise BrainsegError(f"--size must be a positive number of pixels, got {args.size}")
     rows = describe_models(args.size, args.in_channels, args.out_channels, args.width)

@@ -63,8 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     p.add_argument("input", metavar="INPUT", help="slice, patient folder, dataset root, NIfTI file or folder")
-    p.add_argument("--checkpoint", "-c", action="append", required=True, metavar="CKPT",
-                   help="checkpoint file or run folder (its best checkpoint); repeat for an ensemble")
+    p.add_argument("--checkpoint", "-c", action="append", metavar="CKPT",
+                   help="checkpoint file or run folder (its best checkpoint); repeat for an ensemble "
+                        "(default: the bundled model, see `brainseg models --bundles`)")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created; must be empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier prediction in --out (removes only what predict wrote there)")
@@ -93,10 +94,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from brainseg.inference.pipeline import predict_path
 
+    checkpoints = args.checkpoint
+    if not checkpoints:
+        from brainseg.bundles import require_default
+
+        checkpoints = [str(require_default())]
+        print(f"brainseg predict: no -c given, using the bundled model {checkpoints[0]}", file=sys.stderr)
     info = predict_path(
         args.input,
         args.out,
-        args.checkpoint,
+        checkpoints,
         tta=args.tta,
         device=args.device,
         batch_size=args.batch_size,

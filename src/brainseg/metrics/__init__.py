@@ -16,20 +16,32 @@ from brainseg.metrics.confusion import (
 )
 from brainseg.metrics.detection import auroc, detection_metrics, slice_and_patient_detection
 from brainseg.metrics.stats import bootstrap_ci, holm_correction, paired_wilcoxon, pairwise_comparisons
+from brainseg.metrics.surface import (
+    SURFACE_METRIC_KEYS,
+    SURFACE_METRICS_POLICY,
+    lesion_counts,
+    patient_surface_metrics,
+    surface_metrics_policy,
+)
 
 __all__ = [
     "COUNT_COLUMNS",
     "EMPTY_POLICIES",
     "METRICS",
     "MetricAccumulator",
+    "SURFACE_METRICS_POLICY",
+    "SURFACE_METRIC_KEYS",
     "auroc",
     "bootstrap_ci",
     "check_empty_policy",
     "confusion_counts",
     "detection_metrics",
     "holm_correction",
+    "lesion_counts",
     "metrics_from_counts",
     "paired_wilcoxon",
     "pairwise_comparisons",
+    "patient_surface_metrics",
     "slice_and_patient_detection",
+    "surface_metrics_policy",
 ]

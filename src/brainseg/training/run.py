@@ -211,6 +211,17 @@ def make_val_fn(
     return val
 
 
+def augment_from_config(d: Any) -> Any:
+    """The training augmentation a DataConfig asks for: False, or a `brainseg.data.transforms.Augment`."""
+    from brainseg.data.transforms import Augment
+
+    if not d.augment:
+        return False
+    if d.gamma_max < 1.0:
+        raise BrainsegError(f"data.gamma_max must be ≥ 1 (gamma is drawn in [1/gamma_max, gamma_max]), got {d.gamma_max}")
+    return Augment(gamma=(1.0 / d.gamma_max, d.gamma_max), bias_field=d.bias_field, seq_dropout=d.seq_dropout)
+
+
 def model_kwargs_for(cfg: RunConfig) -> dict[str, Any]:
     """The constructor options of the run's model: its training defaults, model.kwargs, width."""
     # An architecture's own training protocol unless the user says otherwise: PSPNet trains with
@@ -329,7 +340,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
         )
     common = {"size": d.size, "in_channels": d.in_channels, "normalization": d.normalization}
     train_ds = SliceDataset(
-        train_records, augment=d.augment, seed=cfg.train.seed, arrays=load_arrays(train_records, d.size), **common
+        train_records, augment=augment_from_config(d), seed=cfg.train.seed, arrays=load_arrays(train_records, d.size), **common
     )
     val_ds = SliceDataset(val_records, augment=False, arrays=load_arrays(val_records, d.size), **common)
 
