@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 raise BrainsegError(f"{out / CONFIG_NAME} cannot be read as JSON ({exc}); the run cannot be "
                                     "resumed") from None
+        elif (out / "checkpoint_last.pt").is_file():  # a run folder without its config.json
+            from brainseg.training.checkpoint import load_checkpoint
+
+            base = load_checkpoint(out / "checkpoint_last.pt")["config"]
     cfg = config_from_args(args, {"model.name": args.model}, base=base)
     out = out or Path(f"runs/{cfg.model.name}")
     summary = train_run(cfg, out, resume=args.resume)

@@ -346,7 +346,11 @@ def find_layout_root(root: str | Path) -> Path:
     if not path.is_dir():
         raise DataError(f"dataset path {path} is not a folder")
     inner = path / "kaggle_3m"
-    if inner.is_dir() and not scan_root(path)[0]:
+    try:
+        nested = inner.is_dir()
+    except OSError as exc:  # a folder we may not list: its entries cannot even be looked at
+        raise DataError(f"dataset folder {path} cannot be read: {exc.strerror or exc}") from None
+    if nested and not scan_root(path)[0]:
         return inner
     return path
 
