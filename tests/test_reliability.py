@@ -358,11 +358,14 @@ def _broken_pipe(ctx: Ctx) -> list[str]:
 
 
 def _leftover(ctx: Ctx) -> list[str]:
+    """A process SIGKILLed in the middle of an atomic write of splits.json leaves its temp file."""
     folder = ctx.tmp / "splits"
-    folder.mkdir()
-    tmp = folder / ".splits.json.k1ll3d.tmp"  # what a SIGKILL during an atomic write leaves
-    tmp.write_bytes(b"half a file")
-    os.utime(tmp, (time.time() - 60, time.time() - 60))
+    code = ("import os, signal; from brainseg.fileio import atomic_write\n"
+            f"atomic_write({str(folder / 'splits.json')!r}, lambda f: (f.write(b'half'), f.flush(), "
+            "os.kill(os.getpid(), signal.SIGKILL)))\n")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == -9
+    (tmp,) = folder.glob(".splits.json.*.tmp")
+    os.utime(tmp, (time.time() - 60, time.time() - 60))  # as old as it is when a user runs again
     return ["split", str(ctx.phantoms), "--out", str(folder / "splits.json")]
 
 
@@ -469,9 +472,11 @@ CASES: list[Case] = [
     Case("resume-nothing", lambda c: ["train", "--resume", "--out", str(c.tmp / "none")], 2, ("nothing to resume",)),
     Case("compare-reuse-with-another-size", lambda c: _compare(c, _fake_comparison(c, data={"size": 64})), 2,
          ("other settings", "data.size: 64 → 32", "another --out")),
+    Case("compare-reuse-with-another-width", lambda c: _compare(c, _fake_comparison(c, model={"width": 8})), 2,
+         ("model.width: 8 → 4",)),
     Case("compare-reuse-with-another-eval-threshold",
-         lambda c: _compare(c, _fake_comparison(c, data={"size": 32}, model={"width": 4}, train={"epochs": 1},
-                                                eval={"threshold": 0.4})), 2, ("eval.threshold: 0.4 → 0.5",)),
+         lambda c: _compare(c, _fake_comparison(c, eval={"threshold": 0.4})), 2,
+         ("(eval.threshold: 0.4 → 0.5)",)),  # the only difference, and named
     Case("compare-finds-a-run-made-with-other-settings", lambda c: _compare(c, _foreign_run(c)), 2,
          ("runs/unet was made with other settings", "train.epochs: 2 → 1", "delete it")),
     # 4. settings checked when the configuration is built, before any data is read
