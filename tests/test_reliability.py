@@ -119,7 +119,7 @@ def _check_real_and_broken(ctx: Ctx, err: str) -> None:
     info = read_json(out / "predict.json")
     (failure,) = info["failed"]
     assert failure["file"].endswith("_3.tif") and "truncated" in failure["error"]
-    assert info["status"] == "incomplete" and info["cases_done"] == 1
+    assert info["status"] == "incomplete" and info["cases_done"] == 1 and info["ignored"] == []
 
 
 def _predict_real(ctx: Ctx, *extra: str) -> list[str]:
@@ -342,6 +342,13 @@ def _symlink_loop(ctx: Ctx) -> Path:
     return root
 
 
+def _listed_as_ignored(name: str) -> Callable[[Ctx, str], None]:
+    def check(ctx: Ctx, err: str) -> None:
+        assert read_json(ctx.tmp / "pred" / "predict.json")["ignored"] == [name]
+
+    return check
+
+
 def _broken_pipe(ctx: Ctx) -> list[str]:
     class ClosedPipe:
         def write(self, text: str) -> int:
@@ -548,6 +555,8 @@ CASES: list[Case] = [
          ("skipped patient copy of patient",)),
     Case("self-referencing-symlink", lambda c: ["index", str(_symlink_loop(c))], 0,
          ("ignored in", "1 entry: loop", "cannot be followed")),
+    Case("predict-says-what-a-dataset-root-holds-besides-patients", lambda c: _predict(c, _symlink_loop(c)), 0,
+         ("ignored in", "1 entry not a patient folder (loop)"), _listed_as_ignored("loop")),
 ]
 
 

@@ -318,6 +318,7 @@ def predict_path(
         "nifti_intensity": INTENSITY_RULE,
         "mask_values": {"slices": [0, 255], "nifti": [0, 1]},
         "n_cases": len(inputs.cases),
+        "ignored": list(inputs.ignored),
         "cases_done": 0,
         "slices_done": 0,
         "files_written": 0,
@@ -325,6 +326,10 @@ def predict_path(
         "notes": [],
     }
     write_json_atomic(out / "predict.json", info)
+    if inputs.ignored and announce:
+        shown = ", ".join(inputs.ignored[:5]) + (", …" if len(inputs.ignored) > 5 else "")
+        n = len(inputs.ignored)
+        announce(f"ignored in {inputs.root}: {n} entr{'y' if n == 1 else 'ies'} not a patient folder ({shown})")
     rows: list[dict[str, Any]] = []
     cases = inputs.cases
     if progress and len(cases) > 1:
