@@ -556,7 +556,7 @@ CASES: list[Case] = [
     Case("self-referencing-symlink", lambda c: ["index", str(_symlink_loop(c))], 0,
          ("ignored in", "1 entry: loop", "cannot be followed")),
     Case("predict-says-what-a-dataset-root-holds-besides-patients", lambda c: _predict(c, _symlink_loop(c)), 0,
-         ("ignored in", "1 entry not a patient folder (loop)"), _listed_as_ignored("loop")),
+         ("ignored in", "1 entry that is not a patient folder (loop)"), _listed_as_ignored("loop")),
 ]
 
 

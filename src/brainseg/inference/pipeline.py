@@ -329,7 +329,8 @@ def predict_path(
     if inputs.ignored and announce:
         shown = ", ".join(inputs.ignored[:5]) + (", …" if len(inputs.ignored) > 5 else "")
         n = len(inputs.ignored)
-        announce(f"ignored in {inputs.root}: {n} entr{'y' if n == 1 else 'ies'} not a patient folder ({shown})")
+        what = "entry that is not a patient folder" if n == 1 else "entries that are not patient folders"
+        announce(f"ignored in {inputs.root}: {n} {what} ({shown})")
     rows: list[dict[str, Any]] = []
     cases = inputs.cases
     if progress and len(cases) > 1:
