@@ -3,7 +3,9 @@
 Every model gets the same patient-level split (or the same folds), the same data pipeline, the
 same optimiser, schedule, loss, epochs and seed; each is evaluated on the same test patients at
 native resolution. Finished runs are reused, interrupted ones resumed, so re-running the same
-command picks up where a killed comparison stopped.
+command picks up where a killed comparison stopped — but only when every result-changing setting
+(`brainseg.protocol.result_settings`) and the split match; otherwise it names the differences and
+stops. The folder is locked while a comparison writes it.
 
 Folder layout (what `brainseg report` reads; see brainseg.reporting):
     <out>/protocol.json, splits.json, runs/<model>[/fold<k>]/…, examples/, leaderboard.*, figures/,
@@ -62,11 +64,8 @@ def compare(
     report: bool = True,
 ) -> dict[str, Any]:
     """Run (or finish) the comparison of `models` with shared settings `cfg` in folder `out`."""
-    from brainseg.data import splits as S
-    from brainseg.evaluation.evaluate import evaluate_run
     from brainseg.models import list_models
     from brainseg.training import distributed as dist_utils
-    from brainseg.training.run import load_run_data, run_is_finished, train_run
 
     known = list_models()
     unknown = [m for m in models if m not in known]
@@ -76,7 +75,26 @@ def compare(
         raise BrainsegError(f"--models lists a model twice: {','.join(models)}")
     out = Path(out)
     if dist_utils.is_main():
-        out.mkdir(parents=True, exist_ok=True)
+        from brainseg.locks import folder_lock
+
+        with folder_lock(out, "comparison folder"):
+            return _compare_locked(cfg, out, models, command=command, announce=announce,
+                                   n_examples=n_examples, report=report)
+    return _compare_locked(cfg, out, models, command=command, announce=announce, n_examples=n_examples,
+                           report=report)
+
+
+def _compare_locked(
+    cfg: RunConfig, out: Path, models: list[str], *, command: str, announce: Callable[[str], None],
+    n_examples: int, report: bool,
+) -> dict[str, Any]:
+    from brainseg.data import splits as S
+    from brainseg.evaluation.evaluate import evaluate_run
+    from brainseg.protocol import require_same_settings, result_settings, settings_hash
+    from brainseg.training import distributed as dist_utils
+    from brainseg.training.run import CONFIG_NAME, load_run_data, run_is_finished, train_run
+
+    cfg.validate()
 
     # One split for all models, frozen in <out>/splits.json before any training starts.
     if not cfg.data.split_file:
@@ -96,6 +114,7 @@ def compare(
         "split": all_splits[0].to_dict() if not folds else None,
         "folds": folds or None,
         "splits": [s.to_dict() for s in all_splits],
+        "settings_hash": settings_hash(result_settings(cfg), [s.id for s in all_splits]),
         "command": command,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "brainseg_version": __version__,
@@ -103,11 +122,10 @@ def compare(
     protocol_path = out / "protocol.json"
     if protocol_path.is_file():
         old = read_json(protocol_path)
-        if old.get("config", {}).get("train") != protocol["config"]["train"] or old.get("splits") != protocol["splits"]:
-            raise BrainsegError(
-                f"{out} holds a comparison made with other settings or another split; "
-                f"use another --out (or delete {protocol_path}) to start a new one"
-            )
+        remedy = f"use another --out (or delete {protocol_path}) to start a new comparison"
+        require_same_settings(old.get("config", {}), protocol["config"], f"the comparison in {out}", remedy)
+        if [s.get("id") for s in old.get("splits") or []] != [s.id for s in all_splits]:
+            raise BrainsegError(f"the comparison in {out} was made on another split; {remedy}")
         protocol["created"] = old.get("created", protocol["created"])
         protocol["models"] = list(dict.fromkeys(old.get("models", []) + models))
     if dist_utils.is_main():
@@ -120,6 +138,9 @@ def compare(
             mcfg = RunConfig.from_dict(cfg.to_dict())
             mcfg.model.name = model
             mcfg.data.fold = k
+            if (run_dir / CONFIG_NAME).is_file():  # a run from elsewhere, or from an older protocol
+                require_same_settings(read_json(run_dir / CONFIG_NAME), mcfg.to_dict(), f"run {run_dir}",
+                                      f"delete it (or use another --out) to train {model} under this protocol")
             if run_is_finished(run_dir):
                 announce(f"{label}: already trained, reusing {run_dir}")
             else:

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from brainseg.commands._common import positive_int
+
 DESCRIPTION = (
     "List every registered architecture with its parameter count, forward FLOPs for one slice "
     "(a multiply-add counts as 2 FLOPs; convolutions and matrix products only), the size divisor "
@@ -16,9 +18,9 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--size", type=int, default=256, help="slice height and width in pixels (default 256)"
+        "--size", type=positive_int, default=256, help="slice height and width in pixels (default 256)"
     )
-    parser.add_argument("--in-channels", type=int, default=3, help="input channels, 1 or 3 (default 3)")
+    parser.add_argument("--in-channels", type=int, choices=(1, 3), default=3, help="input channels, 1 or 3 (default 3)")
     parser.add_argument("--out-channels", type=int, default=1, help="output channels (default 1)")
     parser.add_argument(
         "--width", type=int, default=None, help="base width for every model (default: each model's own)"

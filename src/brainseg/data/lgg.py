@@ -9,10 +9,13 @@ features automatically extracted by a deep learning algorithm", Comput. Biol. Me
         TCGA_<inst>_<id>_<date>_<n>.tif         H×W×3 uint8: pre-contrast, FLAIR, post-contrast
         TCGA_<inst>_<id>_<date>_<n>_mask.tif    H×W uint8, values {0, 255} (or {0, 1})
 
-Slice numbers sort numerically (`_10` after `_9`). Files that are not part of the layout
-(`.DS_Store`, a README, hidden files) are ignored. Every slice is decoded once while indexing, so
-a broken file is reported by name before any training starts; `brainseg.data.index_cache` keeps
-what decoding learnt so that later indexings of unchanged files skip it.
+Slice numbers sort numerically (`_10` after `_9`). Entries that are not part of the layout (a
+README, a folder without slice files, a symbolic link that cannot be followed) are ignored and
+listed in `DatasetIndex.ignored`; hidden files are skipped. A folder holding slice files is
+always a patient, whatever its name, so a renamed copy is reported, never dropped. Every slice is
+decoded once while indexing, so a broken or unreadable file is reported by name before any
+training starts; `brainseg.data.index_cache` keeps what decoding learnt so that later indexings
+of unchanged files skip it.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ class DatasetIndex:
         skipped: patient → reason, for patients left out by `skip_bad=True`.
         tumour: (patient, slice) → whether the mask has any foreground (labelled slices only).
         shapes: (patient, slice) → (height, width) of the slice.
+        ignored: entry name → why, for what the dataset folder holds besides patients and data.csv.
     """
 
     root: Path
@@ -107,6 +111,7 @@ class DatasetIndex:
     skipped: dict[str, str] = field(default_factory=dict)
     tumour: dict[tuple[str, int], bool] = field(default_factory=dict)
     shapes: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    ignored: dict[str, str] = field(default_factory=dict)
 
     def by_patient(self) -> dict[str, list[SliceRecord]]:
         """Patient → that patient's records in slice order."""
@@ -150,6 +155,7 @@ class DatasetIndex:
             "image_sizes": dict(sorted(sizes.items())),
             "clinical_patients": sum(1 for p in self.patients if case_id_of(p) in self.clinical),
             "skipped": dict(self.skipped),
+            "ignored": dict(self.ignored),
         }
 
 
@@ -237,26 +243,57 @@ def find_layout_root(root: str | Path) -> Path:
     if not path.is_dir():
         raise DataError(f"dataset path {path} is not a folder")
     inner = path / "kaggle_3m"
-    if inner.is_dir() and not _patient_folders(path):
+    try:
+        nested = inner.is_dir()
+    except OSError as exc:  # a folder we may not list: its entries cannot even be looked at
+        raise DataError(f"dataset folder {path} cannot be read: {exc.strerror or exc}") from None
+    if nested and not scan_root(path)[0]:
         return inner
     return path
 
 
-def _patient_folders(root: Path) -> list[Path]:
-    """Sub-folders that are patients: TCGA-named ones, or any folder holding `<name>_<n>.tif`."""
-    out = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith(".") or not entry.is_dir():
+def _entries(folder: Path, what: str) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"{what} {folder} cannot be read: {exc.strerror or exc}", patient=None) from None
+
+
+def scan_root(root: Path) -> tuple[list[Path], dict[str, str]]:
+    """The patient folders of a dataset folder, and every other visible entry with why it is ignored.
+
+    A patient is a TCGA-named folder, or any folder holding slice files (`<name>_<n>.tif`): a
+    renamed copy is then reported by `_list_patient` (its files do not carry its name). A folder
+    that cannot be listed counts as a patient too, so that it is reported as unreadable.
+    """
+    folders: list[Path] = []
+    ignored: dict[str, str] = {}
+    for entry in _entries(root, "dataset folder"):
+        name = entry.name
+        if name.startswith("."):
             continue
-        if PATIENT_RE.match(entry.name):
-            out.append(entry)
-        elif any(
-            (m := SLICE_RE.match(f.name)) and m["stem"] == entry.name
-            for f in entry.iterdir()
-            if not f.name.startswith(".")
-        ):
-            out.append(entry)
-    return out
+        if not entry.is_dir():
+            if entry.is_symlink():
+                try:
+                    entry.stat()
+                    ignored[name] = "a symbolic link to something that is not a folder"
+                except OSError as exc:
+                    ignored[name] = f"a symbolic link that cannot be followed ({exc.strerror or exc})"
+            elif name.lower() != "data.csv":
+                ignored[name] = "not a patient folder"
+            continue
+        if PATIENT_RE.match(name):
+            folders.append(entry)
+            continue
+        try:
+            holds_slices = any(SLICE_RE.match(f.name) for f in entry.iterdir() if not f.name.startswith("."))
+        except OSError:
+            holds_slices = True  # unreadable: reported by _list_patient, never dropped unseen
+        if holds_slices:
+            folders.append(entry)
+        else:
+            ignored[name] = "a folder without slice files (<name>_<n>.tif)"
+    return folders, ignored
 
 
 def _list_patient(folder: Path, require_masks: bool) -> list[SliceRecord]:
@@ -266,7 +303,11 @@ def _list_patient(folder: Path, require_masks: bool) -> list[SliceRecord]:
     institution = m["inst"] if m else UNKNOWN_INSTITUTION
     images: dict[int, Path] = {}
     masks: dict[int, Path] = {}
-    for f in sorted(folder.iterdir()):
+    try:
+        listing = sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"patient folder {folder} cannot be read: {exc.strerror or exc}", patient=patient) from None
+    for f in listing:
         if f.name.startswith("."):
             continue
         sm = SLICE_RE.match(f.name)
@@ -336,7 +377,7 @@ def index_dataset(
             first problem found, naming the file, with `.patient` set.
     """
     layout_root = find_layout_root(root)
-    folders = _patient_folders(layout_root)
+    folders, ignored = scan_root(layout_root)
     if not folders:
         if not any(not e.name.startswith(".") for e in layout_root.iterdir()):
             raise DataError(f"dataset folder {layout_root} is empty")
@@ -398,4 +439,5 @@ def index_dataset(
         skipped=skipped,
         tumour=tumour,
         shapes=shapes,
+        ignored=ignored,
     )

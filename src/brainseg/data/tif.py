@@ -71,6 +71,8 @@ def _read_tif(path: Path) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
+    except PermissionError as exc:
+        raise DataError(f"{path} is unreadable: {exc.strerror}") from None
     except Exception as exc:  # tifffile, zlib and struct errors all mean "broken or truncated file"
         raise DataError(f"{path} cannot be read as a TIFF image (truncated or corrupt?): {exc}") from None
     finally:

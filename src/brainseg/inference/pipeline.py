@@ -12,8 +12,11 @@ Output folder layout (nothing is ever written among the input's own slices):
   pixels, mm³ and mL where the voxel size is known, detection);
 - ``OUT/predict.json``: checkpoints, settings, status (``running``, ``complete``, ``failed``).
 
-Cases are done one at a time and volumes.csv is rewritten (atomically) after each, so a bad
-file met later stops the run with an error naming it while every result already written stays.
+Cases are done one at a time and volumes.csv is rewritten (atomically) after each. A case that
+cannot be read or used never stops the others: it is listed (case, file, reason) under ``failed``
+in predict.json and announced, and every other case is written (an input of a single case raises
+its error instead). A non-empty output folder is refused unless ``overwrite``, which first clears
+what an earlier prediction wrote there (`brainseg.inference.writers.clear_previous_outputs`).
 Probabilities become masks through `brainseg.inference.postprocess.binarize`, the function
 evaluation uses too (threshold, largest 3-D component per case, minimum lesion size); a slice counts as a detection when its predicted area reaches ``min_area`` pixels, a case when
 any of its slices does (`brainseg.metrics.detection`).
@@ -33,9 +36,10 @@ import numpy as np
 from brainseg import __version__
 from brainseg.config import EvalConfig
 from brainseg.errors import BrainsegError, CheckpointError
-from brainseg.fileio import write_csv_atomic, write_json_atomic
+from brainseg.fileio import ensure_writable_folder, write_csv_atomic, write_json_atomic
 from brainseg.inference.inputs import Case, InputSet, discover_inputs
 from brainseg.inference.readers import INTENSITY_RULE, CaseData, read_case
+from brainseg.inference.writers import check_output_folder, clear_previous_outputs
 
 VOLUME_COLUMNS = (
     "level", "case", "slice", "input", "mask", "height", "width", "area_px", "area_mm2", "prob_max",
@@ -145,6 +149,17 @@ def check_outputs(inputs: InputSet, out: Path) -> None:
             )
 
 
+def case_failure(case: Case, exc: BaseException) -> dict[str, str]:
+    """predict.json's record of a case that failed: the case, the file at fault and why."""
+    if isinstance(exc, OSError) and not isinstance(exc, BrainsegError):
+        where = exc.filename or case.source
+        message = f"{where}: {exc.strerror or exc}"
+    else:
+        message = str(exc)
+    file = next((str(p) for p in case.images if str(p) in message), str(case.source))
+    return {"case": case.name, "input": str(case.source), "file": file, "error": message}
+
+
 def resolve_postprocessing(ckpt: dict[str, Any], overrides: dict[str, Any]) -> EvalConfig:
     """The eval settings of the run that wrote `ckpt`, with the given (non-None) overrides."""
     from brainseg.inference.postprocess import check_postprocessing
@@ -191,7 +206,7 @@ def predict_path(
     min_lesion_size: int | None = None,
     min_area: int | None = None,
     overlays: str = "tumour",
-    skip_bad: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -208,15 +223,16 @@ def predict_path(
         threshold, largest_component, min_lesion_size, min_area: post-processing and detection;
             None takes the first checkpoint's own setting.
         overlays: "tumour" (slices with predicted tumour), "all" or "none".
-        skip_bad: go on past a case that cannot be read or used, listing it in predict.json,
-            instead of stopping with its error.
-        announce: called with one line per skipped case (e.g. print to stderr).
+        overwrite: replace an earlier prediction in `out_dir` (a non-empty `out_dir` is refused
+            otherwise).
+        announce: called with one line per failed case (e.g. print to stderr).
 
     Returns:
-        The contents of predict.json.
+        The contents of predict.json; ``failed`` lists the cases that could not be done.
 
     Raises:
-        BrainsegError: bad input (naming the file), bad settings or an unusable checkpoint.
+        BrainsegError: bad settings, an unusable checkpoint or output folder, or the error of
+            the only case of a one-case input.
     """
     from brainseg.inference.postprocess import binarize, postprocessing_dict
     from brainseg.inference.predictor import CHANNEL_RULES, Predictor
@@ -228,6 +244,8 @@ def predict_path(
     if out.exists() and not out.is_dir():
         raise BrainsegError(f"--out {out} exists and is not a folder")
     check_outputs(inputs, out)
+    check_output_folder(out, overwrite)
+    ensure_writable_folder(out)
     predictor = Predictor(checkpoints, device=device, batch_size=batch_size, amp=amp, channels=channels)
     pp = resolve_postprocessing(
         predictor.checkpoints[0],
@@ -235,6 +253,8 @@ def predict_path(
          "min_lesion_size": min_lesion_size, "min_area": min_area, "tta": tta},
     )
     predictor.tta = pp.tta
+    if overwrite:
+        clear_previous_outputs(out)
     info: dict[str, Any] = {
         "brainseg_version": __version__,
         "status": "running",
@@ -248,17 +268,24 @@ def predict_path(
         "amp": str(predictor.amp_dtype).replace("torch.", "") if predictor.amp_dtype else "off",
         "postprocessing": postprocessing_dict(pp),
         "channel_rule": {"name": channels, "doc": CHANNEL_RULES[channels],
-                         "grey_rgb": "slices whose three channels are identical count as one channel"},
+                         "grey": "only a grey file (one channel) is a 1-channel input; a 3-channel file "
+                                 "stays 3 channels even when its channels are identical"},
         "nifti_intensity": INTENSITY_RULE,
         "mask_values": {"slices": [0, 255], "nifti": [0, 1]},
         "n_cases": len(inputs.cases),
+        "ignored": list(inputs.ignored),
         "cases_done": 0,
         "slices_done": 0,
         "files_written": 0,
-        "skipped": [],
+        "failed": [],
         "notes": [],
     }
     write_json_atomic(out / "predict.json", info)
+    if inputs.ignored and announce:
+        shown = ", ".join(inputs.ignored[:5]) + (", …" if len(inputs.ignored) > 5 else "")
+        n = len(inputs.ignored)
+        what = "entry that is not a patient folder" if n == 1 else "entries that are not patient folders"
+        announce(f"ignored in {inputs.root}: {n} {what} ({shown})")
     rows: list[dict[str, Any]] = []
     cases = inputs.cases
     if progress and len(cases) > 1:
@@ -266,6 +293,7 @@ def predict_path(
 
         cases = tqdm(cases, desc="predicting", unit="case", leave=False, mininterval=1.0, file=sys.stderr)
     t0 = time.perf_counter()
+    first_error: BaseException | None = None
     try:
         for case in cases:
             try:
@@ -273,12 +301,11 @@ def predict_path(
                 probs = predictor.predict(data.images, source=str(case.source))
             except CheckpointError:
                 raise
-            except BrainsegError as exc:
-                if not skip_bad:
-                    raise
-                info["skipped"].append({"case": case.name, "input": str(case.source), "error": str(exc)})
+            except (BrainsegError, OSError) as exc:  # this case's own problem: the others go on
+                first_error = first_error or exc
+                info["failed"].append(case_failure(case, exc))
                 if announce:
-                    announce(f"skipping {case.source}: {exc}")
+                    announce(f"case {case.name} failed: {info['failed'][-1]['error']}")
                 continue
             n = len(data.images)
             pred = binarize(probs, pp)
@@ -304,7 +331,11 @@ def predict_path(
         raise
     if not rows:
         write_csv_atomic(out / "volumes.csv", rows, VOLUME_COLUMNS)
-    info["status"] = "complete"
+    if first_error is not None and len(inputs.cases) == 1:
+        info["status"], info["error"] = "failed", info["failed"][0]["error"]
+        write_json_atomic(out / "predict.json", info)
+        raise first_error
+    info["status"] = "complete" if not info["failed"] else "incomplete"
     info["seconds"] = round(time.perf_counter() - t0, 3)
     info["inference_ms_per_slice"] = round(predictor.ms_per_slice, 3)
     write_json_atomic(out / "predict.json", info)

@@ -2,8 +2,9 @@
 
 Slice files (TIF, PNG) must hold 8-bit pixels: grey (H×W or H×W×1) or three channels in the LGG
 order (pre-contrast, FLAIR, post-contrast). An alpha channel is dropped when it is fully opaque and
-refused otherwise. A case whose every slice has three identical channels (a grey picture saved as
-RGB) counts as one channel, so the channel rule applies to it as to any grey input.
+refused otherwise. A three-channel file stays three channels whatever its contents: in kaggle_3m a
+patient who lacks the pre- or post-contrast sequence has the FLAIR copied into it, so identical
+channels are ordinary data. Only a file that is grey (one channel) meets the channel rule.
 
 NIfTI volumes (nibabel) are segmented slice by slice along the last spatial axis: slice k is
 ``data[:, :, k]`` with array axis 0 as image rows and axis 1 as columns, so the mask written back
@@ -88,6 +89,8 @@ def _read_tif(path: Path) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
+    except PermissionError as exc:
+        raise DataError(f"{path} is unreadable: {exc.strerror}") from None
     except Exception as exc:  # tifffile, zlib and struct errors all mean a broken or truncated file
         raise DataError(f"{path} cannot be read as a TIFF image (truncated or corrupt?): {exc}") from None
     if arr.ndim == 3 and axes.startswith("S"):  # planar-separate RGB comes as (C, H, W)
@@ -111,6 +114,8 @@ def _read_png(path: Path) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
+    except PermissionError as exc:
+        raise DataError(f"{path} is unreadable: {exc.strerror}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path} cannot be read as a PNG image (truncated or corrupt?): {exc}") from None
 
@@ -124,18 +129,6 @@ def read_slice_file(path: str | Path) -> np.ndarray:
     path = Path(path)
     arr = _read_png(path) if path.suffix.lower() == ".png" else _read_tif(path)
     return _check_slice(arr, path)
-
-
-def collapse_grey(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) whose three channels are identical in every slice → (N, H, W, 1).
-
-    A stack that is blank everywhere is left as it is: it says nothing about its channels.
-    """
-    if images.shape[-1] != 3 or not images.any():
-        return images
-    if np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 1], images[..., 2]):
-        return np.ascontiguousarray(images[..., :1])
-    return images
 
 
 def to_uint8(volume: np.ndarray) -> np.ndarray:
@@ -168,6 +161,8 @@ def read_nifti(path: str | Path) -> CaseData:
         data = np.asanyarray(img.dataobj)
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
+    except PermissionError as exc:
+        raise DataError(f"{path} is unreadable: {exc.strerror}") from None
     except Exception as exc:  # nibabel, gzip, zlib and EOF errors: a broken or truncated file
         raise DataError(f"{path} cannot be read as a NIfTI volume (truncated or corrupt?): {exc}") from None
     shape = data.shape
@@ -201,15 +196,13 @@ def read_nifti(path: str | Path) -> CaseData:
 
 
 def read_case(case: Case) -> CaseData:
-    """Read every slice of a case, checking they share one size; grey stacks become 1 channel.
+    """Read every slice of a case, checking they share one size and channel count.
 
     Raises:
         DataError: naming the file at fault (unreadable, wrong shape, or a size unlike the first slice's).
     """
     if case.kind == "nifti":
-        data = read_nifti(case.source)
-        data.images = collapse_grey(data.images)
-        return data
+        return read_nifti(case.source)
     slices: list[np.ndarray] = []
     for path in case.images:
         arr = read_slice_file(path)
@@ -219,4 +212,4 @@ def read_case(case: Case) -> CaseData:
                 f"{slices[0].shape}; a patient's slices must share one size and channel count"
             )
         slices.append(arr)
-    return CaseData(collapse_grey(np.stack(slices)))
+    return CaseData(np.stack(slices))
