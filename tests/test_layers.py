@@ -16,8 +16,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "brainseg"
 #: Lowest first. Keep in step with the "Layout" section of README.md.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "errors"),
-    ("fileio", "config", "runtime"),
-    ("data", "metrics", "losses", "models"),
+    ("fileio", "config", "runtime", "locks"),
+    ("data", "metrics", "losses", "models", "protocol"),
     ("training",),
     ("inference",),
     ("evaluation", "reporting", "export", "bundles"),
