@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from brainseg.data.preprocess import preprocessing_dict
-from brainseg.evaluation.predict import Predictor
 from brainseg.fileio import write_json_atomic
+from brainseg.inference.predictor import Predictor
 from brainseg.models import count_parameters, create_model, list_models
 
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     images = rng.integers(0, 256, size=(args.slices, 256, 256, 3), dtype=np.uint8)
     print(f"CPU inference, {args.slices} native 256×256 slices per run, model size {args.size}, batch "
           f"{args.batch_size}, {torch.get_num_threads()} torch threads, median of {args.repeats}")
-    from brainseg.inference.engine import apply_engine, onnx_available
+    from brainseg.engine import apply_engine, onnx_available
 
     use_onnx = onnx_available() and not args.no_onnx
     header = (f"{'model':<16}{'params':>12}{'ms/slice':>12}{'TTA ms/slice':>15}{'TTA/plain':>11}"

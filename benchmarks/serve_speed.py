@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from brainseg.inference.engine import onnx_available
+    from brainseg.engine import onnx_available
     from brainseg.serve.app import create_app
     from brainseg.serve.jobs import JobStore
     from brainseg.serve.segment import Segmenter

@@ -45,12 +45,13 @@ import torch
 from brainseg.config import RunConfig
 from brainseg.data.dataset import SliceDataset, load_arrays
 from brainseg.data.lgg import index_dataset
-from brainseg.data.phantom import resolve_data_root
+from brainseg.data.roots import resolve_data_root
 from brainseg.fileio import write_json_atomic
 from brainseg.losses import build_loss
 from brainseg.models import count_parameters, create_model, list_models
+from brainseg.runtime import resolve_amp, select_device
 from brainseg.training.run import make_train_loader
-from brainseg.training.trainer import Trainer, resolve_amp, select_device, warmup_cosine
+from brainseg.training.trainer import Trainer, warmup_cosine
 
 # name → settings changed from the TrainConfig defaults ("workersN" is parsed, any N)
 VARIANTS: dict[str, dict[str, Any]] = {

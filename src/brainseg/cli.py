@@ -1,7 +1,9 @@
 """The `brainseg` command line: parse arguments, then call one library function per command.
 
 Each sub-command lives in its own module under `brainseg.commands`; this file only dispatches
-and turns `BrainsegError` (bad input, bad settings) into one clear line and a non-zero exit.
+and turns errors into one clear line and a non-zero exit: `BrainsegError` (bad input, bad
+settings) → exit 2; an `OSError` (a folder that cannot be written or read, a full disk) → exit 1,
+naming the path and the operating system's reason; a closed output pipe (`… | head`) → exit 1.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("robustness", "brainseg.commands.robustness", "evaluate trained runs under perturbations and strata"),
     ("predict", "brainseg.commands.predict", "segment new scans with one or more checkpoints"),
     ("export", "brainseg.commands.export", "export a checkpoint to ONNX (checked against PyTorch)"),
+    ("bundle", "brainseg.commands.bundle", "turn a trained run into a shippable model bundle (weights + metadata)"),
     ("serve", "brainseg.commands.serve", "start the local web viewer: upload a scan, see the tumour (127.0.0.1)"),
 ]
 
@@ -71,9 +74,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrainsegError as exc:
         print(f"brainseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (e.g. `brainseg index --json | head`): stop quietly, and keep Python
+        # from failing again when it flushes stdout at exit
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        print(f"brainseg {args.command}: error: output closed early (broken pipe)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"brainseg {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"brainseg {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def os_error_line(exc: OSError) -> str:
+    """'PATH: reason' for an OSError (both paths for a rename), else its own text."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    where = str(exc.filename) + (f" → {exc.filename2}" if exc.filename2 else "")
+    return f"{where}: {reason}"
 
 
 @contextlib.contextmanager

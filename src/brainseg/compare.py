@@ -3,7 +3,9 @@
 Every model gets the same patient-level split (or the same folds), the same data pipeline, the
 same optimiser, schedule, loss, epochs and seed; each is evaluated on the same test patients at
 native resolution. Finished runs are reused, interrupted ones resumed, so re-running the same
-command picks up where a killed comparison stopped.
+command picks up where a killed comparison stopped — but only when every result-changing setting
+(`brainseg.protocol.result_settings`) and the split match; otherwise it names the differences and
+stops. The folder is locked while a comparison writes it.
 
 Folder layout (what `brainseg report` reads; see brainseg.reporting):
     <out>/protocol.json, splits.json, runs/<model>[/fold<k>]/…, examples/, leaderboard.*, figures/,
@@ -62,11 +64,8 @@ def compare(
     report: bool = True,
 ) -> dict[str, Any]:
     """Run (or finish) the comparison of `models` with shared settings `cfg` in folder `out`."""
-    from brainseg.data import splits as S
-    from brainseg.evaluation.evaluate import evaluate_run
-    from brainseg.models import count_flops, list_models
+    from brainseg.models import list_models
     from brainseg.training import distributed as dist_utils
-    from brainseg.training.run import load_run_data, run_is_finished, train_run
 
     known = list_models()
     unknown = [m for m in models if m not in known]
@@ -76,7 +75,26 @@ def compare(
         raise BrainsegError(f"--models lists a model twice: {','.join(models)}")
     out = Path(out)
     if dist_utils.is_main():
-        out.mkdir(parents=True, exist_ok=True)
+        from brainseg.locks import folder_lock
+
+        with folder_lock(out, "comparison folder"):
+            return _compare_locked(cfg, out, models, command=command, announce=announce,
+                                   n_examples=n_examples, report=report)
+    return _compare_locked(cfg, out, models, command=command, announce=announce, n_examples=n_examples,
+                           report=report)
+
+
+def _compare_locked(
+    cfg: RunConfig, out: Path, models: list[str], *, command: str, announce: Callable[[str], None],
+    n_examples: int, report: bool,
+) -> dict[str, Any]:
+    from brainseg.data import splits as S
+    from brainseg.evaluation.evaluate import evaluate_run
+    from brainseg.protocol import require_same_settings, result_settings, settings_hash
+    from brainseg.training import distributed as dist_utils
+    from brainseg.training.run import CONFIG_NAME, load_run_data, run_is_finished, train_run
+
+    cfg.validate()
 
     # One split for all models, frozen in <out>/splits.json before any training starts.
     if not cfg.data.split_file:
@@ -96,18 +114,18 @@ def compare(
         "split": all_splits[0].to_dict() if not folds else None,
         "folds": folds or None,
         "splits": [s.to_dict() for s in all_splits],
+        "settings_hash": settings_hash(result_settings(cfg), [s.id for s in all_splits]),
         "command": command,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "brainseg_version": __version__,
     }
     protocol_path = out / "protocol.json"
     if protocol_path.is_file():
         old = read_json(protocol_path)
-        if old.get("config", {}).get("train") != protocol["config"]["train"] or old.get("splits") != protocol["splits"]:
-            raise BrainsegError(
-                f"{out} holds a comparison made with other settings or another split; "
-                f"use another --out (or delete {protocol_path}) to start a new one"
-            )
+        remedy = f"use another --out (or delete {protocol_path}) to start a new comparison"
+        require_same_settings(old.get("config", {}), protocol["config"], f"the comparison in {out}", remedy)
+        if [s.get("id") for s in old.get("splits") or []] != [s.id for s in all_splits]:
+            raise BrainsegError(f"the comparison in {out} was made on another split; {remedy}")
         protocol["created"] = old.get("created", protocol["created"])
         protocol["models"] = list(dict.fromkeys(old.get("models", []) + models))
     if dist_utils.is_main():
@@ -120,6 +138,9 @@ def compare(
             mcfg = RunConfig.from_dict(cfg.to_dict())
             mcfg.model.name = model
             mcfg.data.fold = k
+            if (run_dir / CONFIG_NAME).is_file():  # a run from elsewhere, or from an older protocol
+                require_same_settings(read_json(run_dir / CONFIG_NAME), mcfg.to_dict(), f"run {run_dir}",
+                                      f"delete it (or use another --out) to train {model} under this protocol")
             if run_is_finished(run_dir):
                 announce(f"{label}: already trained, reusing {run_dir}")
             else:
@@ -128,11 +149,6 @@ def compare(
                 train_run(mcfg, run_dir, resume=resume)
             if dist_utils.is_main() and not (run_dir / "eval_test" / "summary.json").is_file():
                 s = evaluate_run(run_dir, data_root=str(data.root), progress=True)
-                try:
-                    s["flops"] = count_flops(_model_of(run_dir), cfg.data.size, cfg.data.in_channels)
-                except Exception as exc:  # FLOP counting is informative only
-                    announce(f"{label}: FLOPs not counted ({exc})")
-                write_json_atomic(run_dir / "eval_test" / "summary.json", s)
                 d = s["metrics"]["dice"]["per_patient"]["mean"]
                 announce(f"{label}: test Dice per patient {d:.4f} ({s['n_patients']} patients)")
             dist_utils.barrier()
@@ -148,17 +164,11 @@ def compare(
     return result
 
 
-def _model_of(run_dir: Path) -> Any:
-    from brainseg.training.checkpoint import load_checkpoint, model_from_checkpoint
-
-    return model_from_checkpoint(load_checkpoint(run_dir / "checkpoint_best.pt"))
-
-
 def write_examples(out: Path, index: Any, dirs: dict[str, list[Path]], *, n_per_kind: int = 2) -> None:
     """Pick test slices with tumour (best, typical, worst by mean Dice over models) and save every
-    model's probabilities for them, so the report can draw image | truth | predictions without a model."""
+    model's probabilities and masks for them (made as evaluation made them), so the report can
+    draw image | truth | predictions without a model."""
     from brainseg.evaluation.evaluate import load_patient
-    from brainseg.evaluation.predict import Predictor
 
     models = list(dirs)
     scores: dict[tuple[str, int], list[float]] = {}
@@ -200,16 +210,41 @@ def write_examples(out: Path, index: Any, dirs: dict[str, list[Path]], *, n_per_
         slices=np.array([k[1] for k, _ in chosen]),
         kinds=np.array([kind for _, kind in chosen]),
     )
+    volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # patient → decoded slices, shared by models
     for m in models:
         probs: list[np.ndarray | None] = [None] * len(chosen)
+        preds: list[np.ndarray | None] = [None] * len(chosen)
         groups: dict[Path, list[int]] = {}
         for j, (key, _) in enumerate(chosen):
             groups.setdefault(owner[key][m], []).append(j)
         for run_dir, idx in groups.items():  # one model load per run (fold)
-            p = Predictor([run_dir / "checkpoint_best.pt"]).predict(np.stack([images[j] for j in idx]))
-            for j, pj in zip(idx, p):
-                probs[j] = pj
-        _save_npz(ex / f"{m}.npz", probs=np.stack(probs).astype(np.float16))
+            for j, p, b in _predict_as_evaluated(run_dir, index, [chosen[j][0] for j in idx], volumes):
+                probs[idx[j]], preds[idx[j]] = p, b
+        _save_npz(ex / f"{m}.npz", probs=np.stack(probs).astype(np.float16), preds=np.stack(preds).astype(np.uint8))
+
+
+def _predict_as_evaluated(
+    run_dir: Path, index: Any, keys: list[tuple[str, int]], volumes: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(position in `keys`, probabilities, mask) of each (patient, slice), made exactly as
+    `evaluate_run` made them: the run's TTA, and its binarisation of the whole patient volume
+    (so a largest-component rule sees every slice), so a figure's Dice is per_slice.csv's."""
+    from brainseg.evaluation.evaluate import load_patient
+    from brainseg.evaluation.session import EvalRun
+    from brainseg.inference.postprocess import binarize
+
+    run = EvalRun.load(run_dir, "best", index.root, announce=lambda _m: None)
+    predictor = run.predictor()
+    by = index.by_patient()
+    out = []
+    for patient in dict.fromkeys(p for p, _ in keys):
+        if patient not in volumes:
+            volumes[patient] = load_patient(by[patient])
+        probs = predictor.predict(volumes[patient][0], source=patient)
+        pred = binarize(probs, run.cfg.eval)
+        numbers = [r.slice for r in by[patient]]
+        out += [(j, probs[numbers.index(s)], pred[numbers.index(s)]) for j, (p, s) in enumerate(keys) if p == patient]
+    return out
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -210,7 +210,7 @@ def export_onnx(
     onnx, ort = require_onnx()
     import torch
 
-    from brainseg.fileio import write_bytes_atomic
+    from brainseg.fileio import ensure_writable_folder, write_bytes_atomic
     from brainseg.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     if exporter not in EXPORTERS:
@@ -220,6 +220,9 @@ def export_onnx(
     out = Path(out).expanduser()
     if out.suffix.lower() != ".onnx":
         raise BrainsegError(f"ONNX output {out} must end in .onnx")
+    if out.is_dir():
+        raise BrainsegError(f"ONNX output {out} is a folder; give the file to write")
+    ensure_writable_folder(out.parent)  # before the export's work, not after it
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, "cpu")
     prep = ckpt["preprocessing"]

@@ -1,7 +1,7 @@
 """Segmentation losses on logits, and a small parser that composes them from a spec string.
 
 Every loss takes the model's raw logits `(N, 1, H, W)` and a float target of the same shape
-with values in {0, 1}, and returns a scalar tensor. Models return logits (see DESIGN.md), so the
+with values in {0, 1}, and returns a scalar tensor. Models return logits (`brainseg.models.base`), so the
 sigmoid lives here, where it can be fused with the log for a numerically safe BCE/focal term.
 All arithmetic runs in float32 with autocast switched off: under fp16/bf16 autocast the sums
 over a whole batch of pixels in a soft Dice lose too much precision.
@@ -62,6 +62,13 @@ def _reduce_dims(x: Tensor, batch: bool) -> list[int]:
     return list(range(start, x.dim()))
 
 
+def _soft(logits: Tensor, target: Tensor, batch: bool) -> tuple[Tensor, Tensor, list[int]]:
+    """Checked sigmoid probabilities, target and the dimensions to sum over (Dice, Tversky)."""
+    x, t = _check(logits, target)
+    p = torch.sigmoid(x)
+    return p, t, _reduce_dims(p, batch)
+
+
 class DiceLoss(nn.Module):
     """Soft Dice loss on sigmoid probabilities (Milletari et al. 2016, V-Net).
 
@@ -83,9 +90,7 @@ class DiceLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         with _fp32(logits.device):
-            x, t = _check(logits, target)
-            p = torch.sigmoid(x)
-            dims = _reduce_dims(p, self.batch)
+            p, t, dims = _soft(logits, target, self.batch)
             inter = (p * t).sum(dim=dims)
             denom = p.sum(dim=dims) + t.sum(dim=dims)
             dice = (2.0 * inter + self.smooth) / (denom + self.smooth).clamp_min(1e-12)
@@ -118,9 +123,7 @@ class TverskyLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         with _fp32(logits.device):
-            x, t = _check(logits, target)
-            p = torch.sigmoid(x)
-            dims = _reduce_dims(p, self.batch)
+            p, t, dims = _soft(logits, target, self.batch)
             tp = (p * t).sum(dim=dims)
             fp = (p * (1.0 - t)).sum(dim=dims)
             fn = ((1.0 - p) * t).sum(dim=dims)

@@ -24,7 +24,8 @@ from helpers_data import CSV_HEADER, make_dataset, patient_name, synthetic_image
 def test_real_index_cli_reports_the_known_figures(real_index_run) -> None:
     run = real_index_run
     assert run.exit_code == 0
-    assert run.stderr == ""  # --json: nothing but the JSON object, on stdout
+    # stdout holds nothing but the JSON object; stderr says what was ignored (the folder's README)
+    assert run.stderr == f"ignored in {run.root}: 1 entry: README.md (not a patient folder)\n"
     s = run.summary
     assert s["root"] == str(run.root)  # given the parent folder, it found kaggle_3m
     assert (s["patients"], s["slices"], s["tumour_slices"]) == (54, 1909, 642)
@@ -32,7 +33,7 @@ def test_real_index_cli_reports_the_known_figures(real_index_run) -> None:
     assert s["institutions"] == {"CS": 8, "DU": 22, "FG": 7, "HT": 17}
     assert s["image_sizes"] == {"256x256": 1909}
     assert s["clinical_patients"] == 54  # every patient has its data.csv row
-    assert s["skipped"] == {}
+    assert s["skipped"] == {} and s["ignored"] == {"README.md": "not a patient folder"}
 
 
 def test_real_index_matches_a_plain_folder_listing(real_index_run) -> None:
@@ -133,8 +134,12 @@ def test_files_outside_the_layout_are_ignored(tmp_path: Path) -> None:
     (root / ".ipynb_checkpoints").mkdir()
     (root / patient / f".{patient}_1.tif").write_bytes(b"hidden")  # a hidden file, not a slice
     (root / patient / "preview.png").write_bytes(b"\x89PNG")
-    assert _summary(root) == clean
-    assert _summary(root.parent) == clean
+    ignored = {"README": "not a patient folder", "README.md": "not a patient folder",
+               "Thumbs.db": "not a patient folder", "__MACOSX": "a folder without slice files (<name>_<n>.tif)"}
+    for target in (root, root.parent):
+        summary = _summary(target)
+        assert summary.pop("ignored") == ignored  # ignored, and said so
+        assert clean["ignored"] == {} and {**summary, "ignored": {}} == clean
 
 
 def test_slice_numbers_sort_numerically(tmp_path: Path) -> None:

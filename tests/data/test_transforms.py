@@ -112,3 +112,84 @@ def test_same_generator_same_result_and_bad_settings() -> None:
         Augment(hflip=1.5)
     with pytest.raises(BrainsegError, match="H×W mask"):
         aug(img, mask[:10], np.random.default_rng(0))
+
+
+def _three_sequences(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A slice whose three channels differ everywhere inside a brain disc (background 0)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((H, W, 3), np.uint8)
+    yy, xx = np.mgrid[:H, :W]
+    brain = (yy - H / 2) ** 2 + (xx - W / 2) ** 2 < (H / 2.5) ** 2
+    for k, (lo, hi) in enumerate(((20, 80), (100, 160), (180, 250))):
+        img[:, :, k] = np.where(brain, rng.integers(lo, hi, (H, W)), 0)
+    mask = np.zeros((H, W), np.uint8)
+    mask[20:30, 30:40] = 1
+    return img, mask
+
+
+def test_sequence_dropout_copies_flair_like_the_dataset() -> None:
+    img, mask = _three_sequences()
+    aug = Augment(hflip=0.0, p_affine=0.0, p_intensity=0.0, seq_dropout=1.0)
+    modes = {"pre": 0, "post": 0, "both": 0}
+    n = 600
+    for s in range(n):
+        out, out_mask = aug(img, mask, np.random.default_rng(s))
+        np.testing.assert_array_equal(out[:, :, 1], img[:, :, 1])  # FLAIR itself untouched
+        np.testing.assert_array_equal(out_mask, mask)
+        pre, post = np.array_equal(out[:, :, 0], img[:, :, 1]), np.array_equal(out[:, :, 2], img[:, :, 1])
+        # a channel is either exactly FLAIR or exactly the original sequence
+        assert pre or np.array_equal(out[:, :, 0], img[:, :, 0])
+        assert post or np.array_equal(out[:, :, 2], img[:, :, 2])
+        modes["both" if pre and post else "pre" if pre else "post"] += 1
+    for k, count in modes.items():  # one of three modes, equally likely: 200 ± 4 SE
+        assert abs(count - n / 3) < 4 * math.sqrt(n * (1 / 3) * (2 / 3)), (k, count)
+    # probability 0.25: a quarter of the slices changed (binomial, 4 SE)
+    aug = Augment(hflip=0.0, p_affine=0.0, p_intensity=0.0, seq_dropout=0.25)
+    changed = sum(not np.array_equal(aug(img, mask, np.random.default_rng(s))[0], img) for s in range(n))
+    assert abs(changed - 0.25 * n) < 4 * math.sqrt(n * 0.25 * 0.75)
+
+
+def test_bias_field_is_smooth_multiplicative_and_bounded() -> None:
+    img, mask = _three_sequences(1)
+    flat = np.where(img > 0, 100, 0).astype(np.uint8)  # constant 100 inside the brain
+    alpha = 0.5
+    aug = Augment(hflip=0.0, p_affine=0.0, p_intensity=1.0, brightness=0.0, contrast=0.0, gamma=(1.0, 1.0),
+                  bias_field=alpha)
+    seen_change = False
+    for s in range(20):
+        out, _ = aug(flat, mask, np.random.default_rng(s))
+        assert (out[flat == 0] == 0).all()  # background stays 0
+        inside = out[:, :, 0][flat[:, :, 0] > 0].astype(float)
+        # the field lies in [e^-alpha, e^alpha] (± rounding to uint8)
+        assert inside.min() >= np.floor(100 * math.exp(-alpha)) and inside.max() <= np.ceil(100 * math.exp(alpha))
+        np.testing.assert_array_equal(out[:, :, 0], out[:, :, 2])  # one field for every channel
+        seen_change |= inside.max() - inside.min() > 5
+    assert seen_change
+    # a quadratic field: its discrete third differences along a row vanish (up to uint8 rounding)
+    out, _ = aug(np.full((H, W, 3), 100, np.uint8), mask, np.random.default_rng(3))
+    log_row = np.log(out[H // 2, :, 0].astype(float))
+    assert np.abs(np.diff(log_row, 3)).max() < 0.05
+
+
+def test_new_levers_at_their_defaults_keep_earlier_draws() -> None:
+    """Draws for the newer levers come last: at their defaults the result is what the original
+    draw order gives, rebuilt here by hand from the same Generator (flip, then the intensity LUT)."""
+    img, mask = _three_sequences(2)
+    aug = Augment(p_affine=0.0)
+    for s in range(8):
+        rng = np.random.default_rng(s)
+        u = rng.random(4)
+        rng.uniform(-aug.rotate, aug.rotate)
+        rng.uniform(*aug.scale)
+        gamma = np.exp(rng.uniform(math.log(aug.gamma[0]), math.log(aug.gamma[1]), size=3))
+        gain = rng.uniform(1 - aug.contrast, 1 + aug.contrast, size=3)
+        shift = rng.uniform(-aug.brightness, aug.brightness, size=3)
+        expected = img[:, ::-1] if u[0] < aug.hflip else img
+        if u[3] < aug.p_intensity:
+            lut = intensity_lut(gamma, gain, shift)
+            expected = np.stack([lut[k][expected[:, :, k]] for k in range(3)], axis=2)
+        np.testing.assert_array_equal(aug(img, mask, np.random.default_rng(s))[0], expected)
+    with pytest.raises(BrainsegError, match="seq_dropout"):
+        Augment(seq_dropout=1.5)
+    with pytest.raises(BrainsegError, match="bias_field"):
+        Augment(bias_field=-0.1)

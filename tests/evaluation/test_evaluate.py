@@ -17,8 +17,8 @@ from brainseg.evaluation.evaluate import (
     SLICE_COLUMNS,
     load_patient,
 )
-from brainseg.evaluation.predict import Predictor
 from brainseg.fileio import read_csv, read_json
+from brainseg.inference.predictor import Predictor
 
 
 def test_evaluate_writes_documented_files_that_agree_with_sklearn(tiny_run: Path, capsys) -> None:

@@ -14,17 +14,11 @@ from scipy import stats
 from brainseg.cli import main as cli_main
 from brainseg.config import RunConfig
 from brainseg.errors import BrainsegError
-from brainseg.evaluation.evaluate import evaluate_patients, evaluate_run, split_patients
-from brainseg.evaluation.robustness import (
-    PERTURBATIONS,
-    ROBUSTNESS_COLUMNS,
-    STRATA_COLUMNS,
-    bias_field_map,
-    make_perturbation,
-    perturb,
-    size_thresholds,
-    strata_rows,
-)
+from brainseg.evaluation.evaluate import evaluate_patients, evaluate_run
+from brainseg.evaluation.perturbations import PERTURBATIONS, bias_field_map, make_perturbation, perturb
+from brainseg.evaluation.robustness import ROBUSTNESS_COLUMNS
+from brainseg.evaluation.session import split_patients
+from brainseg.evaluation.strata import STRATA_COLUMNS, size_thresholds, strata_rows
 from brainseg.fileio import read_csv
 from brainseg.metrics.accumulator import MetricAccumulator
 
@@ -125,8 +119,13 @@ def test_rician_noise_matches_the_rice_distribution() -> None:
         expected = stats.rice(b=level / sigma, scale=sigma)
         assert out.mean() == pytest.approx(expected.mean(), rel=0.02, abs=0.3)
         assert out.astype(np.float64).std() == pytest.approx(expected.std(), rel=0.03)
-    # a dark background is lifted (magnitude images are never negative), unlike Gaussian noise's mean
-    assert out.min() >= 0
+    # A dark background is lifted: magnitude noise on 0 has the Rayleigh mean σ·√(π/2), while
+    # Gaussian noise on 0, clipped to uint8, only has the half-normal mean E[max(0, σn)] = σ/√(2π).
+    zero = np.zeros((4, 96, 96, 3), dtype=np.uint8)
+    rice0, _ = perturb(zero, disk_masks(4, 96), "rician_noise", 5, seed=3)
+    gauss0, _ = perturb(zero, disk_masks(4, 96), "gaussian_noise", 5, seed=3)
+    assert rice0.mean() == pytest.approx(sigma * math.sqrt(math.pi / 2), rel=0.03)
+    assert gauss0.mean() == pytest.approx(sigma / math.sqrt(2 * math.pi), rel=0.05)
 
 
 def test_blur_lowers_high_frequency_energy_and_keeps_the_mean() -> None:
@@ -352,7 +351,7 @@ def trained(tiny_run: Path) -> Path:
 @pytest.fixture(scope="module")
 def setup(trained: Path):
     from brainseg.data.lgg import index_dataset
-    from brainseg.evaluation.predict import Predictor
+    from brainseg.inference.predictor import Predictor
     from brainseg.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(trained / "checkpoint_best.pt")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from brainseg import engine as eng
 from brainseg.errors import BrainsegError
-from brainseg.evaluation.predict import Predictor
-from brainseg.inference import engine as eng
 from brainseg.inference import predict_path
+from brainseg.inference.predictor import Predictor
 from brainseg.training.checkpoint import load_checkpoint, save_checkpoint
 
 ATOL = RTOL = 1e-4  # export_onnx's default check tolerance
@@ -74,8 +74,8 @@ def test_predict_path_with_onnx_gives_torch_masks(trained, tmp_path: Path) -> No
     ck = tmp_path / "ck.pt"
     shutil.copy(trained.ckpt, ck)
     folder = trained.data / richest_test_patient(trained)
-    info = predict_path(folder, tmp_path / "onnx", [ck], device="cpu", engine="onnx", progress=False, overlays="none")
-    predict_path(folder, tmp_path / "torch", [ck], device="cpu", engine="torch", progress=False, overlays="none")
+    info = predict_path(folder, tmp_path / "onnx", [ck], device="cpu", prepare=lambda p: eng.apply_engine(p, "onnx"), progress=False, overlays="none")
+    predict_path(folder, tmp_path / "torch", [ck], device="cpu", progress=False, overlays="none")
     assert info["engine"] == "onnx"
     probs = Predictor([ck], device="cpu").predict(_images(trained))
     far = np.abs(probs - 0.5) > 1e-4  # pixels the tolerance cannot flip

@@ -14,7 +14,7 @@ import torch
 
 from brainseg.cli import main as cli_main
 from brainseg.errors import BrainsegError
-from brainseg.evaluation.predict import Predictor
+from brainseg.inference.predictor import Predictor
 from brainseg.training.checkpoint import load_checkpoint
 
 

@@ -16,9 +16,9 @@ from PIL import Image
 
 from brainseg.cli import main as cli_main
 from brainseg.errors import BrainsegError, CheckpointError, DataError
-from brainseg.evaluation.predict import Predictor
 from brainseg.fileio import read_csv, read_json
 from brainseg.inference import discover_inputs, predict_path
+from brainseg.inference.predictor import Predictor
 from brainseg.inference.readers import to_uint8
 from brainseg.inference.writers import OVERLAY_ALPHA, OVERLAY_RGB, overlay_image
 from brainseg.training.checkpoint import load_checkpoint
@@ -147,12 +147,14 @@ def test_single_slices_tif_png_and_the_channel_rule(trained, tmp_path: Path) -> 
 
     with pytest.raises(BrainsegError, match=r"flair\.png has 1 channel.*--channels replicate"):
         predict_path(ins / "flair.png", tmp_path / "o3", [trained.ckpt], device="cpu", progress=False)
-    # the same grey slice saved as RGB is still one channel
-    Image.fromarray(np.repeat(img[..., 1:2], 3, axis=2)).save(ins / "grey_rgb.png")
-    with pytest.raises(BrainsegError, match=r"grey_rgb\.png has 1 channel"):
-        predict_path(ins / "grey_rgb.png", tmp_path / "o4", [trained.ckpt], device="cpu", progress=False)
+    # three identical channels stay three channels (kaggle_3m copies FLAIR into a missing sequence)
+    same = np.repeat(img[..., 1:2], 3, axis=2)
+    Image.fromarray(same).save(ins / "grey_rgb.png")
+    predict_path(ins / "grey_rgb.png", tmp_path / "o4", [trained.ckpt], device="cpu", progress=False)
+    expect_same = Predictor([trained.ckpt], device="cpu").predict(same[None])[0] >= 0.5
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o4" / "grey_rgb_mask.png")) == 255, expect_same)
     predict_path(ins / "flair.png", tmp_path / "o3", [trained.ckpt], device="cpu", channels="replicate",
-                 progress=False)
+                 progress=False)  # o3 holds only the failed attempt's predict.json: reused
     replicated = np.repeat(img[..., 1:2], 3, axis=2)
     expect_rep = Predictor([trained.ckpt], device="cpu").predict(replicated[None])[0] >= 0.5
     assert np.array_equal(np.asarray(Image.open(tmp_path / "o3" / "flair_mask.png")) == 255, expect_rep)
@@ -284,23 +286,24 @@ def _corrupt(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:300])
 
 
-def test_bad_file_stops_with_its_name_and_keeps_earlier_results(trained, tmp_path: Path) -> None:
+def test_bad_file_fails_its_case_only_and_is_listed(trained, tmp_path: Path) -> None:
     data = tmp_path / "kaggle_3m"
-    first, second = sorted(p.name for p in trained.data.iterdir() if p.is_dir())[:2]
-    for p in (first, second):
+    first, second, third = sorted(p.name for p in trained.data.iterdir() if p.is_dir())[:3]
+    for p in (first, second, third):
         shutil.copytree(trained.data / p, data / p)
     bad = slice_files(data / second)[2]
     _corrupt(bad)
-    with pytest.raises(DataError, match=bad.name):
-        predict_path(data, tmp_path / "out", [trained.ckpt], device="cpu", progress=False)
-    assert len(list((tmp_path / "out" / first).glob("*_mask.tif"))) == len(slice_files(data / first))
-    assert {r["case"] for r in read_csv(tmp_path / "out" / "volumes.csv")} == {first}
-    info = read_json(tmp_path / "out" / "predict.json")
-    assert info["status"] == "failed" and bad.name in info["error"] and info["cases_done"] == 1
-
-    info = predict_path(data, tmp_path / "skip", [trained.ckpt], device="cpu", skip_bad=True, progress=False)
-    assert info["cases_done"] == 1 and info["skipped"][0]["case"] == second
-    assert bad.name in info["skipped"][0]["error"]
+    said: list[str] = []
+    info = predict_path(data, tmp_path / "out", [trained.ckpt], device="cpu", progress=False, announce=said.append)
+    for p in (first, third):  # the cases before and after the bad one are all written
+        assert len(list((tmp_path / "out" / p).glob("*_mask.tif"))) == len(slice_files(data / p))
+    assert not (tmp_path / "out" / second).exists()
+    assert {r["case"] for r in read_csv(tmp_path / "out" / "volumes.csv")} == {first, third}
+    saved = read_json(tmp_path / "out" / "predict.json")
+    assert saved == info and info["status"] == "incomplete" and info["cases_done"] == 2
+    (failure,) = info["failed"]
+    assert failure["case"] == second and failure["file"] == str(bad) and "truncated" in failure["error"]
+    assert len(said) == 1 and bad.name in said[0]
 
 
 @pytest.mark.parametrize(

@@ -158,8 +158,6 @@ def test_bad_inputs_raise() -> None:
         acc.add(["A"], [1], np.array([[1, -1, 0, 3]]))
     with pytest.raises(BrainsegError):
         acc.add(["A"], [1], np.array([[1, 0, 0, 3]]), prob_max=[0.1, 0.2])
-    with pytest.raises(BrainsegError):
-        acc.add(["A"], [1], np.array([[1, 0, 0, 3]]), loss=float("nan"))
     with pytest.raises(BrainsegError, match="known"):
         acc.summary("ignore")
 
@@ -168,32 +166,25 @@ def test_merge_and_states_equal_single_accumulator() -> None:
     items = _random_slices(2)
     whole, part1, part2 = MetricAccumulator(), MetricAccumulator(), MetricAccumulator()
     for i, (p, s, c, pm) in enumerate(items):
-        whole.add([p], [s], c[None], prob_max=[pm], loss=0.1 * i)
-        (part1 if i % 3 else part2).add([p], [s], c[None], prob_max=[pm], loss=0.1 * i)
+        whole.add([p], [s], c[None], prob_max=[pm])
+        (part1 if i % 3 else part2).add([p], [s], c[None], prob_max=[pm])
     # States survive a JSON round trip (e.g. sent between processes or saved).
     states = [json.loads(json.dumps(part1.state_dict())), json.loads(json.dumps(part2.state_dict()))]
     rebuilt = MetricAccumulator.from_states(states)
     merged = MetricAccumulator().merge(part1).merge(part2)
     for other in (rebuilt, merged):
         assert _same(other.per_slice_rows("one"), whole.per_slice_rows("one"))
-        got, want = other.summary("skip"), whole.summary("skip")
-        # The loss is a float sum in a different order: equal up to rounding, the rest exactly.
-        assert got.pop("loss") == pytest.approx(want.pop("loss"), rel=1e-12)
-        assert _same(got, want)
-        assert other.loss_count == whole.loss_count == len(items)
+        assert _same(other.summary("skip"), whole.summary("skip"))
     with pytest.raises(BrainsegError, match="both"):
         MetricAccumulator().merge(part1).merge(part1)
 
 
-def test_loss_mean_weighted_by_slices() -> None:
+def test_summary_carries_no_loss() -> None:
+    # The evaluation's loss is computed on logits by evaluate_patients and written once, at the
+    # top of summary.json; the metric summary has none (it used to carry an unfed NaN).
     acc = MetricAccumulator()
-    c = np.array([[1, 0, 0, 3]] * 3)
-    acc.add(["A"] * 3, [1, 2, 3], c, loss=torch.tensor(0.5))  # batch mean of 3 slices
-    acc.add(["A"], [4], c[:1], loss=2.0)
-    acc.add(["B", "B"], [1, 2], c[:2], loss=np.array([1.0, 3.0]))  # one value per slice
-    assert acc.summary()["loss"] == pytest.approx((0.5 * 3 + 2.0 + 1.0 + 3.0) / 6)
-    assert acc.summary()["loss_count"] == 6
-    assert math.isnan(MetricAccumulator().summary()["loss"])
+    acc.add(["A"], [1], np.array([[1, 0, 0, 3]]))
+    assert "loss" not in acc.summary() and "loss_count" not in acc.summary()
 
 
 def test_torch_inputs_and_explicit_areas() -> None:

@@ -44,7 +44,6 @@ def test_attention_unet_gates_every_skip_and_exposes_its_maps():
     assert [tuple(m.shape) for m in maps] == [(2, 1, 4, 4), (2, 1, 8, 8), (2, 1, 16, 16), (2, 1, 32, 32)]
     for m in maps:
         assert not m.requires_grad
-        assert m.min() >= 0 and m.max() <= 1
 
 
 def test_attention_unet_differs_from_unet_only_by_its_gates():

@@ -16,9 +16,14 @@ from PIL import Image
 from scipy import stats as sps
 
 from brainseg.errors import BrainsegError
+from brainseg.metrics.detection import roc_curve
 from brainseg.metrics.stats import bootstrap_ci
 from brainseg.reporting import build_report
-from brainseg.reporting import tables as T
+from brainseg.reporting.comparison import load_comparison
+from brainseg.reporting.formatting import display_name
+from brainseg.reporting.leaderboard import leaderboard
+from brainseg.reporting.leakage import check_leakage
+from brainseg.reporting.significance import significance, verdict
 
 N_BOOT = 500
 FIGURES = ("metrics_bars", "dice_per_patient", "learning_curves", "detection", "examples", "robustness")
@@ -86,9 +91,9 @@ def test_slice_means_micro_and_detection_from_csv(single):
 
 
 def test_fold_pooling(folds):
-    cmp = T.load_comparison(folds)
+    cmp = load_comparison(folds)
     assert cmp.n_folds == 2
-    board = T.leaderboard(cmp, n_boot=N_BOOT)
+    board = leaderboard(cmp, n_boot=N_BOOT)
     for r in board:
         runs = [folds / "runs" / r["model"] / f"fold{k}" for k in range(2)]
         per_fold = [_csv(rd / "eval_test" / "per_patient.csv") for rd in runs]
@@ -111,7 +116,7 @@ def test_fold_pooling(folds):
         from sklearn.metrics import roc_auc_score
 
         assert r["slice_auroc"] == pytest.approx(roc_auc_score(truth, [float(s["prob_max"]) for s in sl]))
-    sig = T.significance(cmp, board, n_boot=N_BOOT)
+    sig = significance(cmp, board, n_boot=N_BOOT)
     assert all(s["n"] == 8 for s in sig)
 
 
@@ -132,6 +137,7 @@ def test_significance_matches_scipy(single):
     sig = _csv(written["significance_csv"])
     assert len(sig) == 3
     ranked = [r["model"] for r in _csv(written["leaderboard_csv"])]
+    scipy_p: dict[tuple[str, str], float] = {}
     for s in sig:
         assert ranked.index(s["model_a"]) < ranked.index(s["model_b"])  # pairs in leaderboard order
         a = {r["patient"]: float(r["dice"]) for r in _csv(d / "runs" / s["model_a"] / "eval_test" / "per_patient.csv")}
@@ -140,21 +146,29 @@ def test_significance_matches_scipy(single):
         res = sps.wilcoxon([a[k] for k in keys], [b[k] for k in keys])
         assert float(s["p"]) == pytest.approx(res.pvalue, rel=1e-5)
         assert float(s["mean_diff"]) == pytest.approx(np.mean([a[k] - b[k] for k in keys]), rel=1e-4)
-        assert float(s["p_holm"]) >= float(s["p"]) - 1e-12
-        assert ("a real difference" in s["statement"]) == (s["significant"] == "True")
-        assert ("not distinguishable" in s["statement"]) == (s["significant"] == "False")
-    p = sorted(float(s["p"]) for s in sig)
-    assert min(float(s["p_holm"]) for s in sig) == pytest.approx(min(1.0, 3 * p[0]), rel=1e-5)
+        scipy_p[(s["model_a"], s["model_b"])] = res.pvalue
+    # Holm's step-down adjustment by hand from SciPy's p-values: the i-th smallest of m is
+    # max over j ≤ i of min(1, (m − j)·p_(j)); a pair is real when that is below α = 0.05.
+    order = sorted(scipy_p, key=scipy_p.get)
+    holm, running = {}, 0.0
+    for j, pair in enumerate(order):
+        running = max(running, min(1.0, (len(order) - j) * scipy_p[pair]))
+        holm[pair] = running
+    for s in sig:
+        expected = holm[(s["model_a"], s["model_b"])]
+        assert float(s["p_holm"]) == pytest.approx(expected, rel=1e-5)
+        assert ("a real difference" in s["statement"]) == (expected < 0.05)
+        assert ("not distinguishable" in s["statement"]) == (expected >= 0.05)
 
 
 def test_verdict_with_too_few_patients(tmp_path):
     d = make_comparison(tmp_path / "few", models=("unet", "segnet"), n_patients=4, examples=False)
-    cmp = T.load_comparison(d)
-    board = T.leaderboard(cmp, n_boot=N_BOOT)
-    sig = T.significance(cmp, board, n_boot=N_BOOT)
+    cmp = load_comparison(d)
+    board = leaderboard(cmp, n_boot=N_BOOT)
+    sig = significance(cmp, board, n_boot=N_BOOT)
     # 4 pairs: the exact two-sided p is at least 2/2^4 = 0.125, so nothing can be significant.
     assert sig[0]["p"] >= 0.125 and not sig[0]["significant"]
-    text = T.verdict(board, sig)
+    text = verdict(board, sig)
     assert text.startswith("UNet has the highest mean per-patient Dice")
     assert "cannot be told apart from SegNet" in text and "more test patients" in text
 
@@ -167,12 +181,12 @@ def test_roc_curve_matches_sklearn():
     rng = np.random.default_rng(5)
     y = rng.random(60) < 0.4
     s = np.round(rng.random(60) + 0.4 * y, 1)  # rounded: many ties
-    fpr, tpr, area = T.roc_curve(s, y)
+    fpr, tpr, area = roc_curve(s, y)
     assert area == pytest.approx(roc_auc_score(y, s))
     assert area == pytest.approx(auroc(s, y))
     assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
-    assert np.isnan(T.roc_curve([0.1, 0.2], [True, True])[2])
+    assert np.isnan(roc_curve([0.1, 0.2], [True, True])[2])
 
 
 # ------------------------------------------------------------------------------------ figures, HTML
@@ -263,7 +277,7 @@ def test_split_leak_is_reported(tmp_path):
     leaked = proto["splits"][0]["test"][0]
     proto["splits"][0]["train"].append(leaked)
     (d / "protocol.json").write_text(json.dumps(proto))
-    ok, lines = T.check_split(T.load_comparison(d))
+    ok, lines = check_leakage(load_comparison(d))
     assert ok is False and any(leaked in line for line in lines)
 
 
@@ -316,10 +330,10 @@ def test_cli_report(single, capsys):
 
 def test_verdict_states_best_model_and_real_differences(single):
     d, _ = single
-    cmp = T.load_comparison(d)
-    board = T.leaderboard(cmp, n_boot=N_BOOT)
-    sig = T.significance(cmp, board, n_boot=N_BOOT)
-    text = T.verdict(board, sig)
+    cmp = load_comparison(d)
+    board = leaderboard(cmp, n_boot=N_BOOT)
+    sig = significance(cmp, board, n_boot=N_BOOT)
+    text = verdict(board, sig)
     gap = board[0]["dice_patient"] - board[1]["dice_patient"]
     assert text.startswith(f"{board[0]['label']} has the highest mean per-patient Dice, {board[0]['dice_patient']:.3f}")
     assert f"{gap:+.3f} ahead of {board[1]['label']}" in text
@@ -330,5 +344,5 @@ def test_verdict_states_best_model_and_real_differences(single):
         assert "cannot be told apart" in text
     for s in sig:
         loser = s["model_b"] if s["better"] == s["model_a"] else s["model_a"]
-        pair = f"{T.display_name(s['better'])} > {T.display_name(loser)}"
+        pair = f"{display_name(s['better'])} > {display_name(loser)}"
         assert (pair in text) == s["significant"]

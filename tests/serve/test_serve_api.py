@@ -15,8 +15,8 @@ from helpers_serve import patient_folders, slice_stack, wait_done, zip_folder
 from PIL import Image
 
 from brainseg.cli import main as cli_main
-from brainseg.evaluation.predict import Predictor
 from brainseg.inference import predict_path
+from brainseg.inference.predictor import Predictor
 from brainseg.serve.render import OVERLAY_RGB
 from brainseg.serve.segment import DISPUTE, REVIEW_SHARE, case_figures, largest_diameter
 

@@ -67,3 +67,38 @@ def test_cpu_recipe_evaluates_with_tta_and_the_largest_component() -> None:
     cfg = build_config(Path(__file__).resolve().parents[2] / "configs" / "unet_cpu.yaml")
     assert cfg.eval.tta and cfg.eval.largest_component and cfg.data.size == 128
     assert RunConfig().eval.tta is False  # the default stays a single forward pass
+
+
+def _every_field() -> list[tuple[str, object]]:
+    import dataclasses
+
+    cfg = RunConfig()
+    return [(f"{s.name}.{f.name}", f.type) for s in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, s.name))]
+
+
+@pytest.mark.parametrize(("key", "annotation"), _every_field(), ids=[k for k, _ in _every_field()])
+def test_every_setting_is_type_checked_from_its_field(key: str, annotation: object) -> None:
+    """New fields need no code to be checked: a list fits no setting's type, and the line names the key."""
+    with pytest.raises(BrainsegError, match=rf"command line: {key} must be .*, got \[1\]$"):
+        build_config(None, {key: [1]})
+
+
+def test_rules_name_only_real_settings_and_accept_the_defaults() -> None:
+    from brainseg.config import RULES
+
+    keys = {k for k, _ in _every_field()}
+    assert set(RULES) <= keys, sorted(set(RULES) - keys)
+    RunConfig().validate()  # every default passes its own rule
+
+
+@pytest.mark.parametrize(
+    ("key", "good", "bad"),
+    [("train.epochs", 1, 0), ("train.lr", 1e-9, 0.0), ("eval.threshold", 1.0, 1.01), ("data.in_channels", 1, 2),
+     ("data.val_fraction", 0.0, 1.0), ("data.seq_dropout", 1.0, 1.5), ("data.gamma_max", 1.0, 0.99),
+     ("eval.empty_policy", "skip", "none"), ("model.width", None, 0)],
+)
+def test_rules_at_their_edges(key: str, good: object, bad: object) -> None:
+    section, name = key.split(".")
+    assert getattr(getattr(build_config(None, {key: good}), section), name) == good
+    with pytest.raises(BrainsegError, match=rf"{key} must be"):
+        build_config(None, {key: bad})

@@ -42,6 +42,7 @@ TRAIN_FLAGS = [
 # --------------------------------------------------------------------------------------------
 def _worker(out: Path, data: str) -> None:
     import brainseg.compare as C
+    import brainseg.evaluation.evaluate as E
     import brainseg.training.run as R
     import brainseg.training.trainer as T
     from brainseg.cli import main
@@ -58,7 +59,8 @@ def _worker(out: Path, data: str) -> None:
 
         setattr(mod, name, wrapper)
 
-    for mod, name in ((T, "save_checkpoint"), (T, "write_history"), (R, "write_json_atomic"), (C, "write_json_atomic")):
+    for mod, name in ((T, "save_checkpoint"), (T, "write_history"), (R, "write_json_atomic"), (C, "write_json_atomic"),
+                      (E, "write_json_atomic")):  # evaluate writes summary.json (compare no longer rewrites it)
         logged(mod, name)
 
     histories: dict[str, list[dict[str, Any]]] = {}

@@ -65,9 +65,7 @@ def config_from_args(
     args: argparse.Namespace, extra: dict[str, Any] | None = None, base: dict[str, Any] | None = None
 ) -> Any:
     """Defaults ← `base` preset ← --config file ← flags ← --set, as one RunConfig."""
-    import yaml
-
-    from brainseg.config import build_config
+    from brainseg.config import build_config, parse_yaml
 
     overrides: dict[str, Any] = {key: getattr(args, dest, None) for dest, key in TRAIN_FLAGS.items()}
     if getattr(args, "seed", None) is not None:
@@ -77,5 +75,37 @@ def config_from_args(
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
             raise BrainsegError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=3e-4")
-        overrides[key.strip()] = yaml.safe_load(raw)
+        try:
+            overrides[key.strip()] = parse_yaml(raw)
+        except Exception as exc:  # a YAML syntax error: say where, in one line
+            raise BrainsegError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
     return build_config(getattr(args, "config", None), overrides, base)
+
+
+# argparse types for flags that bypass RunConfig (evaluate, predict, export): a bad value is
+# argparse's one-line usage error (exit 2), never a traceback later.
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1]")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be ≥ 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be ≥ 1")
+    return value

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from brainseg.commands._common import non_negative_int, probability
+
 DESCRIPTION = (
     "Evaluate a run's best (or last) checkpoint on its split. Writes per_slice.csv, per_patient.csv, "
     "detection.csv and summary.json to RUNDIR/eval_<split>/ (or --out), with the threshold, "
@@ -19,11 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "set (patients the model trained on are flagged)")
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the run was trained on)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    p.add_argument("--threshold", type=float, help="probability threshold (default: the run's, 0.5)")
+    p.add_argument("--threshold", type=probability, help="probability threshold in [0, 1] (default: the run's, 0.5)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the largest 3-D connected component per patient volume (default: the run's)")
-    p.add_argument("--min-area", type=int, help="detection: predicted area (pixels) for a positive slice (default 10)")
-    p.add_argument("--min-lesion-size", type=int, help="drop predicted 2-D components smaller than this (pixels)")
+    p.add_argument("--min-area", type=non_negative_int, help="detection: predicted area (pixels) for a positive slice (default 10)")
+    p.add_argument("--min-lesion-size", type=non_negative_int, help="drop predicted 2-D components smaller than this (pixels)")
     p.add_argument("--empty-policy", choices=("one", "skip"), help="per-slice score of an empty/empty slice")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time augmentation: mean probability over identity and flips (default: the run's)")
@@ -51,7 +53,13 @@ def print_summary(s: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from brainseg.evaluation.evaluate import evaluate_run
+    from brainseg.fileio import ensure_writable_folder
+
+    if Path(args.run_dir).is_dir():  # find out it cannot write before the work, not after
+        ensure_writable_folder(args.out or Path(args.run_dir) / f"eval_{args.split}")
 
     summary = evaluate_run(
         args.run_dir,

@@ -38,7 +38,17 @@ def _human(s: dict[str, Any]) -> str:
     ]
     if s["skipped"]:
         lines.append(f"skipped      {len(s['skipped'])} patient(s) with bad files (see above)")
+    lines.append(f"ignored      {ignored_line(s.get('ignored', {}))}")
     return "\n".join(lines)
+
+
+def ignored_line(ignored: dict[str, str], show: int = 5) -> str:
+    """'N entries: a (why), b (why), …' for what a dataset folder holds besides its patients."""
+    if not ignored:
+        return "nothing (every entry is a patient folder or data.csv)"
+    items = [f"{name} ({why})" for name, why in list(ignored.items())[:show]]
+    more = f", … ({len(ignored) - show} more)" if len(ignored) > show else ""
+    return f"{len(ignored)} entr{'y' if len(ignored) == 1 else 'ies'}: {', '.join(items)}{more}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     from brainseg.data.lgg import SkippedPatientWarning, index_dataset
-    from brainseg.data.phantom import resolve_data_root
+    from brainseg.data.roots import resolve_data_root
     from brainseg.errors import BrainsegError
 
     if args.dir and args.data and args.dir != args.data:
@@ -62,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         index = index_dataset(root, skip_bad=args.skip_bad)
     for patient, reason in index.skipped.items():
         say(f"skipped patient {patient}: {reason}")
+    if index.ignored:  # on every run, so nothing leaves the dataset unseen
+        say(f"ignored in {index.root}: {ignored_line(index.ignored)}")
     summary = index.summary()
     print(json.dumps(summary, indent=2) if args.json else _human(summary))
     return 0

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from brainseg.commands._common import positive_int
+
 DESCRIPTION = (
     "List every registered architecture with its parameter count, forward FLOPs for one slice "
     "(a multiply-add counts as 2 FLOPs; convolutions and matrix products only), the size divisor "
@@ -16,14 +18,17 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--size", type=int, default=256, help="slice height and width in pixels (default 256)"
+        "--size", type=positive_int, default=256, help="slice height and width in pixels (default 256)"
     )
-    parser.add_argument("--in-channels", type=int, default=3, help="input channels, 1 or 3 (default 3)")
+    parser.add_argument("--in-channels", type=int, choices=(1, 3), default=3, help="input channels, 1 or 3 (default 3)")
     parser.add_argument("--out-channels", type=int, default=1, help="output channels (default 1)")
     parser.add_argument(
         "--width", type=int, default=None, help="base width for every model (default: each model's own)"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--bundles", action="store_true",
+                        help="list the trained model bundles shipped with brainseg instead (what `predict` "
+                             "uses without -c)")
 
 
 def describe_models(
@@ -96,6 +101,19 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     from brainseg.errors import BrainsegError
 
+    if args.bundles:
+        from brainseg.bundles import DEFAULT_BUNDLE, describe, list_bundles
+
+        bundles = list_bundles()
+        if args.json:
+            print(json.dumps(bundles, indent=2))
+        elif not bundles:
+            print("no bundled models in this installation")
+        else:
+            for meta in bundles:
+                mark = " (default)" if meta.get("name") == DEFAULT_BUNDLE else ""
+                print(f"{describe(meta)}{mark}\n  {meta['path']}")
+        return 0
     if args.size < 1:
         raise BrainsegError(f"--size must be a positive number of pixels, got {args.size}")
     rows = describe_models(args.size, args.in_channels, args.out_channels, args.width)

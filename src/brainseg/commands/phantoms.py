@@ -33,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     from brainseg.data.lgg import index_dataset
     from brainseg.data.phantom import write_phantoms
+    from brainseg.fileio import ensure_writable_folder
 
+    ensure_writable_folder(args.out)
     t0 = time.perf_counter()
     root = write_phantoms(args.out, patients=args.patients, seed=args.seed, slices=tuple(args.slices), size=args.size)
     seconds = time.perf_counter() - t0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from brainseg.commands._common import non_negative_int, positive_int, probability
+
 # line breaks are kept: the help uses RawDescriptionHelpFormatter for the tables in EPILOG
 DESCRIPTION = """\
 Segment new scans with a trained model. INPUT is a slice (.tif/.png), a patient folder
@@ -21,8 +23,15 @@ outputs (in --out DIR; never among the input's own files):
   volumes.csv    level=slice rows: tumour area (pixels, mm² when the voxel size is known),
                  highest and mean tumour probability, detection; level=volume rows: tumour volume
                  (pixels, mm³ and mL for NIfTI), detected slices, detection
-  predict.json   checkpoints, settings, and status (running / complete / failed)
+  predict.json   checkpoints, settings, status (running / complete / incomplete / failed) and the
+                 cases that failed (case, file, reason)
   X_seg.dcm      for a DICOM study: a DICOM SEG over its FLAIR series (with the NIfTI mask)
+
+a case that cannot be read or used never stops the others: it is reported on stderr and in
+predict.json, every other case is written, and the exit code is 1 at the end (0 with --skip-bad).
+An input of a single case stops with its error (exit 2). A non-empty --out is refused unless
+--overwrite, which first removes what an earlier prediction wrote there (its masks, overlays/,
+volumes.csv, predict.json) and nothing else.
 
 preprocessing comes from the checkpoint alone: slices of another size are resized in, and masks
 resized back to the input's size.
@@ -32,8 +41,9 @@ channel rule (--channels): models take 3 channels (pre-contrast, FLAIR, post-con
   1-channel input, 3-channel model: an error (strict, the default), or with --channels replicate
                  the one channel is copied into all three (inputs the model never saw in training:
                  expect lower accuracy).
-  A slice or volume whose three channels are identical (a grey picture saved as RGB) counts as
-  one channel.
+  Only a grey file (one channel: a grey PNG or TIFF, a 3-D NIfTI) is a 1-channel input; a 3-channel
+  file stays 3 channels even when its channels are identical (kaggle_3m copies the FLAIR into a
+  missing sequence).
 
 NIfTI: reoriented from the affine to the model's axial view (rows anterior to posterior, columns
 patient right to left, slices inferior to superior; axes permuted and flipped, never resampled),
@@ -64,17 +74,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     p.add_argument("input", metavar="INPUT", help="slice, patient folder, dataset root, NIfTI file or folder")
-    p.add_argument("--checkpoint", "-c", action="append", required=True, metavar="CKPT",
-                   help="checkpoint file or run folder (its best checkpoint); repeat for an ensemble")
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--checkpoint", "-c", action="append", metavar="CKPT",
+                   help="checkpoint file or run folder (its best checkpoint); repeat for an ensemble "
+                        "(default: the bundled model, see `brainseg models --bundles`)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created; must be empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier prediction in --out (removes only what predict wrote there)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time augmentation: mean over identity and flips (default: the checkpoint's)")
-    p.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's, 0.5)")
+    p.add_argument("--threshold", type=probability, help="probability threshold in [0, 1] (default: the checkpoint's, 0.5)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the largest 3-D connected component per case (default: the checkpoint's)")
-    p.add_argument("--min-lesion-size", type=int, metavar="PX",
+    p.add_argument("--min-lesion-size", type=non_negative_int, metavar="PX",
                    help="drop predicted 2-D components smaller than PX pixels (default: the checkpoint's)")
-    p.add_argument("--min-area", type=int, metavar="PX",
+    p.add_argument("--min-area", type=non_negative_int, metavar="PX",
                    help="detection: tumour area (pixels) for a positive slice (default: the checkpoint's, 10)")
     p.add_argument("--channels", choices=("strict", "replicate"), default="strict",
                    help="channel rule for 1-channel input to a 3-channel model (see below; default strict)")
@@ -87,11 +100,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="forward passes with ONNX Runtime (exported once, checked against PyTorch and cached "
                         "next to the checkpoint) or PyTorch; auto (default): ONNX Runtime when installed, on the CPU")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="slices per forward pass (default 16)")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
                    help="mixed precision (auto: bf16/fp16 on CUDA only)")
     p.add_argument("--skip-bad", action="store_true",
-                   help="go on past a case that cannot be read, and list it in predict.json")
+                   help="exit 0 even when some cases failed (they are still listed in predict.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -109,12 +122,19 @@ def parse_series_map(items: list[str]) -> dict[str, str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from brainseg.engine import apply_engine
     from brainseg.inference.pipeline import predict_path
 
+    checkpoints = args.checkpoint
+    if not checkpoints:
+        from brainseg.bundles import require_default
+
+        checkpoints = [str(require_default())]
+        print(f"brainseg predict: no -c given, using the bundled model {checkpoints[0]}", file=sys.stderr)
     info = predict_path(
         args.input,
         args.out,
-        args.checkpoint,
+        checkpoints,
         tta=args.tta,
         device=args.device,
         batch_size=args.batch_size,
@@ -125,16 +145,18 @@ def run(args: argparse.Namespace) -> int:
         min_lesion_size=args.min_lesion_size,
         min_area=args.min_area,
         overlays=args.overlays,
-        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
         progress=not args.quiet,
         announce=lambda m: print(f"brainseg predict: {m}", file=sys.stderr),
         dicom_series=parse_series_map(args.dicom_series),
-        engine=args.engine,
+        prepare=lambda predictor: apply_engine(predictor, args.engine),
     )
     models = ", ".join(str(c["model"]) for c in info["checkpoints"])
     print(f"{info['cases_done']} case(s), {info['slices_done']} slice(s) segmented with {models} on "
           f"{info['device']} with {info['engine']} ({info['inference_ms_per_slice']:.1f} ms/slice); results in "
           f"{info['out']}")
-    if info["skipped"]:
-        print(f"{len(info['skipped'])} case(s) skipped: see {info['out']}/predict.json")
+    if info["failed"]:
+        print(f"brainseg predict: {len(info['failed'])} of {info['n_cases']} case(s) failed; the others are "
+              f"written; see {info['out']}/predict.json", file=sys.stderr)
+        return 0 if args.skip_bad else 1
     return 0

@@ -20,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from brainseg.errors import BrainsegError
+    from brainseg.reporting.comparison import read_table
     from brainseg.reporting.report import build_report, leaderboard_text
-    from brainseg.reporting.tables import read_table
 
     if not 0 < args.alpha < 1:
         raise BrainsegError(f"--alpha must be in (0, 1), got {args.alpha}")

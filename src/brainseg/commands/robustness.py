@@ -38,6 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the perturbations and their parameters, then exit")
 
 
+def _safe(name: str) -> str:
+    """A model label as a file-name part."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -46,7 +51,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def print_perturbations() -> None:
-    from brainseg.evaluation.robustness import PERTURBATIONS
+    from brainseg.evaluation.perturbations import PERTURBATIONS
 
     for name, spec in PERTURBATIONS.items():
         levels = "; ".join(f"{s}: {spec.describe(s)}" for s in range(1, spec.max_severity + 1))
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.run_dirs:
         raise BrainsegError("give at least one RUNDIR (a run folder or a comparison folder)")
     from brainseg.evaluation.robustness import resolve_targets, run_robustness
-    from brainseg.fileio import read_csv
+    from brainseg.reporting.plots import plot_model_curves
 
     targets, comparison = resolve_targets(args.run_dirs, checkpoint=args.checkpoint)
     if args.out:
@@ -92,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
         targets, out, data_root=args.data, split=args.split, perturbations=perts, severities=sevs,
         seed=args.seed, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
     )
-    rows = [{**r, "severity": int(r["severity"]), "dice_patient": float(r["dice_patient"])}
-            for r in read_csv(Path(summary["files"]["robustness_csv"]))]
+    rows = summary["rows"]
+    for m in summary["models"]:
+        summary["files"][f"curves_{m}"] = str(plot_model_curves(rows, m, out / f"robustness_{_safe(m)}.png"))
     print(f"Mean per-patient Dice on the {args.split} patients ({summary['seconds']} s):")
     print_table(rows)
     drops, kept, clean = summary["mean_dice_drop"], summary["mean_dice_retained"], summary["clean_dice_patient"]

@@ -32,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
 
     from brainseg.data import splits as S
     from brainseg.data.lgg import SkippedPatientWarning, index_dataset
-    from brainseg.data.phantom import resolve_data_root
+    from brainseg.data.roots import resolve_data_root
     from brainseg.errors import BrainsegError
+    from brainseg.fileio import ensure_writable_folder
 
     if args.dir and args.data and args.dir != args.data:
         raise BrainsegError(f"give the dataset once: DIR {args.dir} and --data {args.data} differ")
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr)
 
+    ensure_writable_folder(Path(args.out).expanduser().parent)  # before indexing, which takes a while
     root = resolve_data_root(args.dir or args.data, announce=say)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedPatientWarning)

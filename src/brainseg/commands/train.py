@@ -16,7 +16,9 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="architecture (see `brainseg models`; default unet)")
     p.add_argument("--out", metavar="RUNDIR", help="run folder (default runs/<model>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, under its own settings (flags that "
+                        "change a result are refused, except --epochs, which extends the run)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the best checkpoint on the test split afterwards")
     add_training_arguments(p)
 
@@ -24,10 +26,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from brainseg.training.run import train_run
+    from brainseg.errors import BrainsegError
+    from brainseg.fileio import read_json
+    from brainseg.training.run import CONFIG_NAME, train_run
 
-    cfg = config_from_args(args, {"model.name": args.model})
-    out = Path(args.out or f"runs/{cfg.model.name}")
+    out = Path(args.out) if args.out else None
+    base = None
+    if args.resume:  # the run's own settings, so that only the flags given now can differ from them
+        out = out or Path(f"runs/{args.model or 'unet'}")
+        if (out / CONFIG_NAME).is_file():
+            try:
+                base = read_json(out / CONFIG_NAME)
+            except ValueError as exc:
+                raise BrainsegError(f"{out / CONFIG_NAME} cannot be read as JSON ({exc}); the run cannot be "
+                                    "resumed") from None
+        elif (out / "checkpoint_last.pt").is_file():  # a run folder without its config.json
+            from brainseg.training.checkpoint import load_checkpoint
+
+            base = load_checkpoint(out / "checkpoint_last.pt")["config"]
+    cfg = config_from_args(args, {"model.name": args.model}, base=base)
+    out = out or Path(f"runs/{cfg.model.name}")
     summary = train_run(cfg, out, resume=args.resume)
     print(
         f"{summary['model']}: {summary['epochs_run']} epochs, best validation Dice (per patient) "

@@ -9,23 +9,25 @@ features automatically extracted by a deep learning algorithm", Comput. Biol. Me
         TCGA_<inst>_<id>_<date>_<n>.tif         H×W×3 uint8: pre-contrast, FLAIR, post-contrast
         TCGA_<inst>_<id>_<date>_<n>_mask.tif    H×W uint8, values {0, 255} (or {0, 1})
 
-Slice numbers sort numerically (`_10` after `_9`). Files that are not part of the layout
-(`.DS_Store`, a README, hidden files) are ignored. Every slice is decoded once while indexing, so
-a broken file is reported by name before any training starts.
+Slice numbers sort numerically (`_10` after `_9`). Entries that are not part of the layout (a
+README, a folder without slice files, a symbolic link that cannot be followed) are ignored and
+listed in `DatasetIndex.ignored`; hidden files are skipped. A folder holding slice files is
+always a patient, whatever its name, so a renamed copy is reported, never dropped. Every slice is
+decoded once while indexing, so a broken or unreadable file is reported by name before any
+training starts; `brainseg.data.index_cache` keeps what decoding learnt so that later indexings
+of unchanged files skip it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import logging
 import os
 import re
 import statistics
-import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,23 @@ from typing import Any
 
 import numpy as np
 
+from brainseg.data.tif import binarize_mask, read_image, read_mask
 from brainseg.errors import DataError
+
+__all__ = [
+    "CHANNELS",
+    "DatasetIndex",
+    "SkippedPatientWarning",
+    "SliceRecord",
+    "binarize_mask",
+    "case_id_of",
+    "find_layout_root",
+    "index_dataset",
+    "read_clinical",
+    "read_image",
+    "read_mask",
+    "read_slice",
+]
 
 #: Folder names of the real set: TCGA_<institution>_<patient id>_<acquisition date>.
 PATIENT_RE = re.compile(r"^TCGA_(?P<inst>[A-Za-z0-9]+)_(?P<id>[A-Za-z0-9]+)_(?P<date>\d+)$")
@@ -82,6 +100,7 @@ class DatasetIndex:
         skipped: patient → reason, for patients left out by `skip_bad=True`.
         tumour: (patient, slice) → whether the mask has any foreground (labelled slices only).
         shapes: (patient, slice) → (height, width) of the slice.
+        ignored: entry name → why, for what the dataset folder holds besides patients and data.csv.
     """
 
     root: Path
@@ -92,6 +111,7 @@ class DatasetIndex:
     skipped: dict[str, str] = field(default_factory=dict)
     tumour: dict[tuple[str, int], bool] = field(default_factory=dict)
     shapes: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    ignored: dict[str, str] = field(default_factory=dict)
 
     def by_patient(self) -> dict[str, list[SliceRecord]]:
         """Patient → that patient's records in slice order."""
@@ -135,127 +155,12 @@ class DatasetIndex:
             "image_sizes": dict(sorted(sizes.items())),
             "clinical_patients": sum(1 for p in self.patients if case_id_of(p) in self.clinical),
             "skipped": dict(self.skipped),
+            "ignored": dict(self.ignored),
         }
 
 
 # --------------------------------------------------------------------------------------------
-# Reading single files
-
-
-class _QuietWhileReading(logging.Filter):
-    """Drops tifffile's log records in threads that are inside `_read_tif`.
-
-    tifffile logs a warning line for each broken tag of a truncated file before it raises; we
-    report the file as one DataError line instead, so those extra lines would only confuse.
-    """
-
-    local = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(self.local, "reading", False)
-
-
-_QUIET = _QuietWhileReading()
-logging.getLogger("tifffile").addFilter(_QUIET)  # the filter object is shared, so adding it twice is a no-op
-
-
-def _read_with_pillow(path: Path, compression: str) -> np.ndarray:
-    """Decode with Pillow (its libtiff has LZW, PackBits, JPEG) when tifffile lacks the codec."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im)
-    except Exception as exc:
-        raise DataError(
-            f"{path} uses {compression} compression, which neither tifffile (without imagecodecs) nor "
-            f"Pillow can decode here: {exc}"
-        ) from None
-
-
-def _read_tif(path: Path) -> np.ndarray:
-    """Decode the one image of a TIF; any failure becomes a DataError naming the file."""
-    import tifffile  # imported here so `brainseg --help` stays fast
-
-    _QUIET.local.reading = True
-    try:
-        with tifffile.TiffFile(path) as tif:
-            n_pages = len(tif.pages)
-            if n_pages != 1:
-                shape = "×".join(str(v) for v in tif.pages[0].shape) if n_pages else "none"
-                raise DataError(
-                    f"{path} holds {n_pages} images (the first is {shape}); expected exactly one H×W×3 slice"
-                )
-            page = tif.pages[0]
-            if page.compression in tifffile.TIFF.DECOMPRESSORS:
-                arr = page.asarray()
-                if arr.ndim == 3 and page.axes.startswith("S"):  # planar-separate RGB comes as (3, H, W)
-                    arr = np.moveaxis(arr, 0, -1)
-            else:  # a codec tifffile only has with imagecodecs (LZW, JPEG, …); Pillow gives (H, W, C)
-                arr = _read_with_pillow(path, page.compression.name)
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except Exception as exc:  # tifffile, zlib and struct errors all mean "broken or truncated file"
-        raise DataError(f"{path} cannot be read as a TIFF image (truncated or corrupt?): {exc}") from None
-    finally:
-        _QUIET.local.reading = False
-    return arr
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read one slice image: uint8 array of shape (H, W, 3) (pre-contrast, FLAIR, post-contrast).
-
-    Raises:
-        DataError: unreadable or truncated file, wrong dtype, or not three channels.
-    """
-    path = Path(path)
-    img = _read_tif(path)
-    if img.dtype != np.uint8:
-        raise DataError(f"image {path} has dtype {img.dtype}; expected uint8")
-    if img.ndim != 3 or img.shape[2] != 3:
-        channels = 1 if img.ndim == 2 else img.shape[-1]
-        raise DataError(
-            f"image {path} has shape {img.shape} ({channels} channel{'s' * (channels != 1)}); "
-            "expected H×W×3 (pre-contrast, FLAIR, post-contrast)"
-        )
-    if img.shape[0] < 2 or img.shape[1] < 2:
-        raise DataError(f"image {path} has shape {img.shape}; too small to be a slice")
-    return img
-
-
-def binarize_mask(mask: np.ndarray, path: str | Path) -> np.ndarray:
-    """Check a decoded mask and map it to uint8 {0, 1}.
-
-    Accepted: uint8 or bool, shape (H, W) or (H, W, 1), values within {0, 255} or within {0, 1}.
-    """
-    if mask.ndim == 3 and mask.shape[2] == 1:
-        mask = mask[:, :, 0]
-    if mask.ndim != 2:
-        raise DataError(f"mask {path} has shape {mask.shape}; expected H×W with one channel")
-    if mask.dtype == np.bool_:
-        return mask.astype(np.uint8)
-    if mask.dtype != np.uint8:
-        raise DataError(f"mask {path} has dtype {mask.dtype}; expected uint8 with values {{0, 255}}")
-    # bincount is ~10× faster than np.unique on a 256×256 slice, and indexing reads every mask.
-    values = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-    if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
-        shown = ", ".join(str(v) for v in values[:8]) + (", …" if len(values) > 8 else "")
-        raise DataError(f"mask {path} is not binary: it holds values {{{shown}}}; expected {{0, 255}} or {{0, 1}}")
-    return (mask > 0).astype(np.uint8)
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read one mask: uint8 array of shape (H, W) with values {0, 1}.
-
-    Raises:
-        DataError: unreadable or truncated file, wrong dtype or shape, or values other than
-            {0, 255} / {0, 1}.
-    """
-    path = Path(path)
-    return binarize_mask(_read_tif(path), path)
+# Reading one slice (the files themselves: brainseg.data.tif)
 
 
 def read_slice(record: SliceRecord) -> tuple[np.ndarray, np.ndarray | None]:
@@ -338,26 +243,57 @@ def find_layout_root(root: str | Path) -> Path:
     if not path.is_dir():
         raise DataError(f"dataset path {path} is not a folder")
     inner = path / "kaggle_3m"
-    if inner.is_dir() and not _patient_folders(path):
+    try:
+        nested = inner.is_dir()
+    except OSError as exc:  # a folder we may not list: its entries cannot even be looked at
+        raise DataError(f"dataset folder {path} cannot be read: {exc.strerror or exc}") from None
+    if nested and not scan_root(path)[0]:
         return inner
     return path
 
 
-def _patient_folders(root: Path) -> list[Path]:
-    """Sub-folders that are patients: TCGA-named ones, or any folder holding `<name>_<n>.tif`."""
-    out = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith(".") or not entry.is_dir():
+def _entries(folder: Path, what: str) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"{what} {folder} cannot be read: {exc.strerror or exc}", patient=None) from None
+
+
+def scan_root(root: Path) -> tuple[list[Path], dict[str, str]]:
+    """The patient folders of a dataset folder, and every other visible entry with why it is ignored.
+
+    A patient is a TCGA-named folder, or any folder holding slice files (`<name>_<n>.tif`): a
+    renamed copy is then reported by `_list_patient` (its files do not carry its name). A folder
+    that cannot be listed counts as a patient too, so that it is reported as unreadable.
+    """
+    folders: list[Path] = []
+    ignored: dict[str, str] = {}
+    for entry in _entries(root, "dataset folder"):
+        name = entry.name
+        if name.startswith("."):
             continue
-        if PATIENT_RE.match(entry.name):
-            out.append(entry)
-        elif any(
-            (m := SLICE_RE.match(f.name)) and m["stem"] == entry.name
-            for f in entry.iterdir()
-            if not f.name.startswith(".")
-        ):
-            out.append(entry)
-    return out
+        if not entry.is_dir():
+            if entry.is_symlink():
+                try:
+                    entry.stat()
+                    ignored[name] = "a symbolic link to something that is not a folder"
+                except OSError as exc:
+                    ignored[name] = f"a symbolic link that cannot be followed ({exc.strerror or exc})"
+            elif name.lower() != "data.csv":
+                ignored[name] = "not a patient folder"
+            continue
+        if PATIENT_RE.match(name):
+            folders.append(entry)
+            continue
+        try:
+            holds_slices = any(SLICE_RE.match(f.name) for f in entry.iterdir() if not f.name.startswith("."))
+        except OSError:
+            holds_slices = True  # unreadable: reported by _list_patient, never dropped unseen
+        if holds_slices:
+            folders.append(entry)
+        else:
+            ignored[name] = "a folder without slice files (<name>_<n>.tif)"
+    return folders, ignored
 
 
 def _list_patient(folder: Path, require_masks: bool) -> list[SliceRecord]:
@@ -367,7 +303,11 @@ def _list_patient(folder: Path, require_masks: bool) -> list[SliceRecord]:
     institution = m["inst"] if m else UNKNOWN_INSTITUTION
     images: dict[int, Path] = {}
     masks: dict[int, Path] = {}
-    for f in sorted(folder.iterdir()):
+    try:
+        listing = sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"patient folder {folder} cannot be read: {exc.strerror or exc}", patient=patient) from None
+    for f in listing:
         if f.name.startswith("."):
             continue
         sm = SLICE_RE.match(f.name)
@@ -414,6 +354,7 @@ def index_dataset(
     skip_bad: bool = False,
     require_masks: bool = True,
     workers: int | None = None,
+    memo: Any = None,
 ) -> DatasetIndex:
     """Index and validate a dataset folder in the kaggle_3m layout.
 
@@ -427,13 +368,16 @@ def index_dataset(
         require_masks: when False, images without a mask are indexed with `mask=None`
             (unlabelled data for prediction).
         workers: decoding threads; default min(8, CPU count).
+        memo: remembers decoded slices across calls (`brainseg.data.index_cache.SliceMemo`):
+            `memo.wrap(check)` answers unchanged files without decoding them; `memo.save()`
+            is called at the end. None: decode every file.
 
     Raises:
         DataError: the folder does not exist or holds no patients, or (without `skip_bad`) the
             first problem found, naming the file, with `.patient` set.
     """
     layout_root = find_layout_root(root)
-    folders = _patient_folders(layout_root)
+    folders, ignored = scan_root(layout_root)
     if not folders:
         if not any(not e.name.startswith(".") for e in layout_root.iterdir()):
             raise DataError(f"dataset folder {layout_root} is empty")
@@ -456,8 +400,11 @@ def index_dataset(
             problem(exc, folder.name)
 
     workers = workers or min(8, os.cpu_count() or 1)
+    check: Callable[[SliceRecord], Any] = _check_record if memo is None else memo.wrap(_check_record)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(_check_record, records))
+        results = list(pool.map(check, records))
+    if memo is not None:
+        memo.save()
 
     tumour: dict[tuple[str, int], bool] = {}
     shapes: dict[tuple[str, int], tuple[int, int]] = {}
@@ -492,4 +439,5 @@ def index_dataset(
         skipped=skipped,
         tumour=tumour,
         shapes=shapes,
+        ignored=ignored,
     )

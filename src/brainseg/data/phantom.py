@@ -23,13 +23,13 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from brainseg.errors import BrainsegError, DataError
+from brainseg.data.index_cache import cache_dir
+from brainseg.errors import BrainsegError
 
 #: Bump when the generator changes, so cached default sets are regenerated.
 PHANTOM_VERSION = 1
@@ -351,18 +351,13 @@ def _generate(folder: Path, *, patients: int, seed: int, slices: tuple[int, int]
     )
 
 
-def _cache_dir() -> Path:
-    env = os.environ.get("BRAINSEG_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "brainseg"
-
-
 def default_phantom_root() -> Path:
     """The cached default phantom set (its `kaggle_3m` folder), generated on first use.
 
     It lives under `$BRAINSEG_CACHE` (default `~/.cache/brainseg`) in a folder named after the
     generator version and settings; generation is atomic, so a killed run never leaves half a set.
     """
-    parent = _cache_dir() / f"phantoms-v{PHANTOM_VERSION}-p{DEFAULT_PATIENTS}-s{DEFAULT_SEED}"
+    parent = cache_dir() / f"phantoms-v{PHANTOM_VERSION}-p{DEFAULT_PATIENTS}-s{DEFAULT_SEED}"
     target = parent / "kaggle_3m"
     if target.is_dir():
         return target
@@ -373,24 +368,3 @@ def default_phantom_root() -> Path:
         if target.is_dir():  # another process finished the same set first: use it
             return target
         raise
-
-
-def resolve_data_root(root: str | Path | None, *, announce: Callable[[str], None] | None = print) -> Path:
-    """The dataset folder a command should use: `root`, or the default phantom set when None.
-
-    Args:
-        root: a dataset folder (kaggle_3m or its parent), or None.
-        announce: called with a one-line notice when the phantom default is used (None: silent).
-
-    Raises:
-        DataError: `root` does not exist.
-    """
-    if root is None or str(root) == "":
-        path = default_phantom_root()
-        if announce is not None:
-            announce(f"no --data given: using the built-in phantom set at {path}")
-        return path
-    path = Path(root).expanduser()
-    if not path.exists():
-        raise DataError(f"dataset folder {path} does not exist")
-    return path

@@ -221,12 +221,7 @@ def holdout_split(
 
 
 def kfold_splits(
-    patients: Sequence[str],
-    institutions: Mapping[str, str],
-    *,
-    k: int,
-    seed: int = 0,
-    val_fraction: float = 0.15,
+    patients: Sequence[str], institutions: Mapping[str, str], *, k: int, seed: int = 0, val_fraction: float = 0.15
 ) -> list[Split]:
     """k splits whose test parts partition the patients, stratified by institution.
 
@@ -294,6 +289,26 @@ def save_splits(path: str | Path, splits: Sequence[Split]) -> None:
     )
 
 
+def split_items(data: Any, source: str) -> list[dict[str, Any]]:
+    """The split mappings of a parsed splits file, not yet checked (see `load_splits` for the shapes).
+
+    Raises:
+        BrainsegError: naming `source`, for another format version or when it holds no splits.
+    """
+    if isinstance(data, dict) and "splits" in data:
+        version = data.get("version", SPLITS_VERSION)
+        if version != SPLITS_VERSION:
+            raise BrainsegError(f"{source} has format version {version}; this brainseg reads {SPLITS_VERSION}")
+        items = data["splits"]
+    elif isinstance(data, dict):
+        items = [data]
+    else:
+        items = data
+    if not isinstance(items, list) or not items:
+        raise BrainsegError(f"{source} holds no splits")
+    return items
+
+
 def load_splits(path: str | Path, patients: Iterable[str] | None = None) -> list[Split]:
     """Read and check a splits file: ours, a bare list of splits, or one {"train", "val", "test"} mapping.
 
@@ -309,17 +324,7 @@ def load_splits(path: str | Path, patients: Iterable[str] | None = None) -> list
         raise BrainsegError(f"split file {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BrainsegError(f"split file {path} cannot be read as JSON: {exc}") from None
-    if isinstance(data, dict) and "splits" in data:
-        version = data.get("version", SPLITS_VERSION)
-        if version != SPLITS_VERSION:
-            raise BrainsegError(f"split file {path} has format version {version}; this brainseg reads {SPLITS_VERSION}")
-        items = data["splits"]
-    elif isinstance(data, dict):
-        items = [data]
-    else:
-        items = data
-    if not isinstance(items, list) or not items:
-        raise BrainsegError(f"split file {path} holds no splits")
+    items = split_items(data, f"split file {path}")
     known = list(patients) if patients is not None else None
     out = []
     for i, item in enumerate(items):

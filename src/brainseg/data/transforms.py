@@ -5,8 +5,17 @@ nearest neighbour for the mask, so the mask stays exactly binary. Intensity jitt
 contrast, gamma, drawn per channel) touches the image only, through a 256-entry lookup table per
 channel, and keeps the background (value 0) at 0 so the brain region of `zscore` is unchanged.
 
+Two further levers model what real LGG data contains: a smooth multiplicative bias field
+(`bias_field`, a quadratic — the robustness test uses cubic fields, so the test is not the training
+set) and *sequence dropout* (`seq_dropout`): where a patient lacked the pre- or post-contrast
+sequence, the dataset's authors copied FLAIR into that channel, so with this probability a slice
+gets FLAIR copied into its pre-contrast, post-contrast or both channels (one of the three, equally
+likely), exactly as such patients look.
+
 Every call draws the same number of random values whatever it decides, so the result depends
 only on the Generator passed in (the dataset seeds one per slice from seed, epoch and index).
+Draws added for newer levers come after the older ones, so settings that leave the new levers at
+their defaults reproduce earlier runs exactly.
 """
 
 from __future__ import annotations
@@ -33,7 +42,11 @@ class Augment:
         brightness: maximum additive shift as a fraction of the full range (uniform in ±brightness).
         contrast: maximum relative contrast change (factor uniform in 1 ± contrast).
         gamma: (min, max) gamma, drawn log-uniformly.
-        p_intensity: probability of applying the intensity jitter at all.
+        p_intensity: probability of applying the intensity jitter (and bias field) at all.
+        bias_field: maximum amplitude alpha of a smooth field exp(alpha·b), b a random quadratic
+            with max |b| = 1, alpha uniform in [0, bias_field]; 0 → off.
+        seq_dropout: probability of copying FLAIR into pre-contrast, post-contrast or both
+            (3-channel images only); 0 → off.
     """
 
     hflip: float = 0.5
@@ -45,9 +58,13 @@ class Augment:
     contrast: float = 0.1
     gamma: tuple[float, float] = (0.8, 1.25)
     p_intensity: float = 0.8
+    bias_field: float = 0.0
+    seq_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("hflip", "vflip", "p_affine", "p_intensity"):
+        if not 0.0 <= self.bias_field <= 2.0:
+            raise BrainsegError(f"augment: bias_field must be an amplitude in [0, 2], got {self.bias_field}")
+        for name in ("hflip", "vflip", "p_affine", "p_intensity", "seq_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise BrainsegError(f"augment: {name} must be a probability in [0, 1], got {getattr(self, name)}")
         if not (0 < self.scale[0] <= self.scale[1]):
@@ -75,6 +92,9 @@ class Augment:
         log_gamma = rng.uniform(math.log(self.gamma[0]), math.log(self.gamma[1]), size=3)
         gain = rng.uniform(1.0 - self.contrast, 1.0 + self.contrast, size=3)
         shift = rng.uniform(-self.brightness, self.brightness, size=3)
+        # newer levers' draws (after the older ones, see the module docstring)
+        u_new = rng.random(3)  # bias-field amplitude, sequence-dropout decision, its mode
+        bias_coef = rng.uniform(-1.0, 1.0, size=len(_QUADRATIC))
 
         if u[0] < self.hflip:
             image, mask = image[:, ::-1], mask[:, ::-1]
@@ -86,7 +106,34 @@ class Augment:
         mask = np.ascontiguousarray(mask)
         if u[3] < self.p_intensity:
             image = _intensity(image, np.exp(log_gamma[:c]), gain[:c], shift[:c])
+            if self.bias_field > 0:
+                image = _apply_bias(image, self.bias_field * u_new[0], bias_coef)
+        if c == 3 and u_new[1] < self.seq_dropout:
+            image = copy_flair(image, SEQ_DROPOUT_MODES[min(int(u_new[2] * 3), 2)])
         return image, mask
+
+
+# Channel order of kaggle_3m slices: pre-contrast, FLAIR, post-contrast.
+SEQ_DROPOUT_MODES: tuple[tuple[int, ...], ...] = ((0,), (2,), (0, 2))
+_QUADRATIC = ((1, 0), (0, 1), (2, 0), (1, 1), (0, 2))  # powers (i, j) of u^i v^j
+
+
+def copy_flair(image: np.ndarray, channels: tuple[int, ...]) -> np.ndarray:
+    """A copy of an H×W×3 slice with FLAIR (channel 1) written into `channels`, as the dataset does."""
+    out = image.copy()
+    for k in channels:
+        out[:, :, k] = image[:, :, 1]
+    return out
+
+
+def _apply_bias(image: np.ndarray, alpha: float, coef: np.ndarray) -> np.ndarray:
+    """Multiply every channel by exp(alpha·b), b = Σ c·u^i·v^j (quadratic, scaled to max |b| = 1)."""
+    h, w = image.shape[:2]
+    v, u = np.meshgrid(np.linspace(-1.0, 1.0, h), np.linspace(-1.0, 1.0, w), indexing="ij")
+    b = sum(cf * u**i * v**j for cf, (i, j) in zip(coef, _QUADRATIC))
+    peak = float(np.abs(b).max())
+    field = np.exp(alpha * (b / peak if peak > 0 else b))
+    return np.rint(np.clip(image * field[:, :, None], 0.0, 255.0)).astype(np.uint8)
 
 
 def _affine(image: np.ndarray, mask: np.ndarray, angle: float, zoom: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,8 @@
 """Evaluate a trained run on one split: per-slice, per-patient and detection results.
 
 Metrics are computed at each slice's native resolution (probabilities are resized back before
-thresholding), so runs trained at 128×128 and 256×256 are scored against the same masks.
-Files written: per_slice.csv, per_patient.csv, detection.csv, summary.json.
+`brainseg.inference.postprocess.binarize`), so runs trained at 128×128 and 256×256 are scored
+against the same masks. Files written: per_slice.csv, per_patient.csv, detection.csv, summary.json.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from brainseg.config import EvalConfig, RunConfig
+from brainseg.config import EvalConfig
 from brainseg.errors import BrainsegError
 from brainseg.fileio import write_csv_atomic, write_json_atomic
 
@@ -34,7 +34,6 @@ PATIENT_COLUMNS = (
 )
 DETECTION_COLUMNS = ("level", "min_area", "n", "n_pos", "n_neg", "tp", "fp", "fn", "tn", "sensitivity",
                      "specificity", "accuracy", "auroc")
-SPLITS = ("train", "val", "test")
 
 
 def load_patient(records: list[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +65,7 @@ def evaluate_patients(
     `cache` (patient → (images, masks)) lets several evaluations share one decode of the TIFs.
     """
     from brainseg.data.preprocess import resize_mask
-    from brainseg.evaluation.postprocess import largest_component, remove_small_components
+    from brainseg.inference.postprocess import binarize
     from brainseg.metrics.accumulator import MetricAccumulator
     from brainseg.metrics.confusion import confusion_counts
 
@@ -96,11 +95,7 @@ def evaluate_patients(
             loss_n += len(images)
         else:
             probs = predictor.predict(images, source=patient)
-        pred = probs >= eval_cfg.threshold
-        if eval_cfg.largest_component:
-            pred = largest_component(pred)
-        if eval_cfg.min_lesion_size > 1:
-            pred = np.stack([remove_small_components(p, eval_cfg.min_lesion_size) for p in pred])
+        pred = binarize(probs, eval_cfg)
         truth = masks > 0
         counts = confusion_counts(pred, truth)
         acc.add(
@@ -112,15 +107,6 @@ def evaluate_patients(
             true_area=truth.reshape(len(truth), -1).sum(axis=1),
         )
     return acc, {"loss": loss_sum / loss_n if loss_n else float("nan")}
-
-
-def split_patients(ckpt: dict[str, Any], split: str) -> list[str]:
-    if split not in SPLITS:
-        raise BrainsegError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    patients = list(ckpt["split"][split])
-    if not patients:
-        raise BrainsegError(f"the run's split has no {split} patients")
-    return patients
 
 
 def write_results(
@@ -181,51 +167,27 @@ def evaluate_run(
     settings apply (threshold, TTA, post-processing, …) except where `eval_overrides` or `tta`
     (None: the run's) say otherwise.
     """
-    from brainseg.data.lgg import index_dataset
-    from brainseg.data.phantom import resolve_data_root
-    from brainseg.evaluation.predict import Predictor
+    from brainseg.evaluation.session import EvalRun
     from brainseg.losses import build_loss
-    from brainseg.training.checkpoint import load_checkpoint
 
-    run_dir = Path(run_dir)
-    ckpt = load_checkpoint(run_dir / f"checkpoint_{checkpoint}.pt")
-    cfg = RunConfig.from_dict(ckpt["config"], ckpt["path"])
-    for k, v in {**(eval_overrides or {}), "tta": tta}.items():
-        if v is not None:
-            cfg.set(f"eval.{k}", v)
-    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    root = resolve_data_root(data_root if data_root is not None else cfg.data.root, announce=say)
-    index = index_dataset(root, skip_bad=cfg.data.skip_bad)
-    if split == "all":
-        # An external test set: every patient of --data. Patients the model saw are flagged, not hidden.
-        patients = list(index.patients)
-        seen = sorted(set(patients) & (set(ckpt["split"]["train"]) | set(ckpt["split"]["val"])))
-        if seen:
-            say(f"warning: {len(seen)} of these {len(patients)} patients were used to train or validate this "
-                f"model ({', '.join(seen[:3])}{' …' if len(seen) > 3 else ''}): their figures are not a test")
-    else:
-        patients = split_patients(ckpt, split)
-    missing = [p for p in patients if p not in index.by_patient()]
-    if missing:
-        raise BrainsegError(
-            f"the {split} patients of {run_dir} are not all in {root}: missing {', '.join(missing[:5])}"
-            f"{' …' if len(missing) > 5 else ''}"
-        )
-    predictor = Predictor([ckpt], device=device, tta=cfg.eval.tta, batch_size=batch_size)
+    run = EvalRun.load(run_dir, checkpoint, data_root, split=split,
+                       eval_overrides={**(eval_overrides or {}), "tta": tta})
+    cfg, ckpt = run.cfg, run.ckpt
+    predictor = run.predictor(device=device, batch_size=batch_size)
     acc, extra = evaluate_patients(
-        predictor, index, patients, cfg.eval, loss_fn=build_loss(cfg.train.loss), progress=progress,
+        predictor, run.index, run.patients, cfg.eval, loss_fn=build_loss(cfg.train.loss), progress=progress,
         desc=f"evaluating {cfg.model.name} on {split}",
     )
-    out = Path(out_dir) if out_dir else run_dir / f"eval_{split}"
+    out = Path(out_dir) if out_dir else run.run_dir / f"eval_{split}"
     info = {
         "model": cfg.model.name,
         "model_config": ckpt["model"],
-        "run_dir": str(run_dir),
+        "run_dir": str(run.run_dir),
         "checkpoint": ckpt["path"],
         "checkpoint_epoch": ckpt.get("epoch"),
         "split": split,
         "split_id": ckpt["split"]["id"],
-        "data_root": str(root),
+        "data_root": str(run.root),
         "params": ckpt.get("params"),
         "loss_name": cfg.train.loss,
         "loss": extra["loss"],
@@ -233,5 +195,17 @@ def evaluate_run(
         "device": str(predictor.device),
         "inference_ms_per_slice": round(predictor.ms_per_slice, 3),
         "eval_config": asdict(cfg.eval),
+        "flops": _flops(predictor, ckpt),
     }
-    return write_results(out, acc, index, cfg.eval, info)
+    return write_results(out, acc, run.index, cfg.eval, info)
+
+
+def _flops(predictor: Any, ckpt: dict[str, Any]) -> int | None:
+    """Forward FLOPs per slice of the loaded model at its training size (None if not countable)."""
+    from brainseg.models import count_flops
+
+    prep = ckpt["preprocessing"]
+    try:
+        return count_flops(predictor.models[0], int(prep["size"]), int(prep["in_channels"]))
+    except Exception:  # FLOP counting is informative only; it must not fail an evaluation
+        return None

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from brainseg.inference.inputs import Case, InputSet, discover_inputs
-from brainseg.inference.pipeline import VOLUME_COLUMNS, PostProcessing, postprocess, predict_path
+from brainseg.inference.pipeline import VOLUME_COLUMNS, predict_path
+from brainseg.inference.postprocess import binarize
 from brainseg.inference.readers import read_case, read_nifti, read_slice_file
 
 __all__ = [
     "VOLUME_COLUMNS",
     "Case",
     "InputSet",
-    "PostProcessing",
+    "binarize",
     "discover_inputs",
-    "postprocess",
     "predict_path",
     "read_case",
     "read_nifti",

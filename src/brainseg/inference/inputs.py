@@ -54,11 +54,16 @@ class Case:
 
 @dataclass
 class InputSet:
-    """What an input path holds: its kind ("slice", "patient", "dataset", "nifti", "dicom") and its cases."""
+    """What an input path holds: its kind ("slice", "patient", "dataset", "nifti", "dicom") and its cases.
+
+    ``ignored`` names the visible entries of a dataset root that are not patient folders (a
+    README, data.csv, a link that cannot be followed), so that nothing is left out unseen.
+    """
 
     kind: str
     root: Path
     cases: list[Case] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
 
 
 def nifti_name(path: Path) -> str | None:
@@ -151,13 +156,15 @@ def discover_inputs(path: str | Path) -> InputSet:
         return InputSet("patient", p, [patient])
     root = p / "kaggle_3m" if (p / "kaggle_3m").is_dir() else p
     for candidate in dict.fromkeys((p, root)):
-        cases = [c for d in _visible(candidate) if d.is_dir() and (c := _patient_case(d)) is not None]
+        found = {d.name: c for d in _visible(candidate) if d.is_dir() and (c := _patient_case(d)) is not None}
+        cases = list(found.values())
         if cases:
             names = [c.name for c in cases]
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
                 raise DataError(f"dataset {candidate} holds patient {dup[0]} twice")
-            return InputSet("dataset", candidate, cases)
+            ignored = [d.name for d in _visible(candidate) if d.name not in found]
+            return InputSet("dataset", candidate, cases, ignored)
     volumes = _nifti_cases(p)
     if volumes:
         return InputSet("nifti", p, volumes)

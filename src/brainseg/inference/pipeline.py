@@ -14,11 +14,13 @@ Output folder layout (nothing is ever written among the input's own slices):
   pixels, mm³ and mL where the voxel size is known, detection);
 - ``OUT/predict.json``: checkpoints, settings, status (``running``, ``complete``, ``failed``).
 
-Cases are done one at a time and volumes.csv is rewritten (atomically) after each, so a bad
-file met later stops the run with an error naming it while every result already written stays.
-Probabilities become masks as in `brainseg.evaluation.evaluate`: threshold (≥), then the largest
-3-D connected component per case, then 2-D components below the minimum lesion size are dropped;
-a slice counts as a detection when its predicted area reaches ``min_area`` pixels, a case when
+Cases are done one at a time and volumes.csv is rewritten (atomically) after each. A case that
+cannot be read or used never stops the others: it is listed (case, file, reason) under ``failed``
+in predict.json and announced, and every other case is written (an input of a single case raises
+its error instead). A non-empty output folder is refused unless ``overwrite``, which first clears
+what an earlier prediction wrote there (`brainseg.inference.writers.clear_previous_outputs`).
+Probabilities become masks through `brainseg.inference.postprocess.binarize`, the function
+evaluation uses too (threshold, largest 3-D component per case, minimum lesion size); a slice counts as a detection when its predicted area reaches ``min_area`` pixels, a case when
 any of its slices does (`brainseg.metrics.detection`).
 """
 
@@ -27,55 +29,25 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from brainseg import __version__
-from brainseg.config import EvalConfig, RunConfig
+from brainseg.config import EvalConfig
 from brainseg.errors import BrainsegError, CheckpointError
-from brainseg.fileio import write_csv_atomic, write_json_atomic
+from brainseg.fileio import ensure_writable_folder, write_csv_atomic, write_json_atomic
 from brainseg.inference.inputs import VOLUME_KINDS, Case, InputSet, discover_inputs
 from brainseg.inference.readers import INTENSITY_RULE, CaseData, read_case
+from brainseg.inference.writers import check_output_folder, clear_previous_outputs
 
 VOLUME_COLUMNS = (
     "level", "case", "slice", "input", "mask", "height", "width", "area_px", "area_mm2", "prob_max",
     "prob_mean", "detected", "n_slices", "n_detected_slices", "volume_px", "volume_mm3", "volume_ml",
 )
 OVERLAY_CHOICES = ("tumour", "all", "none")
-
-
-@dataclass(frozen=True)
-class PostProcessing:
-    """How probabilities become masks and detections (defaults: the first checkpoint's eval settings)."""
-
-    threshold: float = 0.5
-    largest_component: bool = False
-    min_lesion_size: int = 0
-    min_area: int = 10
-
-    def check(self) -> PostProcessing:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise BrainsegError(f"threshold must lie in [0, 1], got {self.threshold}")
-        if self.min_lesion_size < 0 or self.min_area < 0:
-            raise BrainsegError(
-                f"min lesion size and min area must be ≥ 0, got {self.min_lesion_size} and {self.min_area}"
-            )
-        return self
-
-
-def postprocess(probs: np.ndarray, pp: PostProcessing) -> np.ndarray:
-    """Probabilities (N, H, W) of one case → boolean masks, the way evaluation makes them."""
-    from brainseg.evaluation.postprocess import largest_component, remove_small_components
-
-    pred = np.asarray(probs) >= pp.threshold
-    if pp.largest_component:
-        pred = largest_component(pred)
-    if pp.min_lesion_size > 1:
-        pred = np.stack([remove_small_components(p, pp.min_lesion_size) for p in pred])
-    return pred
 
 
 def case_rows(
@@ -179,27 +151,24 @@ def check_outputs(inputs: InputSet, out: Path) -> None:
             )
 
 
-def checkpoint_eval(ckpt: dict[str, Any]) -> EvalConfig:
-    """The `eval` settings of the run that wrote `ckpt`."""
-    return RunConfig.from_dict(ckpt["config"], str(ckpt.get("path", "checkpoint"))).eval
+def case_failure(case: Case, exc: BaseException) -> dict[str, str]:
+    """predict.json's record of a case that failed: the case, the file at fault and why."""
+    if isinstance(exc, OSError) and not isinstance(exc, BrainsegError):
+        where = exc.filename or case.source
+        message = f"{where}: {exc.strerror or exc}"
+    else:
+        message = str(exc)
+    file = next((str(p) for p in case.images if str(p) in message), str(case.source))
+    return {"case": case.name, "input": str(case.source), "file": file, "error": message}
 
 
-def resolve_postprocessing(ckpt: dict[str, Any], overrides: dict[str, Any]) -> PostProcessing:
-    """The first checkpoint's eval settings, with the given (non-None) overrides."""
-    ev = checkpoint_eval(ckpt)
-    base = {k: getattr(ev, k) for k in ("threshold", "largest_component", "min_lesion_size", "min_area")}
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return PostProcessing(
-        threshold=float(base["threshold"]),
-        largest_component=bool(base["largest_component"]),
-        min_lesion_size=int(base["min_lesion_size"]),
-        min_area=int(base["min_area"]),
-    ).check()
+def resolve_postprocessing(ckpt: dict[str, Any], overrides: dict[str, Any]) -> EvalConfig:
+    """The eval settings of the run that wrote `ckpt`, with the given (non-None) overrides."""
+    from brainseg.inference.postprocess import check_postprocessing
+    from brainseg.inference.predictor import checkpoint_config
 
-
-def resolve_tta(ckpt: dict[str, Any], tta: bool | None) -> bool:
-    """`tta` if given, else the checkpoint's own eval setting."""
-    return bool(checkpoint_eval(ckpt).tta if tta is None else tta)
+    ev = checkpoint_config(ckpt).eval
+    return check_postprocessing(replace(ev, **{k: v for k, v in overrides.items() if v is not None}))
 
 
 def _write_case(
@@ -243,11 +212,11 @@ def predict_path(
     min_lesion_size: int | None = None,
     min_area: int | None = None,
     overlays: str = "tumour",
-    skip_bad: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
     dicom_series: dict[str, str] | None = None,
-    engine: str = "torch",
+    prepare: Callable[[Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Segment every case of `input_path` and write masks, overlays, volumes.csv and predict.json.
 
@@ -262,21 +231,23 @@ def predict_path(
         threshold, largest_component, min_lesion_size, min_area: post-processing and detection;
             None takes the first checkpoint's own setting.
         overlays: "tumour" (slices with predicted tumour), "all" or "none".
-        skip_bad: go on past a case that cannot be read or used, listing it in predict.json,
-            instead of stopping with its error.
-        announce: called with one line per skipped case (e.g. print to stderr).
+        overwrite: replace an earlier prediction in `out_dir` (a non-empty `out_dir` is refused
+            otherwise).
+        announce: called with one line per failed case (e.g. print to stderr).
         dicom_series: role (pre, flair, post) → SeriesDescription for DICOM input; None: matched
             by description (`brainseg.inference.dicom`).
-        engine: "torch", "onnx" or "auto" (ONNX Runtime when installed, on the CPU;
-            `brainseg.inference.engine`).
+        prepare: called with the Predictor before the first case (e.g. `brainseg.engine.apply_engine`,
+            which switches its forward passes to ONNX Runtime); what it returns goes into predict.json.
 
     Returns:
-        The contents of predict.json.
+        The contents of predict.json; ``failed`` lists the cases that could not be done.
 
     Raises:
-        BrainsegError: bad input (naming the file), bad settings or an unusable checkpoint.
+        BrainsegError: bad settings, an unusable checkpoint or output folder, or the error of
+            the only case of a one-case input.
     """
-    from brainseg.evaluation.predict import CHANNEL_RULES, Predictor
+    from brainseg.inference.postprocess import binarize, postprocessing_dict
+    from brainseg.inference.predictor import CHANNEL_RULES, Predictor
 
     if overlays not in OVERLAY_CHOICES:
         raise BrainsegError(f"overlays must be one of {', '.join(OVERLAY_CHOICES)}, got {overlays!r}")
@@ -285,16 +256,18 @@ def predict_path(
     if out.exists() and not out.is_dir():
         raise BrainsegError(f"--out {out} exists and is not a folder")
     check_outputs(inputs, out)
+    check_output_folder(out, overwrite)
+    ensure_writable_folder(out)
     predictor = Predictor(checkpoints, device=device, batch_size=batch_size, amp=amp, channels=channels)
-    predictor.tta = resolve_tta(predictor.checkpoints[0], tta)
-    from brainseg.inference.engine import apply_engine
-
-    engine_info = apply_engine(predictor, engine)
+    engine_info = prepare(predictor) if prepare is not None else {"engine": "torch"}
     pp = resolve_postprocessing(
         predictor.checkpoints[0],
         {"threshold": threshold, "largest_component": largest_component,
-         "min_lesion_size": min_lesion_size, "min_area": min_area},
+         "min_lesion_size": min_lesion_size, "min_area": min_area, "tta": tta},
     )
+    predictor.tta = pp.tta
+    if overwrite:
+        clear_previous_outputs(out)
     info: dict[str, Any] = {
         "brainseg_version": __version__,
         "status": "running",
@@ -307,19 +280,26 @@ def predict_path(
         "device": str(predictor.device),
         **engine_info,
         "amp": str(predictor.amp_dtype).replace("torch.", "") if predictor.amp_dtype else "off",
-        "postprocessing": asdict(pp),
+        "postprocessing": postprocessing_dict(pp),
         "channel_rule": {"name": channels, "doc": CHANNEL_RULES[channels],
-                         "grey_rgb": "slices whose three channels are identical count as one channel"},
+                         "grey": "only a grey file (one channel) is a 1-channel input; a 3-channel file "
+                                 "stays 3 channels even when its channels are identical"},
         "nifti_intensity": INTENSITY_RULE,
         "mask_values": {"slices": [0, 255], "nifti": [0, 1]},
         "n_cases": len(inputs.cases),
+        "ignored": list(inputs.ignored),
         "cases_done": 0,
         "slices_done": 0,
         "files_written": 0,
-        "skipped": [],
+        "failed": [],
         "notes": [],
     }
     write_json_atomic(out / "predict.json", info)
+    if inputs.ignored and announce:
+        shown = ", ".join(inputs.ignored[:5]) + (", …" if len(inputs.ignored) > 5 else "")
+        n = len(inputs.ignored)
+        what = "entry that is not a patient folder" if n == 1 else "entries that are not patient folders"
+        announce(f"ignored in {inputs.root}: {n} {what} ({shown})")
     rows: list[dict[str, Any]] = []
     cases = inputs.cases
     if progress and len(cases) > 1:
@@ -327,6 +307,7 @@ def predict_path(
 
         cases = tqdm(cases, desc="predicting", unit="case", leave=False, mininterval=1.0, file=sys.stderr)
     t0 = time.perf_counter()
+    first_error: BaseException | None = None
     try:
         for case in cases:
             try:
@@ -334,15 +315,14 @@ def predict_path(
                 probs = predictor.predict(data.images, source=str(case.source))
             except CheckpointError:
                 raise
-            except BrainsegError as exc:
-                if not skip_bad:
-                    raise
-                info["skipped"].append({"case": case.name, "input": str(case.source), "error": str(exc)})
+            except (BrainsegError, OSError) as exc:  # this case's own problem: the others go on
+                first_error = first_error or exc
+                info["failed"].append(case_failure(case, exc))
                 if announce:
-                    announce(f"skipping {case.source}: {exc}")
+                    announce(f"case {case.name} failed: {info['failed'][-1]['error']}")
                 continue
             n = len(data.images)
-            pred = postprocess(probs, pp)
+            pred = binarize(probs, pp)
             plan = plan_case(out, case, n)
             info["files_written"] += _write_case(out, case, data, plan, pred, overlays)
             labels = list(case.numbers) if case.kind not in VOLUME_KINDS else list(range(n))
@@ -365,7 +345,11 @@ def predict_path(
         raise
     if not rows:
         write_csv_atomic(out / "volumes.csv", rows, VOLUME_COLUMNS)
-    info["status"] = "complete"
+    if first_error is not None and len(inputs.cases) == 1:
+        info["status"], info["error"] = "failed", info["failed"][0]["error"]
+        write_json_atomic(out / "predict.json", info)
+        raise first_error
+    info["status"] = "complete" if not info["failed"] else "incomplete"
     info["seconds"] = round(time.perf_counter() - t0, 3)
     info["inference_ms_per_slice"] = round(predictor.ms_per_slice, 3)
     write_json_atomic(out / "predict.json", info)

@@ -2,14 +2,15 @@
 
 Slice files (TIF, PNG) must hold 8-bit pixels: grey (H×W or H×W×1) or three channels in the LGG
 order (pre-contrast, FLAIR, post-contrast). An alpha channel is dropped when it is fully opaque and
-refused otherwise. A case whose every slice has three identical channels (a grey picture saved as
-RGB) counts as one channel, so the channel rule applies to it as to any grey input.
+refused otherwise. A three-channel file stays three channels whatever its contents: in kaggle_3m a
+patient who lacks the pre- or post-contrast sequence has the FLAIR copied into it, so identical
+channels are ordinary data. Only a file that is grey (one channel) meets the channel rule.
 
 NIfTI volumes (nibabel) are first put in the model's orientation from their affine
 (`brainseg.inference.orientation`: rows anterior → posterior, columns patient right → left,
 slices inferior → superior, by permuting and flipping axes, never resampling), then segmented
-slice by slice; the mask is written back in the file's own orientation, voxel for voxel. Shapes accepted: X×Y×Z (one channel), X×Y×Z×C and
-X×Y×Z×1×C (C = 1 or 3, in the LGG order). Intensities that are not uint8 are scaled to 0–255
+slice by slice; the mask is written back in the file's own orientation, voxel for voxel. Shapes
+accepted: X×Y×Z (one channel), X×Y×Z×C and X×Y×Z×1×C (C = 1 or 3, in the LGG order). Intensities that are not uint8 are scaled to 0–255
 per channel over the whole volume (`to_uint8`). The voxel size comes from the header, in mm.
 """
 
@@ -91,6 +92,8 @@ def _read_tif(path: Path) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
+    except PermissionError as exc:
+        raise DataError(f"{path} is unreadable: {exc.strerror}") from None
     except Exception as exc:  # tifffile, zlib and struct errors all mean a broken or truncated file
         raise DataError(f"{path} cannot be read as a TIFF image (truncated or corrupt?): {exc}") from None
     if arr.ndim == 3 and axes.startswith("S"):  # planar-separate RGB comes as (C, H, W)
@@ -114,6 +117,8 @@ def _read_png(path: Path) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
+    except PermissionError as exc:
+        raise DataError(f"{path} is unreadable: {exc.strerror}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path} cannot be read as a PNG image (truncated or corrupt?): {exc}") from None
 
@@ -127,18 +132,6 @@ def read_slice_file(path: str | Path) -> np.ndarray:
     path = Path(path)
     arr = _read_png(path) if path.suffix.lower() == ".png" else _read_tif(path)
     return _check_slice(arr, path)
-
-
-def collapse_grey(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) whose three channels are identical in every slice → (N, H, W, 1).
-
-    A stack that is blank everywhere is left as it is: it says nothing about its channels.
-    """
-    if images.shape[-1] != 3 or not images.any():
-        return images
-    if np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 1], images[..., 2]):
-        return np.ascontiguousarray(images[..., :1])
-    return images
 
 
 def to_uint8(volume: np.ndarray) -> np.ndarray:
@@ -171,6 +164,8 @@ def read_nifti(path: str | Path) -> CaseData:
         data = np.asanyarray(img.dataobj)
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
+    except PermissionError as exc:
+        raise DataError(f"{path} is unreadable: {exc.strerror}") from None
     except Exception as exc:  # nibabel, gzip, zlib and EOF errors: a broken or truncated file
         raise DataError(f"{path} cannot be read as a NIfTI volume (truncated or corrupt?): {exc}") from None
     shape = data.shape
@@ -211,7 +206,7 @@ def read_nifti(path: str | Path) -> CaseData:
 
 
 def read_case(case: Case, dicom_series: dict[str, str] | None = None) -> CaseData:
-    """Read every slice of a case, checking they share one size; grey stacks become 1 channel.
+    """Read every slice of a case, checking they share one size and channel count.
 
     `dicom_series` maps roles (pre, flair, post) to SeriesDescriptions for a DICOM case
     (`brainseg.inference.dicom`); None matches them by their descriptions.
@@ -219,15 +214,12 @@ def read_case(case: Case, dicom_series: dict[str, str] | None = None) -> CaseDat
     Raises:
         DataError: naming the file at fault (unreadable, wrong shape, or a size unlike the first slice's).
     """
-    if case.kind in ("nifti", "dicom"):
-        if case.kind == "dicom":
-            from brainseg.inference.dicom import read_dicom_case
+    if case.kind == "dicom":
+        from brainseg.inference.dicom import read_dicom_case
 
-            data = read_dicom_case(case.source, dicom_series)
-        else:
-            data = read_nifti(case.source)
-        data.images = collapse_grey(data.images)
-        return data
+        return read_dicom_case(case.source, dicom_series)
+    if case.kind == "nifti":
+        return read_nifti(case.source)
     slices: list[np.ndarray] = []
     for path in case.images:
         arr = read_slice_file(path)
@@ -237,4 +229,4 @@ def read_case(case: Case, dicom_series: dict[str, str] | None = None) -> CaseDat
                 f"{slices[0].shape}; a patient's slices must share one size and channel count"
             )
         slices.append(arr)
-    return CaseData(collapse_grey(np.stack(slices)))
+    return CaseData(np.stack(slices))

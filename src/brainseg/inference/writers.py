@@ -104,3 +104,75 @@ def write_overlay(path: str | Path, image: np.ndarray, mask: np.ndarray) -> Path
 
     pic = Image.fromarray(overlay_image(image, mask))
     return atomic_write(path, lambda f: pic.save(f, format="PNG"))
+
+
+# --------------------------------------------------------------------------------------------
+# A previous prediction in the output folder
+
+#: What `predict` writes at the top of its --out folder besides the masks listed in volumes.csv.
+OWNED_FILES = ("predict.json", "volumes.csv")
+OWNED_FOLDERS = ("overlays",)
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty `out` unless `overwrite` (so two predictions never mix in one folder).
+
+    A folder holding only an earlier attempt that wrote no case (predict.json and volumes.csv of a
+    run that failed on its first case) is not refused: there is nothing in it to lose.
+    """
+    if not out.is_dir():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if set(entries) <= set(OWNED_FILES) and _cases_done(out / "predict.json") == 0:
+        return
+    if entries and not overwrite:
+        shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+        raise BrainsegError(
+            f"--out {out} is not empty ({len(entries)} entries: {shown}); pass --overwrite to replace the "
+            "prediction there, or choose a new folder"
+        )
+
+
+def _cases_done(path: Path) -> int | None:
+    import json
+
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8")).get("cases_done"))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def clear_previous_outputs(out: Path) -> list[Path]:
+    """Delete what an earlier `predict` wrote in `out` (its masks, overlays, volumes.csv, predict.json).
+
+    The masks are the ones its volumes.csv lists; any other file in `out` is left alone, and so
+    is anything a path in volumes.csv would reach outside `out`. Emptied sub-folders are removed.
+
+    Returns:
+        The files removed.
+    """
+    import csv
+    import shutil
+
+    root = out.resolve()
+    removed: list[Path] = []
+    volumes = out / "volumes.csv"
+    owned: list[Path] = []
+    if volumes.is_file():
+        with open(volumes, newline="", encoding="utf-8") as f:
+            owned = [out / row["mask"] for row in csv.DictReader(f) if row.get("level") == "slice" and row.get("mask")]
+    owned += [out / name for name in OWNED_FILES]
+    folders: set[Path] = set()
+    for path in owned:
+        if path.is_file() and path.resolve().is_relative_to(root):
+            path.unlink()
+            removed.append(path)
+            folders.add(path.parent)
+    for name in OWNED_FOLDERS:
+        if (out / name).is_dir():
+            removed += [p for p in (out / name).rglob("*") if p.is_file()]
+            shutil.rmtree(out / name)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if folder.resolve() != root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    return removed

@@ -1,6 +1,6 @@
 """Collect per-slice confusion counts during evaluation and reduce them the three stated ways.
 
-Reductions (DESIGN.md, "Metric definitions"):
+Reductions (definitions in `brainseg.metrics.confusion`):
 
 - per patient (volume): counts summed over all of a patient's slices, then the metric; the mean
   over patients is the headline figure (Buda et al. 2019);
@@ -30,7 +30,7 @@ from brainseg.metrics.stats import bootstrap_ci
 
 __all__ = ["MetricAccumulator"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: the unused running loss is gone from the state
 
 
 def _vector(x: Any, n: int, name: str) -> np.ndarray:
@@ -51,14 +51,14 @@ def _num(x: float) -> int | float:
 
 
 class MetricAccumulator:
-    """Per-slice confusion counts keyed by (patient, slice), plus an optional running loss.
+    """Per-slice confusion counts keyed by (patient, slice).
 
     Typical use in an evaluation loop::
 
         acc = MetricAccumulator()
         for batch in loader:
             counts = confusion_counts(probs > 0.5, masks)
-            acc.add(batch["patient"], batch["slice"], counts, prob_max=probs.amax((1, 2, 3)), loss=loss)
+            acc.add(batch["patient"], batch["slice"], counts, prob_max=probs.amax((1, 2, 3)))
         summary = acc.summary("one")
 
     Merge accumulators from several processes with `merge` or `from_states`.
@@ -67,8 +67,6 @@ class MetricAccumulator:
     def __init__(self) -> None:
         # (patient, slice) → (tp, fp, fn, tn, pred_area, true_area, prob_max)
         self._slices: dict[tuple[str, int], tuple[int, int, int, int, float, float, float]] = {}
-        self.loss_sum = 0.0
-        self.loss_count = 0
 
     def __len__(self) -> int:
         return len(self._slices)
@@ -87,7 +85,6 @@ class MetricAccumulator:
         prob_max: Any = None,
         pred_area: Any = None,
         true_area: Any = None,
-        loss: Any = None,
     ) -> None:
         """Record a batch of slices.
 
@@ -98,8 +95,6 @@ class MetricAccumulator:
             prob_max: highest tumour probability in each slice (the detection AUROC score);
                 None → NaN (detection then falls back to the predicted area).
             pred_area, true_area: predicted / true tumour area in pixels; None → tp+fp / tp+fn.
-            loss: the batch's mean loss (counted once per slice in the running mean) or one loss
-                value per slice; None → no loss recorded.
 
         Raises:
             BrainsegError: lengths disagree, bad counts, or a (patient, slice) seen before (in
@@ -131,19 +126,9 @@ class MetricAccumulator:
                     "(each slice must be evaluated once)"
                 )
             seen.add(key)
-        loss_values = None if loss is None else _loss_values(loss, n)
         for i, key in enumerate(keys):
             tp, fp, fn, tn = (int(v) for v in c[i])
             self._slices[key] = (tp, fp, fn, tn, float(pa[i]), float(ta[i]), float(pm[i]))
-        if loss_values is not None:
-            self.add_loss(*loss_values)
-
-    def add_loss(self, loss_sum: float, count: int) -> None:
-        """Add `count` loss values whose sum is `loss_sum` to the running mean loss."""
-        if count < 0 or not np.isfinite(loss_sum):
-            raise BrainsegError(f"MetricAccumulator.add_loss: bad loss sum {loss_sum} or count {count}")
-        self.loss_sum += float(loss_sum)
-        self.loss_count += int(count)
 
     # ------------------------------------------------------------------ merging
     def state_dict(self) -> dict[str, Any]:
@@ -153,8 +138,6 @@ class MetricAccumulator:
             "version": _STATE_VERSION,
             "keys": [[p, s] for p, s in keys],
             "values": [list(self._slices[k]) for k in keys],
-            "loss_sum": self.loss_sum,
-            "loss_count": self.loss_count,
         }
 
     @classmethod
@@ -169,12 +152,11 @@ class MetricAccumulator:
                 part._slices[(str(p), int(s))] = (
                     int(v[0]), int(v[1]), int(v[2]), int(v[3]), float(v[4]), float(v[5]), float(v[6])
                 )  # fmt: skip
-            part.loss_sum, part.loss_count = float(state["loss_sum"]), int(state["loss_count"])
             acc.merge(part)
         return acc
 
     def merge(self, other: MetricAccumulator) -> MetricAccumulator:
-        """Add every slice and the loss of `other` to this accumulator; returns self."""
+        """Add every slice of `other` to this accumulator; returns self."""
         dup = self._slices.keys() & other._slices.keys()
         if dup:
             p, s = min(dup)
@@ -182,8 +164,6 @@ class MetricAccumulator:
                 f"MetricAccumulator.merge: {len(dup)} slices appear in both parts, e.g. patient {p!r} slice {s}"
             )
         self._slices.update(other._slices)
-        self.loss_sum += other.loss_sum
-        self.loss_count += other.loss_count
         return self
 
     # ------------------------------------------------------------------ outputs
@@ -197,17 +177,8 @@ class MetricAccumulator:
         each metric in `METRICS` (under `empty_policy`), true_area, pred_area, prob_max."""
         check_empty_policy(empty_policy)
         keys, counts, extra = self._arrays()
-        mets = metrics_from_counts(counts, empty_policy=empty_policy)
-        rows = []
-        for i, (p, s) in enumerate(keys):
-            row: dict[str, Any] = {"patient": p, "slice": s}
-            row.update({col: int(counts[i, j]) for j, col in enumerate(COUNT_COLUMNS)})
-            row.update({m: float(mets[m][i]) for m in METRICS})
-            row["true_area"] = _num(extra[i, 1])
-            row["pred_area"] = _num(extra[i, 0])
-            row["prob_max"] = float(extra[i, 2])
-            rows.append(row)
-        return rows
+        ids = [{"patient": p, "slice": s} for p, s in keys]
+        return _rows(ids, counts, extra, empty_policy, ("true_area", "pred_area"))
 
     def _patient_groups(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
         """Patients (sorted), summed counts (P, 4), n_slices (P,), [pred, true, prob_max] (P, 3)."""
@@ -232,22 +203,13 @@ class MetricAccumulator:
         and prob_max (highest slice probability; the patient-level detection score)."""
         check_empty_policy(empty_policy)
         patients, counts, n_slices, extra = self._patient_groups()
-        mets = metrics_from_counts(counts, empty_policy=empty_policy)
-        rows = []
-        for i, p in enumerate(patients):
-            row: dict[str, Any] = {"patient": p, "n_slices": int(n_slices[i])}
-            row.update({col: int(counts[i, j]) for j, col in enumerate(COUNT_COLUMNS)})
-            row.update({m: float(mets[m][i]) for m in METRICS})
-            row["true_volume_px"] = _num(extra[i, 1])
-            row["pred_volume_px"] = _num(extra[i, 0])
-            row["prob_max"] = float(extra[i, 2])
-            rows.append(row)
-        return rows
+        ids = [{"patient": p, "n_slices": int(n)} for p, n in zip(patients, n_slices)]
+        return _rows(ids, counts, extra, empty_policy, ("true_volume_px", "pred_volume_px"))
 
     def summary(
         self, empty_policy: str = "one", *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
     ) -> dict[str, Any]:
-        """All three reductions of every metric, the mean loss, and the policy that produced them.
+        """All three reductions of every metric, and the policy that produced them.
 
         Returns:
             {"empty_policy", "empty_policy_description", "n_patients", "n_slices",
@@ -257,7 +219,6 @@ class MetricAccumulator:
                  "per_slice": {mean, std, n},  # over slices, NaNs ("skip") left out
                  "micro": value},              # counts summed over all slices
              "micro_counts": {tp, fp, fn, tn},
-             "loss": mean loss (NaN if none recorded), "loss_count",
              "bootstrap": {n_boot, confidence, seed}}
             std is the sample standard deviation (ddof=1; NaN below two values); ci_low/ci_high
             are the percentile-bootstrap interval of the patient mean (`bootstrap_ci`). Example:
@@ -288,12 +249,26 @@ class MetricAccumulator:
         out.update(
             {
                 "micro_counts": {col: int(total[j]) for j, col in enumerate(COUNT_COLUMNS)},
-                "loss": self.loss_sum / self.loss_count if self.loss_count else float("nan"),
-                "loss_count": self.loss_count,
                 "bootstrap": {"n_boot": n_boot, "confidence": confidence, "seed": seed},
             }
         )
         return out
+
+
+def _rows(
+    ids: list[dict[str, Any]], counts: np.ndarray, extra: np.ndarray, policy: str, area_names: tuple[str, str]
+) -> list[dict[str, Any]]:
+    """Result rows: each id's fields, counts, metrics, then true/pred area (named) and prob_max."""
+    mets = metrics_from_counts(counts, empty_policy=policy)
+    rows = []
+    for i, row in enumerate(ids):
+        row.update({col: int(counts[i, j]) for j, col in enumerate(COUNT_COLUMNS)})
+        row.update({m: float(mets[m][i]) for m in METRICS})
+        row[area_names[0]] = _num(extra[i, 1])
+        row[area_names[1]] = _num(extra[i, 0])
+        row["prob_max"] = float(extra[i, 2])
+        rows.append(row)
+    return rows
 
 
 def _describe(values: np.ndarray) -> dict[str, Any]:
@@ -303,21 +278,3 @@ def _describe(values: np.ndarray) -> dict[str, Any]:
         "std": float(v.std(ddof=1)) if v.size > 1 else float("nan"),
         "n": int(v.size),
     }
-
-
-def _loss_values(loss: Any, n: int) -> tuple[float, int]:
-    """(sum, count) from a batch-mean loss (a scalar: weighted by n) or n per-slice losses."""
-    if hasattr(loss, "detach"):
-        loss = loss.detach().float().cpu().numpy()
-    v = np.asarray(loss, dtype=np.float64)
-    if v.ndim == 0 or (v.size == 1 and n != 1):
-        value = float(v.reshape(()))
-        if not np.isfinite(value):
-            raise BrainsegError(f"MetricAccumulator.add: loss is {value}")
-        return value * n, n
-    v = v.reshape(-1)
-    if v.size != n:
-        raise BrainsegError(f"MetricAccumulator.add: {v.size} loss values for {n} slices")
-    if not np.all(np.isfinite(v)):
-        raise BrainsegError("MetricAccumulator.add: loss values must be finite")
-    return float(v.sum()), n

@@ -1,6 +1,7 @@
 """Per-sample confusion counts (tp, fp, fn, tn), and every overlap metric computed from them.
 
-All metrics in brainseg come from these counts (DESIGN.md, "Metric definitions"): a reduction
+All metrics in brainseg come from these counts (the definitions below are the ones every report
+prints under "Metric definitions"; README "Layout" places this module): a reduction
 (per slice, per patient volume, micro over the dataset) sums counts first, where it needs to,
 and only then applies `metrics_from_counts`. Keeping the counts means any reduction can be
 recomputed later from the per-slice CSV without the model.

@@ -4,7 +4,8 @@ A slice is called positive when its predicted tumour area reaches `min_area` pix
 any predicted pixel); its truth is positive when the ground-truth mask has any tumour pixel.
 A patient is positive when any of its slices is. Sensitivity, specificity and accuracy use that
 decision; AUROC ranks a continuous score instead (the highest tumour probability in the slice,
-or over the patient's slices), so it does not depend on the threshold or on `min_area`.
+or over the patient's slices), so it does not depend on the threshold or on `min_area`; `roc_curve`
+gives the curve whose area that is.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from scipy.stats import rankdata
 
 from brainseg.errors import BrainsegError
 
-__all__ = ["auroc", "detection_metrics", "slice_and_patient_detection"]
+__all__ = ["auroc", "detection_metrics", "roc_curve", "slice_and_patient_detection"]
 
 
 def _ratio(num: int, den: int) -> float:
@@ -43,6 +44,30 @@ def auroc(scores: Any, labels: Any) -> float:
     ranks = rankdata(s)  # average ranks for ties → each tied positive/negative pair counts 1/2
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
+
+
+def roc_curve(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, float]:
+    """ROC points (fpr, tpr) over every distinct score threshold, and the area under them.
+
+    Tied scores form one step, so the trapezoid area under the points is exactly `auroc` (the
+    Mann–Whitney probability that a positive outscores a negative, ties counting one half), which
+    is what is returned. NaN scores are left out; the area is NaN when a class is absent.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    keep = ~np.isnan(s)
+    s, y = s[keep], y[keep]
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.array([0.0, 1.0]), np.array([0.0, 1.0]), float("nan")
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]
+    tps = np.cumsum(y)[last_of_tie]
+    fps = np.cumsum(~y)[last_of_tie]
+    tpr = np.r_[0.0, tps / n_pos]
+    fpr = np.r_[0.0, fps / n_neg]
+    return fpr, tpr, auroc(s, y)
 
 
 def detection_metrics(

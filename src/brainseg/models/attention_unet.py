@@ -10,14 +10,15 @@ between the two about the gates alone.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from brainseg.models.base import SegmentationModel, _is_tracing, check_channels
-from brainseg.models.blocks import AttentionGate, DoubleConv, init_weights
+from brainseg.models.base import _is_tracing
+from brainseg.models.blocks import AttentionGate, DoubleConv
 from brainseg.models.registry import register_model
-from brainseg.models.unet import UNetEncoder
-from brainseg.models.utils import load_encoder_weights
+from brainseg.models.unet import UNet
 
 
 class AttentionUpBlock(nn.Module):
@@ -53,14 +54,11 @@ class AttentionUNetDecoder(nn.Module):
 
 
 @register_model("attention_unet")
-class AttentionUNet(SegmentationModel):
+class AttentionUNet(UNet):
     """Attention U-Net of Oktay et al. 2018 on the Buda et al. U-Net (see module docstring).
 
-    Args:
-        in_channels: input channels (1 or 3).
-        out_channels: output channels (logits).
+    Args (besides in_channels, out_channels and encoder_weights, see `SegmentationModel`):
         width: base features (32, as the U-Net); level i has width·2^i.
-        encoder_weights: optional local state-dict file for the encoder.
 
     After a forward pass, `attention_maps()` returns the gates' coefficients.
     """
@@ -68,39 +66,18 @@ class AttentionUNet(SegmentationModel):
     default_width = 32
     paper = "Oktay et al. 2018"
     cpu_channels_last = True  # CPU train step ×0.75 vs NCHW at batch 16 (models_speed.py --layouts)
-    levels = 4
+    decoder_class = AttentionUNetDecoder  # the U-Net's encoder, levels and head; gated skips
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        out_channels: int = 1,
-        width: int | None = None,
-        encoder_weights: str | None = None,
-    ) -> None:
-        super().__init__()
-        check_channels(self.name, in_channels, out_channels)
-        width = self._resolve_width(width, self.default_width, self.name)
-        widths = [width * 2**i for i in range(self.levels + 1)]
-        self.encoder = UNetEncoder(in_channels, widths)
-        self.decoder = AttentionUNetDecoder(widths)
-        self.head = nn.Conv2d(width, out_channels, kernel_size=1)
+    def build(self, in_channels: int, out_channels: int, width: int) -> dict[str, Any]:
         self._attention: list[torch.Tensor] = []
-        init_weights(self)
-        self._set_config(in_channels=in_channels, out_channels=out_channels, width=width)
-        if encoder_weights:
-            load_encoder_weights(self, encoder_weights)
+        return super().build(in_channels, out_channels, width)
 
-    @property
-    def size_divisor(self) -> int:
-        return 2**self.levels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._prepare_input(x)
-        y, maps = self.decoder(self.encoder(x))
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        y, maps = self.decoder(features)
         if not _is_tracing():
             # Detached copies for figures: keeping the graph alive would hold a batch's activations.
             self._attention = [m.detach() for m in maps]
-        return self._output(self.head(y))
+        return y
 
     def attention_maps(self) -> list[torch.Tensor]:
         """The attention coefficients (N, 1, h, w) of the last forward, deepest gate first.

@@ -1,7 +1,12 @@
-"""What every brainseg architecture shares: input checks, its constructor record and its encoder.
+"""What every brainseg architecture shares: the encoder → decoder → head skeleton and its checks.
 
 A model is a small composition (`encoder`, `decoder`, `head`) that returns logits. This base
-class adds what the rest of the program relies on without knowing the architecture:
+class holds the constructor and forward pass every architecture repeats (check the channels,
+resolve the width, build the parts, initialise the weights, record the config, load encoder
+weights; check the input, encode, decode, classify, upsample, hand back logits), the way
+segmentation_models_pytorch's ``SegmentationModel`` does, so an architecture file holds only its
+parts and its paper. It adds what the rest of the program relies on without knowing the
+architecture:
 
 * `size_divisor` and `check_input_size`, so a wrong slice size fails with the nearest valid
   size instead of a shape error deep inside torch;
@@ -16,6 +21,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from brainseg.errors import BrainsegError
@@ -39,9 +45,20 @@ def _is_tracing() -> bool:
 class SegmentationModel(nn.Module):
     """Base class of the registered architectures (see `brainseg.models.registry`).
 
-    Subclasses set the class attributes below, build `encoder`/`decoder`/`head`, call
-    `_set_config(...)` with their constructor arguments, start `forward` with
-    `x = self._prepare_input(x)` and end it with `self._output(logits)`.
+    Subclasses set the class attributes below and implement `build` (create `encoder`,
+    `decoder`, `head`); the constructor's arguments are in_channels, out_channels, width and
+    encoder_weights, and a subclass with options of its own declares them in an ``__init__``
+    that passes them on as ``super().__init__(in_channels, out_channels, width,
+    encoder_weights, **options)``. They override `decode` when the decoder does not take the
+    encoder's output as it is, and `outputs` for extra outputs. A subclass without `build`
+    constructs itself after a bare ``super().__init__()`` and calls `_set_config`.
+
+    Args (every architecture's first four):
+        in_channels: input channels (1: FLAIR, or 3: pre-contrast, FLAIR, post-contrast).
+        out_channels: output channels (logits).
+        width: base feature width; None → the architecture's `default_width` (full size).
+        encoder_weights: optional local state-dict file for the encoder (see
+            `brainseg.models.load_encoder_weights`; our layout or torchvision's where noted).
 
     Attributes:
         name: registry name (set by `register_model`).
@@ -53,6 +70,10 @@ class SegmentationModel(nn.Module):
             the caller's layout; on other devices (not measured) weights are kept NCHW unless
             `channels_last_everywhere` is set (`train.channels_last`). Moving the model (`.to`)
             re-applies the rule, so the weights' layout always matches their device.
+        upsample_logits: resize the head's logits bilinearly to the input size (models whose
+            decoder ends at a fraction of it).
+        training_defaults: constructor options `brainseg train` uses for this architecture unless
+            the run's `model.kwargs` say otherwise (its paper's training protocol).
         config: the exact keyword arguments that rebuild this model (`name` included). An
             ``encoder_weights`` file is not recorded: the model's state dict already holds those
             weights, and rebuilding a checkpoint must not depend on a file on the training machine.
@@ -62,13 +83,55 @@ class SegmentationModel(nn.Module):
     default_width: ClassVar[int] = 0
     paper: ClassVar[str] = ""
     cpu_channels_last: ClassVar[bool] = False
+    upsample_logits: ClassVar[bool] = False
+    training_defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        width: int | None = None,
+        encoder_weights: str | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__()
         self.config: dict[str, Any] = {}
         self.channels_last_everywhere = False
         self.in_channels = 0
         self.out_channels = 0
+        if type(self).build is SegmentationModel.build:
+            return  # a subclass that builds itself (and calls `_set_config`)
+        from brainseg.models.blocks import init_weights
+        from brainseg.models.utils import load_encoder_weights
+
+        check_channels(self.name, in_channels, out_channels)
+        width = self._resolve_width(width, self.default_width, self.name)
+        recorded = self.build(in_channels, out_channels, width, **options)
+        init_weights(self)
+        self._set_config(in_channels=in_channels, out_channels=out_channels, width=width, **recorded)
+        if encoder_weights:
+            load_encoder_weights(self, encoder_weights)
+
+    # -- the skeleton ----------------------------------------------------------------------
+    def build(self, in_channels: int, out_channels: int, width: int, **options: Any) -> dict[str, Any]:
+        """Create `encoder`, `decoder` and `head`; return the options to record in `config`."""
+        raise NotImplementedError
+
+    def decode(self, features: Any) -> torch.Tensor:
+        """The decoder's output from the encoder's (default: the decoder applied to it as it is)."""
+        return self.decoder(features)
+
+    def outputs(self, logits: torch.Tensor, features: Any, x: torch.Tensor) -> Any:
+        """What `forward` returns, given the logits at input size (default: the logits alone)."""
+        return self._output(logits)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        x = self._prepare_input(x)
+        features = self.encoder(x)
+        logits = self.head(self.decode(features))
+        if self.upsample_logits:
+            logits = F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
+        return self.outputs(logits, features, x)
 
     # -- construction record -------------------------------------------------------------
     def _set_config(self, **kwargs: Any) -> None:

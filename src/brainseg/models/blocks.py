@@ -243,6 +243,15 @@ def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential
     )
 
 
+def stage_outputs(stages: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """Run `stages` in turn on `x` and return every stage's output (an encoder's features)."""
+    features = []
+    for stage in stages:
+        x = stage(x)
+        features.append(x)
+    return features
+
+
 def init_weights(module: nn.Module) -> None:
     """He (Kaiming) normal init for convolutions, unit/zero batch norm (He et al. 2015).
 

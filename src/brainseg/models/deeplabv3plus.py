@@ -22,17 +22,17 @@ set, and the image-pooling branch still carries global context.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from brainseg.errors import BrainsegError
-from brainseg.models.base import SegmentationModel, check_channels, scaled
-from brainseg.models.blocks import ASPP, ConvBNReLU, init_weights
+from brainseg.models.base import SegmentationModel, scaled
+from brainseg.models.blocks import ASPP, ConvBNReLU
 from brainseg.models.registry import register_model
 from brainseg.models.resnet import ResNetEncoder
-from brainseg.models.utils import load_encoder_weights
 
 
 class DeepLabV3PlusDecoder(nn.Module):
@@ -74,9 +74,7 @@ class DeepLabV3PlusDecoder(nn.Module):
 class DeepLabV3Plus(SegmentationModel):
     """DeepLabV3+ of Chen et al. 2018 with a ResNet encoder (see module docstring).
 
-    Args:
-        in_channels: input channels (1 or 3).
-        out_channels: output channels (logits).
+    Args (besides in_channels, out_channels and encoder_weights, see `SegmentationModel`):
         width: ResNet stem width (64 at full size); every channel count, ASPP (256) and the
             low-level projection (48) included, scales by width/64.
         encoder_depth: ResNet depth, 18, 34 (default), 50 or 101.
@@ -89,6 +87,7 @@ class DeepLabV3Plus(SegmentationModel):
     default_width = 64
     paper = "Chen et al. 2018"
     cpu_channels_last = True  # CPU train step ×0.95 vs NCHW at batch 16 (models_speed.py --layouts)
+    upsample_logits = True  # the decoder ends at stride 4
 
     def __init__(
         self,
@@ -100,9 +99,13 @@ class DeepLabV3Plus(SegmentationModel):
         atrous_rates: Sequence[int] | None = None,
         encoder_weights: str | None = None,
     ) -> None:
-        super().__init__()
-        check_channels(self.name, in_channels, out_channels)
-        width = self._resolve_width(width, self.default_width, self.name)
+        super().__init__(in_channels, out_channels, width, encoder_weights,
+                         encoder_depth=encoder_depth, output_stride=output_stride, atrous_rates=atrous_rates)
+
+    def build(
+        self, in_channels: int, out_channels: int, width: int, *, encoder_depth: int, output_stride: int,
+        atrous_rates: Sequence[int] | None,
+    ) -> dict[str, Any]:
         if output_stride not in (8, 16):
             raise BrainsegError(f"{self.name}: output_stride must be 8 or 16, got {output_stride!r}")
         if atrous_rates is None:
@@ -119,24 +122,11 @@ class DeepLabV3Plus(SegmentationModel):
             rates=rates,
         )
         self.head = nn.Conv2d(self.decoder.out_channels, out_channels, kernel_size=1)
-        init_weights(self)
-        self._set_config(
-            in_channels=in_channels,
-            out_channels=out_channels,
-            width=width,
-            encoder_depth=encoder_depth,
-            output_stride=output_stride,
-            atrous_rates=list(rates),
-        )
-        if encoder_weights:
-            load_encoder_weights(self, encoder_weights)
+        return {"encoder_depth": encoder_depth, "output_stride": output_stride, "atrous_rates": list(rates)}
 
     @property
     def size_divisor(self) -> int:
         return self.encoder.output_stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._prepare_input(x)
-        features = self.encoder(x)
-        y = self.head(self.decoder(features[1], features[-1]))
-        return self._output(F.interpolate(y, size=x.shape[2:], mode="bilinear", align_corners=False))
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.decoder(features[1], features[-1])  # low-level (stride 4) and deepest features

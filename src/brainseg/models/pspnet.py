@@ -18,16 +18,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainseg.models.base import SegmentationModel, check_channels, scaled
-from brainseg.models.blocks import ConvBNReLU, PyramidPooling, init_weights
+from brainseg.models.base import SegmentationModel, scaled
+from brainseg.models.blocks import ConvBNReLU, PyramidPooling
 from brainseg.models.registry import register_model
 from brainseg.models.resnet import ResNetEncoder
-from brainseg.models.utils import load_encoder_weights
 
 
 def _head(in_channels: int, mid_channels: int, out_channels: int, dropout: float = 0.1) -> nn.Sequential:
@@ -51,19 +51,14 @@ class PSPDecoder(nn.Module):
         self.out_channels = mid_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.ppm(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
+        return self.blocks[0](self.ppm(x))
 
 
 @register_model("pspnet")
 class PSPNet(SegmentationModel):
     """PSPNet of Zhao et al. 2017 with a dilated ResNet encoder (see module docstring).
 
-    Args:
-        in_channels: input channels (1 or 3).
-        out_channels: output channels (logits).
+    Args (besides in_channels, out_channels and encoder_weights, see `SegmentationModel`):
         width: ResNet stem width (64 at full size); the head (512) and auxiliary head (256)
             scale by width/64.
         encoder_depth: ResNet depth, 18, 34 (default), 50 or 101.
@@ -71,26 +66,26 @@ class PSPNet(SegmentationModel):
         aux: add the auxiliary head on encoder stage 3; in training mode the forward then
             returns ``{"out": logits, "aux": aux_logits}`` (both at input size), in eval mode
             the logits tensor alone.
-        encoder_weights: optional local state-dict file for the ResNet encoder.
     """
 
     default_width = 64
     paper = "Zhao et al. 2017"
     cpu_channels_last = True  # CPU train step ×0.97 vs NCHW at batch 16 (models_speed.py --layouts)
+    upsample_logits = True  # the decoder ends at stride 8
+    # Trained with its auxiliary head (deep supervision, Zhao et al. 2017 §4) unless model.kwargs
+    # say otherwise; in eval mode the head is unused, and `aux=False` stays the constructor's default.
+    training_defaults = {"aux": True}
 
     def __init__(
-        self,
-        in_channels: int = 3,
-        out_channels: int = 1,
-        width: int | None = None,
-        encoder_depth: int = 34,
-        bins: Sequence[int] = (1, 2, 3, 6),
-        aux: bool = False,
-        encoder_weights: str | None = None,
+        self, in_channels: int = 3, out_channels: int = 1, width: int | None = None, encoder_depth: int = 34,
+        bins: Sequence[int] = (1, 2, 3, 6), aux: bool = False, encoder_weights: str | None = None,
     ) -> None:
-        super().__init__()
-        check_channels(self.name, in_channels, out_channels)
-        width = self._resolve_width(width, self.default_width, self.name)
+        super().__init__(in_channels, out_channels, width, encoder_weights,
+                         encoder_depth=encoder_depth, bins=bins, aux=aux)
+
+    def build(
+        self, in_channels: int, out_channels: int, width: int, *, encoder_depth: int, bins: Sequence[int], aux: bool
+    ) -> dict[str, Any]:
         bins = tuple(int(b) for b in bins)
         self.encoder = ResNetEncoder(encoder_depth, in_channels, width, output_stride=8)
         self.decoder = PSPDecoder(self.encoder.out_channels[-1], scaled(512, width, 64), bins)
@@ -102,30 +97,18 @@ class PSPNet(SegmentationModel):
         self.aux_head = (
             _head(self.encoder.out_channels[3], scaled(256, width, 64), out_channels) if aux else None
         )
-        init_weights(self)
-        self._set_config(
-            in_channels=in_channels,
-            out_channels=out_channels,
-            width=width,
-            encoder_depth=encoder_depth,
-            bins=list(bins),
-            aux=bool(aux),
-        )
-        if encoder_weights:
-            load_encoder_weights(self, encoder_weights)
+        return {"encoder_depth": encoder_depth, "bins": list(bins), "aux": bool(aux)}
 
     @property
     def size_divisor(self) -> int:
         return self.encoder.output_stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        x = self._prepare_input(x)
-        size = x.shape[2:]
-        features = self.encoder(x)
-        out = F.interpolate(
-            self.head(self.decoder(features[-1])), size=size, mode="bilinear", align_corners=False
-        )
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.decoder(features[-1])
+
+    def outputs(self, logits: torch.Tensor, features: list[torch.Tensor], x: torch.Tensor) -> Any:
         if self.aux_head is not None and self.training:
+            size = x.shape[2:]
             aux = F.interpolate(self.aux_head(features[3]), size=size, mode="bilinear", align_corners=False)
-            return {"out": self._output(out), "aux": self._output(aux)}
-        return self._output(out)
+            return {"out": self._output(logits), "aux": self._output(aux)}
+        return self._output(logits)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from brainseg.errors import BrainsegError
-from brainseg.models.blocks import BasicBlock, Bottleneck, ConvBNReLU
+from brainseg.models.blocks import BasicBlock, Bottleneck, ConvBNReLU, stage_outputs
 
 # depth → (block, blocks per stage), Table 1 of He et al. 2016.
 RESNET_SPECS: dict[int, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
@@ -107,11 +107,7 @@ class ResNetEncoder(nn.Module):
         self.reductions = reductions
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+        return stage_outputs(self.stages, x)
 
     @staticmethod
     def translate_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -11,13 +11,14 @@ that is what distinguishes SegNet from U-Net. The last decoder convolution gives
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from brainseg.models.base import SegmentationModel, check_channels
-from brainseg.models.blocks import ConvBNReLU, init_weights
+from brainseg.models.base import SegmentationModel
+from brainseg.models.blocks import ConvBNReLU
 from brainseg.models.registry import register_model
-from brainseg.models.utils import load_encoder_weights
 
 CONVS_PER_STAGE = (2, 2, 3, 3, 3)  # VGG16 (Simonyan & Zisserman 2015, configuration D)
 STAGE_WIDTHS = (1, 2, 4, 8, 8)  # × width (64 in VGG16)
@@ -131,9 +132,7 @@ class SegNetDecoder(nn.Module):
 class SegNet(SegmentationModel):
     """SegNet of Badrinarayanan et al. 2017 (see module docstring).
 
-    Args:
-        in_channels: input channels (1 or 3).
-        out_channels: output channels (logits).
+    Args (besides in_channels, out_channels and encoder_weights, see `SegmentationModel`):
         width: channels of the first stage (64 in VGG16); stages have width × (1, 2, 4, 8, 8).
         encoder_weights: optional local state-dict file for the VGG16-BN encoder (our layout or
             torchvision's ``vgg16_bn``; see `brainseg.models.load_encoder_weights`).
@@ -143,28 +142,16 @@ class SegNet(SegmentationModel):
     paper = "Badrinarayanan et al. 2017"
     cpu_channels_last = True  # CPU train step ×0.80 vs NCHW at batch 16 (models_speed.py --layouts)
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        out_channels: int = 1,
-        width: int | None = None,
-        encoder_weights: str | None = None,
-    ) -> None:
-        super().__init__()
-        check_channels(self.name, in_channels, out_channels)
-        width = self._resolve_width(width, self.default_width, self.name)
+    def build(self, in_channels: int, out_channels: int, width: int) -> dict[str, Any]:
         self.encoder = VGGEncoder(in_channels, width)
         self.decoder = SegNetDecoder(width)
         self.head = nn.Conv2d(width, out_channels, kernel_size=3, padding=1)
-        init_weights(self)
-        self._set_config(in_channels=in_channels, out_channels=out_channels, width=width)
-        if encoder_weights:
-            load_encoder_weights(self, encoder_weights)
+        return {}
 
     @property
     def size_divisor(self) -> int:
         return 2 ** len(CONVS_PER_STAGE)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, indices = self.encoder(self._prepare_input(x))
-        return self._output(self.head(self.decoder(x, indices)))
+    def decode(self, features: tuple[torch.Tensor, list[torch.Tensor]]) -> torch.Tensor:
+        x, indices = features  # the deepest features and every stage's pooling indices
+        return self.decoder(x, indices)

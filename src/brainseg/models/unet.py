@@ -7,20 +7,21 @@ and Medicine 2019 (reference code: mateuszbuda/brain-segmentation-pytorch): four
 levels, 32 base features doubling per level, two 3×3 conv + batch norm + ReLU per level, 2×2
 transposed-convolution upsampling, concatenated skips, 1×1 output convolution — 7,763,041
 parameters for 3 input channels and 1 output. Unlike the reference code the model ends in
-logits (no sigmoid), see DESIGN.md.
+logits (no sigmoid): the losses and `Predictor` apply it, so training can use the numerically
+stable BCE-with-logits.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import nn
 
-from brainseg.models.base import SegmentationModel, check_channels
-from brainseg.models.blocks import DoubleConv, init_weights
+from brainseg.models.base import SegmentationModel
+from brainseg.models.blocks import DoubleConv, stage_outputs
 from brainseg.models.registry import register_model
-from brainseg.models.utils import load_encoder_weights
 
 
 class UNetEncoder(nn.Module):
@@ -35,11 +36,7 @@ class UNetEncoder(nn.Module):
         self.out_channels = list(widths)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+        return stage_outputs(self.stages, x)
 
 
 class UpBlock(nn.Module):
@@ -74,42 +71,23 @@ class UNetDecoder(nn.Module):
 class UNet(SegmentationModel):
     """U-Net of Ronneberger et al. 2015 as configured by Buda et al. 2019 (see module docstring).
 
-    Args:
-        in_channels: input channels (1 or 3).
-        out_channels: output channels (logits).
+    Args (besides in_channels, out_channels and encoder_weights, see `SegmentationModel`):
         width: base features (32 in Buda et al.; 64 in Ronneberger et al.); level i has width·2^i.
-        encoder_weights: optional local state-dict file for the encoder (see
-            `brainseg.models.load_encoder_weights`).
     """
 
     default_width = 32
     paper = "Ronneberger et al. 2015; configuration of Buda et al. 2019"
     cpu_channels_last = True  # CPU train step ×0.70 vs NCHW at batch 16 (models_speed.py --layouts)
     levels = 4  # 2×2 max-pools
+    decoder_class: type[nn.Module] = UNetDecoder
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        out_channels: int = 1,
-        width: int | None = None,
-        encoder_weights: str | None = None,
-    ) -> None:
-        super().__init__()
-        check_channels(self.name, in_channels, out_channels)
-        width = self._resolve_width(width, self.default_width, self.name)
+    def build(self, in_channels: int, out_channels: int, width: int) -> dict[str, Any]:
         widths = [width * 2**i for i in range(self.levels + 1)]
         self.encoder = UNetEncoder(in_channels, widths)
-        self.decoder = UNetDecoder(widths)
+        self.decoder = self.decoder_class(widths)
         self.head = nn.Conv2d(width, out_channels, kernel_size=1)
-        init_weights(self)
-        self._set_config(in_channels=in_channels, out_channels=out_channels, width=width)
-        if encoder_weights:
-            load_encoder_weights(self, encoder_weights)
+        return {}
 
     @property
     def size_divisor(self) -> int:
         return 2**self.levels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._prepare_input(x)
-        return self._output(self.head(self.decoder(self.encoder(x))))

@@ -67,7 +67,7 @@ def _anchor(text: str) -> str:
 
 def render_markdown(title: str, blocks: Sequence[Block], base: Path) -> str:
     """Markdown with figures linked relative to `base` (the folder report.md is written to)."""
-    from brainseg.reporting.tables import markdown_table
+    from brainseg.reporting.formatting import markdown_table
 
     out = [f"# {title}", ""]
     for b in blocks:

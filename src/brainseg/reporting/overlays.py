@@ -1,21 +1,24 @@
 """The example grid: image | ground truth | each model's prediction, with contour overlays.
 
-Reads the arrays a comparison saved in `examples/` (slices.npz and one <model>.npz of
-probabilities per model), so it needs no model. Ground truth is drawn in green and the
-prediction in magenta on the FLAIR channel; each panel's title carries that slice's Dice.
+Reads the arrays a comparison saved in `examples/` (slices.npz and one <model>.npz per model with
+its probabilities and the masks evaluation made of them), so it needs no model. Ground truth is
+drawn in green and the prediction in magenta on the FLAIR channel; each panel's title carries
+that slice's Dice, which is the slice's Dice in the model's per_slice.csv.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from brainseg.config import EvalConfig
 from brainseg.errors import BrainsegError
+from brainseg.inference.postprocess import binarize
 
 __all__ = ["Examples", "load_examples", "plot_examples", "slice_dice"]
 
@@ -34,6 +37,7 @@ class Examples:
     slices: list[int]
     kinds: list[str]
     probs: dict[str, np.ndarray]  # model → (K, H, W) float
+    preds: dict[str, np.ndarray] = field(default_factory=dict)  # model → (K, H, W) bool, as evaluated
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -83,13 +87,15 @@ def load_examples(ex_dir: str | Path, models: Sequence[str]) -> tuple[Examples |
         return [x.item() if hasattr(x, "item") else x for x in v] if v is not None and len(v) == k else default
 
     probs: dict[str, np.ndarray] = {}
+    preds: dict[str, np.ndarray] = {}
     for m in models:
         p = ex_dir / f"{m}.npz"
         if not p.is_file():
             notes.append(f"{p} not found: {m} is left out of the example figure.")
             continue
         try:
-            arr = _load_npz(p).get("probs")
+            z_m = _load_npz(p)
+            arr = z_m.get("probs")
         except BrainsegError as exc:
             notes.append(f"{exc}; {m} is left out of the example figure.")
             continue
@@ -98,6 +104,9 @@ def load_examples(ex_dir: str | Path, models: Sequence[str]) -> tuple[Examples |
                          f"{None if arr is None else arr.shape}; {m} is left out of the example figure.")
             continue
         probs[m] = _fit(arr, masks.shape[1:3])
+        b = z_m.get("preds")
+        if b is not None and b.shape == masks.shape:
+            preds[m] = b > 0
     ex = Examples(
         images=images,
         masks=(masks > 0).astype(np.uint8),
@@ -105,6 +114,7 @@ def load_examples(ex_dir: str | Path, models: Sequence[str]) -> tuple[Examples |
         slices=[int(x) for x in column("slices", [-1] * k)],
         kinds=[str(x) for x in column("kinds", [""] * k)],
         probs=probs,
+        preds=preds,
     )
     return ex, notes
 
@@ -167,7 +177,9 @@ def plot_examples(
                     ax.contour(truth, levels=[0.5], colors=[TRUTH_COLOR], linewidths=1.0)
             else:
                 m = models[j - 2]
-                pred = ex.probs[m][i] >= thresholds.get(m, 0.5)
+                # The mask evaluation made (TTA, post-processing); older folders hold probabilities only.
+                pred = ex.preds[m][i] if m in ex.preds else binarize(
+                    ex.probs[m][i][None], EvalConfig(threshold=thresholds.get(m, 0.5)))[0]
                 if truth.any():
                     ax.contour(truth, levels=[0.5], colors=[TRUTH_COLOR], linewidths=1.0)
                 if pred.any():

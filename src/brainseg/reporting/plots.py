@@ -1,5 +1,6 @@
 """Figures of a comparison (PNG through matplotlib's Agg renderer), drawn from tables, not models.
 
+The robustness figures (all models per perturbation; all perturbations per model) are here too.
 Each model keeps one colour in every figure (its position in the protocol's model list), so a
 reader can follow it from the bar chart to the learning curves. Figures are built on
 `matplotlib.figure.Figure` directly (no pyplot global state) and written atomically.
@@ -25,11 +26,14 @@ __all__ = [
     "plot_dice_per_patient",
     "plot_learning_curves",
     "plot_metrics_bars",
+    "plot_model_curves",
     "plot_robustness",
     "save_figure",
 ]
 
 DPI = 130
+#: Perturbation names of the unperturbed rows of a robustness table (drawn at severity 0).
+CLEAN_NAMES = frozenset({"none", "clean", "identity", "original"})
 # Tableau 10, reordered so that the five architectures get clearly distinct hues.
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 _STYLE = {
@@ -82,8 +86,10 @@ def _nan(v: Any) -> float:
     return x
 
 
-def plot_metrics_bars(board: Sequence[Mapping[str, Any]], colors: Mapping[str, str], path: str | Path) -> Path:
-    """Grouped bars of per-patient Dice, IoU, recall and precision (95% CI whiskers), loss alongside."""
+def plot_metrics_bars(
+    board: Sequence[Mapping[str, Any]], colors: Mapping[str, str], path: str | Path, *, confidence: float = 0.95
+) -> Path:
+    """Grouped bars of per-patient Dice, IoU, recall and precision (CI whiskers at `confidence`), loss alongside."""
     metrics = (("dice", "Dice"), ("iou", "IoU"), ("recall", "Recall"), ("precision", "Precision"))
     n = len(board)
     with _style():
@@ -109,7 +115,7 @@ def plot_metrics_bars(board: Sequence[Mapping[str, Any]], colors: Mapping[str, s
         ax.set_xticks(x, [name for _, name in metrics])
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("mean over test patients (volume)")
-        ax.set_title("Overlap metrics per patient (95% bootstrap CI)")
+        ax.set_title(f"Overlap metrics per patient ({confidence:.0%} bootstrap CI)")
         ax.grid(axis="x", visible=False)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=min(n, 5))
         losses = [_nan(r.get("loss")) for r in board]
@@ -262,9 +268,8 @@ def plot_robustness(
     Rows of a perturbation named none/clean/identity are the unperturbed baseline: drawn at
     severity 0 in every panel.
     """
-    clean_names = {"none", "clean", "identity", "original"}
-    perts = list(dict.fromkeys(str(r["perturbation"]) for r in rows if str(r["perturbation"]).lower() not in clean_names))
-    baseline = {str(r["model"]): _nan(r.get(metric)) for r in rows if str(r["perturbation"]).lower() in clean_names}
+    perts = list(dict.fromkeys(str(r["perturbation"]) for r in rows if str(r["perturbation"]).lower() not in CLEAN_NAMES))
+    baseline = {str(r["model"]): _nan(r.get(metric)) for r in rows if str(r["perturbation"]).lower() in CLEAN_NAMES}
     models = list(dict.fromkeys(str(r["model"]) for r in rows))
     n = max(len(perts), 1)
     ncols = min(n, 3)
@@ -294,3 +299,25 @@ def plot_robustness(
             fig.legend(handles, labs, loc="outside lower center", ncol=min(len(labs), 5))
         fig.suptitle("Robustness: test Dice under perturbations of increasing severity", fontweight="bold")
         return save_figure(fig, path)
+
+
+def plot_model_curves(rows: Sequence[dict[str, Any]], model: str, path: str | Path) -> Path:
+    """Dice per patient against severity for one model, one line per perturbation (PNG)."""
+    mine = [r for r in rows if r["model"] == model]
+    base = next((r["dice_patient"] for r in mine if str(r["perturbation"]).lower() in CLEAN_NAMES), float("nan"))
+    fig = new_figure(7.0, 4.4)
+    ax = fig.add_subplot(1, 1, 1)
+    for p in dict.fromkeys(r["perturbation"] for r in mine if str(r["perturbation"]).lower() not in CLEAN_NAMES):
+        pts = sorted((r["severity"], r["dice_patient"]) for r in mine if r["perturbation"] == p)
+        if pts[0][0] != 0:
+            pts = [(0, base)] + pts
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o", ms=3.5, lw=1.5, label=p.replace("_", " "))
+    ax.axhline(base, color="#888888", lw=0.8, ls="--")
+    ax.set_xlabel("severity (0 = unperturbed)")
+    ax.set_ylabel("Dice per patient (mean)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{model}: test Dice under perturbations")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    return save_figure(fig, path)

@@ -14,7 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from brainseg.fileio import write_csv_atomic, write_text_atomic
-from brainseg.reporting import tables as T
+from brainseg.metrics.detection import roc_curve
+from brainseg.reporting.comparison import Comparison, first_of, load_comparison
+from brainseg.reporting.formatting import (
+    display_name,
+    fmt,
+    fmt_ci,
+    fmt_count,
+    fmt_p,
+    fmt_seconds,
+    markdown_table,
+    to_number,
+)
 from brainseg.reporting.html import (
     Block,
     Bullets,
@@ -26,21 +37,31 @@ from brainseg.reporting.html import (
     render_html,
     render_markdown,
 )
+from brainseg.reporting.leaderboard import (
+    BOARD_METRICS,
+    leaderboard,
+    leaderboard_columns,
+    per_patient_values,
+    pooled_patients,
+)
+from brainseg.reporting.leakage import check_leakage
+from brainseg.reporting.robustness_section import robustness_blocks
+from brainseg.reporting.significance import SIGNIFICANCE_COLUMNS, significance, verdict
 
 __all__ = ["build_report", "leaderboard_text"]
 
 
 def _f(v: Any, d: int = 3) -> str:
-    return T.fmt(v, d)
+    return fmt(v, d)
 
 
 def _ms(v: Any) -> str:
-    x = T._number(v)
+    x = to_number(v)
     return "–" if math.isnan(x) else (f"{x:.2f}" if x < 10 else f"{x:.1f}")
 
 
 def _epochs(row: Mapping[str, Any]) -> str:
-    e, b = T._number(row.get("epochs")), T._number(row.get("best_epoch"))
+    e, b = to_number(row.get("epochs")), to_number(row.get("best_epoch"))
     if math.isnan(e):
         return "–"
     s = f"{e:.0f}" if float(e).is_integer() else f"{e:.1f}"
@@ -50,12 +71,15 @@ def _epochs(row: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------- tables
 
 
-def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int) -> list[Table]:
-    """The leaderboard as four readable tables: overlap per patient, per slice/micro, detection, cost."""
+def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: float = 0.95) -> list[Table]:
+    """The leaderboard as four readable tables: overlap per patient, per slice/micro, detection, cost.
+
+    `confidence` is the level of the board's bootstrap intervals (named in the caption).
+    """
     head = ["#", "Model", "Dice", "IoU", "Recall", "Precision", "Loss"]
     rows = []
     for r in board:
-        row = [str(r["rank"]), r["label"]] + [T.fmt_ci(r, f"{m}_patient") for m in ("dice", "iou", "recall", "precision")]
+        row = [str(r["rank"]), r["label"]] + [fmt_ci(r, f"{m}_patient") for m in ("dice", "iou", "recall", "precision")]
         row.append(_f(r.get("loss")))
         if n_folds:
             row.append(f"{_f(r.get('dice_fold_mean'))} ± {_f(r.get('dice_fold_sd'))}")
@@ -67,13 +91,13 @@ def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int) -> list[Table
     t1 = Table(
         head, rows, highlight_first=True, align="rl" + "r" * (len(head) - 2),
         caption=(f"Per patient volume: mean over {board[0]['n_patients'] if board else 0} test patients{pooled} "
-                 f"[95% bootstrap CI over patients]; loss = training loss ({loss_name or 'n/a'}) on the test split. "
+                 f"[{confidence:.0%} bootstrap CI over patients]; loss = training loss ({loss_name or 'n/a'}) on the test split. "
                  "Ranked by Dice."),
     )
     t2 = Table(
         ["Model", "Dice / slice", "IoU / slice", "Recall / slice", "Precision / slice",
          "Dice micro", "IoU micro", "Recall micro", "Precision micro"],
-        [[r["label"]] + [_f(r.get(f"{m}_slice")) for m in T.BOARD_METRICS] + [_f(r.get(f"{m}_micro")) for m in T.BOARD_METRICS]
+        [[r["label"]] + [_f(r.get(f"{m}_slice")) for m in BOARD_METRICS] + [_f(r.get(f"{m}_micro")) for m in BOARD_METRICS]
          for r in board],
         caption="Per slice: mean over slices (empty-mask policy below); micro: counts summed over every test slice.",
     )
@@ -86,34 +110,35 @@ def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int) -> list[Table
     )
     t4 = Table(
         ["Model", "Parameters", "FLOPs / slice", "Training time", "Epochs", "Inference ms / slice"],
-        [[r["label"], T.fmt_count(r.get("params")), T.fmt_count(r.get("flops")), T.fmt_seconds(r.get("train_seconds")),
+        [[r["label"], fmt_count(r.get("params")), fmt_count(r.get("flops")), fmt_seconds(r.get("train_seconds")),
           _epochs(r), _ms(r.get("inference_ms_per_slice"))] for r in board],
         caption="Cost" + (f" (training time summed over {n_folds} folds; epochs and inference time averaged)" if n_folds else ""),
     )
     return [t1, t2, t3, t4]
 
 
-def leaderboard_markdown(board: Sequence[Mapping[str, Any]], n_folds: int) -> str:
+def leaderboard_markdown(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: float = 0.95) -> str:
+    """leaderboard.md: the four tables of `board_tables` in Markdown."""
     parts = []
-    for t in board_tables(board, n_folds):
-        parts += [f"*{t.caption}*", "", T.markdown_table(t.headers, t.rows, t.align), ""]
+    for t in board_tables(board, n_folds, confidence):
+        parts += [f"*{t.caption}*", "", markdown_table(t.headers, t.rows, t.align), ""]
     return "# Leaderboard\n\n" + "\n".join(parts)
 
 
-def leaderboard_text(board: Sequence[Mapping[str, Any]]) -> str:
-    """A compact fixed-width leaderboard for the terminal."""
-    head = f"{'#':>2}  {'model':<16}{'Dice per patient [95% CI]':<28}{'IoU':>7}{'recall':>8}{'precision':>10}{'loss':>8}{'params':>10}{'train':>9}"
+def leaderboard_text(board: Sequence[Mapping[str, Any]], confidence: float = 0.95) -> str:
+    """A compact fixed-width leaderboard for the terminal (`confidence`: the intervals' level)."""
+    head = f"{'#':>2}  {'model':<16}{f'Dice per patient [{confidence:.0%} CI]':<28}{'IoU':>7}{'recall':>8}{'precision':>10}{'loss':>8}{'params':>10}{'train':>9}"
     lines = [head, "-" * len(head)]
     for r in board:
         lines.append(
-            f"{int(r['rank']):>2}  {r['label']:<16}{T.fmt_ci(r, 'dice_patient'):<28}{_f(r.get('iou_patient')):>7}"
+            f"{int(r['rank']):>2}  {r['label']:<16}{fmt_ci(r, 'dice_patient'):<28}{_f(r.get('iou_patient')):>7}"
             f"{_f(r.get('recall_patient')):>8}{_f(r.get('precision_patient')):>10}{_f(r.get('loss')):>8}"
-            f"{T.fmt_count(r.get('params')):>10}{T.fmt_seconds(r.get('train_seconds')):>9}"
+            f"{fmt_count(r.get('params')):>10}{fmt_seconds(r.get('train_seconds')):>9}"
         )
     return "\n".join(lines)
 
 
-def _split_blocks(cmp: T.Comparison) -> list[Block]:
+def _split_blocks(cmp: Comparison) -> list[Block]:
     p = cmp.protocol
     data = p.get("data") or {}
     blocks: list[Block] = [Heading("Data and split")]
@@ -144,7 +169,7 @@ def _split_blocks(cmp: T.Comparison) -> list[Block]:
                 caption="Patient-level split (every slice of a patient is in one part only)",
                 align="llrrr",
             ))
-    ok, lines = T.check_split(cmp)
+    ok, lines = check_leakage(cmp)
     css = "ok" if ok else ("fail" if ok is False else "note")
     blocks.append(Para("Leakage check — " + " ".join(lines), css))
     return blocks
@@ -161,7 +186,7 @@ def _settings_rows(config: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _protocol_blocks(cmp: T.Comparison, *, alpha: float, n_boot: int, confidence: float) -> list[Block]:
+def _protocol_blocks(cmp: Comparison, *, alpha: float, n_boot: int, confidence: float) -> list[Block]:
     s = next(iter(cmp.runs.values()))[0].summary
     threshold = s.get("threshold", 0.5)
     thresholds = {r[0].summary.get("threshold") for r in cmp.runs.values()}
@@ -181,7 +206,7 @@ def _protocol_blocks(cmp: T.Comparison, *, alpha: float, n_boot: int, confidence
         blocks.append(Table(["Setting", "Value"], _settings_rows(config), align="ll", caption="Shared settings"))
     items = [
         "A pixel is tumour when its sigmoid probability ≥ "
-        + (f"{threshold}" if len(thresholds) <= 1 else ", ".join(f"{T.display_name(m)} {r[0].summary.get('threshold')}" for m, r in cmp.runs.items()))
+        + (f"{threshold}" if len(thresholds) <= 1 else ", ".join(f"{display_name(m)} {r[0].summary.get('threshold')}" for m, r in cmp.runs.items()))
         + (f"; post-processing: {', '.join(f'{k} = {v}' for k, v in post.items())}" if post else "") + ".",
         "Dice = 2TP / (2TP + FP + FN); IoU = TP / (TP + FP + FN); precision = TP / (TP + FP); "
         "recall (sensitivity) = TP / (TP + FN); specificity = TN / (TN + FP).",
@@ -200,88 +225,29 @@ def _protocol_blocks(cmp: T.Comparison, *, alpha: float, n_boot: int, confidence
     return blocks
 
 
-def _significance_blocks(board: Sequence[Mapping[str, Any]], sig: Sequence[Mapping[str, Any]], alpha: float) -> list[Block]:
-    blocks: list[Block] = [Heading("Significance and verdict"), Para(T.verdict(board, sig, alpha=alpha), "verdict")]
+def _significance_blocks(
+    board: Sequence[Mapping[str, Any]], sig: Sequence[Mapping[str, Any]], alpha: float, confidence: float
+) -> list[Block]:
+    blocks: list[Block] = [
+        Heading("Significance and verdict"), Para(verdict(board, sig, alpha=alpha, confidence=confidence), "verdict")
+    ]
     if not sig:
         blocks.append(Para("Only one model has results: there is no pair to test.", "note"))
         return blocks
     rows = [
         [f"{r['label_a']} vs {r['label_b']}", str(r["n"]), f"{r['mean_diff']:+.3f}",
          f"{r['ci_low']:+.3f} to {r['ci_high']:+.3f}" if not math.isnan(r["ci_low"]) else "–",
-         T._fmt_p(r["p"]), T._fmt_p(r["p_holm"]),
-         (T.display_name(r["better"]) + " better") if r["significant"] else "not distinguishable"]
+         fmt_p(r["p"]), fmt_p(r["p_holm"]),
+         (display_name(r["better"]) + " better") if r["significant"] else "not distinguishable"]
         for r in sig
     ]
     blocks.append(Table(
-        ["Pair (A vs B)", "Patients", "Mean Δ Dice (A − B)", "95% CI of Δ", "p (Wilcoxon)", "p (Holm)", "Verdict"],
+        ["Pair (A vs B)", "Patients", "Mean Δ Dice (A − B)", f"{confidence:.0%} CI of Δ", "p (Wilcoxon)", "p (Holm)", "Verdict"],
         rows, align="lrrrrrl",
         caption=f"Paired Wilcoxon signed-rank tests on per-patient Dice, Holm-corrected over {len(sig)} pairs (α = {alpha})",
     ))
     blocks.append(Bullets([r["statement"] for r in sig]))
     return blocks
-
-
-def _robustness(cmp_dir: Path, labels: Mapping[str, str], colors: Mapping[str, str], fig_dir: Path,
-                notes: list[str]) -> tuple[list[Block], Path | None]:
-    rdir = cmp_dir / "robustness"
-    path = rdir / "robustness.csv"
-    if not path.is_file():
-        return [], None
-    try:
-        rows = T.read_table(path, ("model", "perturbation", "severity", "dice_patient"))
-    except Exception as exc:  # an optional section must not sink the report
-        notes.append(f"{path} could not be used ({exc}); robustness section left out.")
-        return [], None
-    if not rows:
-        notes.append(f"{path} has no rows; robustness section left out.")
-        return [], None
-    from brainseg.reporting.plots import plot_robustness
-
-    labels = {**{str(r["model"]): T.display_name(str(r["model"])) for r in rows}, **labels}
-    colors = dict(colors)
-    from brainseg.reporting.plots import model_colors
-
-    for m, c in model_colors([str(r["model"]) for r in rows]).items():
-        colors.setdefault(m, c)
-    fig = plot_robustness(rows, labels, colors, fig_dir / "robustness.png")
-    models = list(dict.fromkeys(str(r["model"]) for r in rows))
-    keys = list(dict.fromkeys((str(r["perturbation"]), r["severity"], str(r.get("parameter", ""))) for r in rows))
-    table_rows = []
-    for p, sev, par in keys:
-        vals = {str(r["model"]): r["dice_patient"] for r in rows
-                if (str(r["perturbation"]), r["severity"], str(r.get("parameter", ""))) == (p, sev, par)}
-        table_rows.append([p, _f(sev, 0) if not math.isnan(sev) else "–", par or "–"] + [_f(vals.get(m)) for m in models])
-    blocks: list[Block] = [
-        Heading("Robustness"),
-        Figure(fig, "Per-patient Dice on the test patients as each perturbation grows stronger, one line per model.",
-               "robustness"),
-        Table(["Perturbation", "Severity", "Parameter"] + [labels[m] for m in models], table_rows, align="lll" + "r" * len(models),
-              caption="Mean per-patient Dice under each perturbation"),
-    ]
-    spath = rdir / "strata.csv"
-    if spath.is_file():
-        try:
-            srows = T.read_table(spath, ("model", "stratum_type", "stratum", "dice_patient"))
-        except Exception as exc:
-            notes.append(f"{spath} could not be used ({exc}); stratified tables left out.")
-            srows = []
-        smodels = list(dict.fromkeys(str(r["model"]) for r in srows))
-        for stype in dict.fromkeys(str(r["stratum_type"]) for r in srows):
-            sub = [r for r in srows if str(r["stratum_type"]) == stype]
-            strata = list(dict.fromkeys(str(r["stratum"]) for r in sub))
-            trows = []
-            for s in strata:
-                cells, n = [], None
-                for m in smodels:
-                    hit = [r for r in sub if str(r["stratum"]) == s and str(r["model"]) == m]
-                    cells.append(_f(hit[0]["dice_patient"]) if hit else "–")
-                    if hit and not math.isnan(T._number(hit[0].get("n_patients"))):
-                        n = int(T._number(hit[0]["n_patients"]))
-                trows.append([s, "–" if n is None else str(n)] + cells)
-            blocks.append(Table([stype.replace("_", " ").capitalize(), "Patients"] + [labels.get(m, m) for m in smodels],
-                                trows, caption=f"Mean per-patient Dice by {stype.replace('_', ' ')}",
-                                align="lr" + "r" * len(smodels)))
-    return blocks, fig
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -318,35 +284,35 @@ def build_report(
         plot_metrics_bars,
     )
 
-    cmp = T.load_comparison(cmp_dir)
+    cmp = load_comparison(cmp_dir)
     out = cmp.dir
     fig_dir = out / "figures"
     notes = list(cmp.notes)
     written: dict[str, Path] = {}
 
-    board = T.leaderboard(cmp, n_boot=n_boot, confidence=confidence, seed=seed)
-    sig = T.significance(cmp, board, alpha=alpha, n_boot=n_boot, confidence=confidence, seed=seed)
+    board = leaderboard(cmp, n_boot=n_boot, confidence=confidence, seed=seed)
+    sig = significance(cmp, board, alpha=alpha, n_boot=n_boot, confidence=confidence, seed=seed)
     for m in cmp.models:
-        _, dup = T.pooled_patients(cmp.runs[m])
+        _, dup = pooled_patients(cmp.runs[m])
         if dup:
             notes.append(f"{m}: {dup} patient(s) appear in more than one fold; their metrics were averaged.")
 
-    written["leaderboard_csv"] = write_csv_atomic(out / "leaderboard.csv", board, T.leaderboard_columns(cmp.n_folds))
-    written["leaderboard_md"] = write_text_atomic(out / "leaderboard.md", leaderboard_markdown(board, cmp.n_folds))
-    written["significance_csv"] = write_csv_atomic(out / "significance.csv", sig, T.SIGNIFICANCE_COLUMNS)
+    written["leaderboard_csv"] = write_csv_atomic(out / "leaderboard.csv", board, leaderboard_columns(cmp.n_folds))
+    written["leaderboard_md"] = write_text_atomic(out / "leaderboard.md", leaderboard_markdown(board, cmp.n_folds, confidence))
+    written["significance_csv"] = write_csv_atomic(out / "significance.csv", sig, SIGNIFICANCE_COLUMNS)
 
     colors = model_colors([str(m) for m in cmp.protocol["models"]])
-    labels = {m: T.display_name(m) for m in cmp.protocol["models"]}
+    labels = {m: display_name(m) for m in cmp.protocol["models"]}
     ranked = [str(r["model"]) for r in board]
     figures: list[Figure] = []
 
-    written["figure_metrics_bars"] = plot_metrics_bars(board, colors, fig_dir / "metrics_bars.png")
+    written["figure_metrics_bars"] = plot_metrics_bars(board, colors, fig_dir / "metrics_bars.png", confidence=confidence)
     figures.append(Figure(
         written["figure_metrics_bars"],
-        "Per-patient mean Dice, IoU, recall and precision with 95% bootstrap intervals over patients (left) "
+        f"Per-patient mean Dice, IoU, recall and precision with {confidence:.0%} bootstrap intervals over patients (left) "
         "and the training loss on the test split (right).", "metric bars"))
 
-    per_patient = T.per_patient_values(cmp, "dice")
+    per_patient = per_patient_values(cmp, "dice")
     written["figure_dice_per_patient"] = plot_dice_per_patient(
         {m: list(per_patient[m].values()) for m in ranked}, labels, colors, fig_dir / "dice_per_patient.png", seed=seed)
     figures.append(Figure(
@@ -368,12 +334,12 @@ def build_report(
     rocs, ops = {}, {}
     for m in ranked:
         sl = [s for r in cmp.runs[m] for s in (r.per_slice or [])]
-        if not sl or all(math.isnan(T._number(s.get("prob_max"))) for s in sl):
+        if not sl or all(math.isnan(to_number(s.get("prob_max"))) for s in sl):
             continue
-        rocs[m] = T.roc_curve([T._number(s.get("prob_max")) for s in sl],
-                              [T._number(s.get("true_area")) > 0 for s in sl])
+        rocs[m] = roc_curve([to_number(s.get("prob_max")) for s in sl],
+                              [to_number(s.get("true_area")) > 0 for s in sl])
         row = next(r for r in board if r["model"] == m)
-        ops[m] = (T._number(row.get("slice_sensitivity")), T._number(row.get("slice_specificity")))
+        ops[m] = (to_number(row.get("slice_sensitivity")), to_number(row.get("slice_specificity")))
     rocs = {m: v for m, v in rocs.items() if not math.isnan(v[2])}
     if rocs:
         min_area = next(iter(cmp.runs.values()))[0].summary.get("detection_min_area")
@@ -400,7 +366,7 @@ def build_report(
     elif ex is not None:
         notes.append("examples/ holds no model's probabilities: the example figure is left out.")
 
-    rob_blocks, rob_fig = _robustness(out, labels, colors, fig_dir, notes)
+    rob_blocks, rob_fig = robustness_blocks(out, labels, colors, fig_dir, notes)
     if rob_fig is not None:
         written["figure_robustness"] = rob_fig
 
@@ -416,12 +382,12 @@ def build_report(
     ) if x)
     blocks: list[Block] = [
         Para(f"{len(board)} models compared on {test_desc}. Best: {best['label']}, per-patient Dice "
-             f"{T.fmt_ci(best, 'dice_patient')}.", "verdict"),
+             f"{fmt_ci(best, 'dice_patient')}.", "verdict"),
     ]
     blocks += _split_blocks(cmp)
     blocks += _protocol_blocks(cmp, alpha=alpha, n_boot=n_boot, confidence=confidence)
-    blocks += [Heading("Leaderboard")] + board_tables(board, cmp.n_folds)
-    blocks += _significance_blocks(board, sig, alpha)
+    blocks += [Heading("Leaderboard")] + board_tables(board, cmp.n_folds, confidence)
+    blocks += _significance_blocks(board, sig, alpha, confidence)
     blocks += [Heading("Figures")] + figures
     blocks += rob_blocks
     if notes:
@@ -434,16 +400,16 @@ def build_report(
     return written
 
 
-def _device(cmp: T.Comparison) -> str:
+def _device(cmp: Comparison) -> str:
     for runs in cmp.runs.values():
         for r in runs:
-            d = T._get(r.train_summary, "device_name", "device")
+            d = first_of(r.train_summary, "device_name", "device")
             if d:
                 return str(d)
     return ""
 
 
-def _reproduce_blocks(cmp: T.Comparison) -> list[Block]:
+def _reproduce_blocks(cmp: Comparison) -> list[Block]:
     p = cmp.protocol
     cmd = p.get("command") or ""
     if not cmd:

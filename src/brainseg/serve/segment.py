@@ -3,7 +3,7 @@
 The probability is the mean over *views*: every ensemble member, each on the slices as given and
 (with TTA) flipped left-right and up-down, the flip undone on its output. That mean is what
 `brainseg predict` thresholds for the same checkpoints and TTA setting; the mask comes from it
-through the same post-processing (`brainseg.inference.pipeline.postprocess`).
+through the same post-processing (`brainseg.inference.postprocess.binarize`).
 
 Uncertainty is the per-pixel *range* of the views' probabilities (highest minus lowest, 0–1). A
 pixel is *disputed* when that range reaches `DISPUTE` (one view calls it tumour with much more
@@ -15,13 +15,14 @@ prediction with a few noisy pixels is not flagged). `REVIEW_RULE` says this in w
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from brainseg.inference.pipeline import PostProcessing, postprocess
+from brainseg.config import EvalConfig
+from brainseg.inference.postprocess import binarize, postprocessing_dict
 
 #: Range of the views' probabilities from which a pixel counts as disputed.
 DISPUTE = 0.5
@@ -130,7 +131,7 @@ class Segmenter:
             of a single model).
         device, batch_size, channels: passed to each member's `Predictor`.
         overrides: post-processing overrides (threshold, largest_component, …; None: the checkpoint's).
-        engine: "torch", "onnx" or "auto" (`brainseg.inference.engine`).
+        engine: "torch", "onnx" or "auto" (`brainseg.engine`).
     """
 
     def __init__(
@@ -144,20 +145,20 @@ class Segmenter:
         overrides: dict[str, Any] | None = None,
         engine: str = "torch",
     ) -> None:
-        from brainseg.evaluation.predict import Predictor
         from brainseg.inference.pipeline import resolve_postprocessing
+        from brainseg.inference.predictor import Predictor
         from brainseg.training.checkpoint import load_checkpoint
 
         loaded = [c if isinstance(c, dict) else load_checkpoint(c) for c in checkpoints]
         # one Predictor per member (TTA off): the views are formed here, so each stays visible
         self.members = [Predictor([c], device=device, batch_size=batch_size, channels=channels) for c in loaded]
-        from brainseg.inference.engine import apply_engine
+        from brainseg.engine import apply_engine
 
         used = [apply_engine(m, engine) for m in self.members]
         self.engine = used[0]["engine"]
         self.engine_note = next((u["onnx_skipped"] for u in used if "onnx_skipped" in u), None)
         self.tta = tta
-        self.pp: PostProcessing = resolve_postprocessing(loaded[0], dict(overrides or {}))
+        self.pp: EvalConfig = resolve_postprocessing(loaded[0], dict(overrides or {}))
         self.in_channels = self.members[0].in_channels
         if any(m.in_channels != self.in_channels for m in self.members):
             from brainseg.errors import BrainsegError
@@ -176,7 +177,7 @@ class Segmenter:
             "tta": self.tta,
             "engine": self.engine,
             "n_views": self.n_views,
-            "postprocessing": asdict(self.pp),
+            "postprocessing": postprocessing_dict(self.pp),
             "review_rule": REVIEW_RULE if self.n_views > 1 else "one view only: no disagreement to measure",
         }
 
@@ -213,5 +214,5 @@ class Segmenter:
         views = self.view_probabilities(images, source, progress)
         probs = views.mean(axis=0)
         uncertainty = (views.max(axis=0) - views.min(axis=0)) if len(views) > 1 else None
-        mask = postprocess(probs, self.pp)
+        mask = binarize(probs, self.pp)
         return CaseResult(probs, mask, uncertainty, case_figures(mask, probs, uncertainty, spacing, self.pp.min_area))

@@ -24,15 +24,13 @@ from torch.utils.data import DataLoader, Sampler
 from brainseg.config import RunConfig
 from brainseg.errors import BrainsegError
 from brainseg.fileio import read_json, write_json_atomic
+from brainseg.runtime import resolve_amp, select_device
 from brainseg.training import distributed as dist_utils
 from brainseg.training.checkpoint import load_checkpoint
-from brainseg.training.trainer import EpochSampler, Trainer, resolve_amp, select_device, warmup_cosine
+from brainseg.training.trainer import EpochSampler, Trainer, warmup_cosine
 
 CONFIG_NAME = "config.json"
 SUMMARY_NAME = "train_summary.json"
-
-
-TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {"pspnet": {"aux": True}}
 
 
 def seed_everything(seed: int) -> None:
@@ -98,14 +96,12 @@ def resolve_split(cfg: RunConfig, index: Any, run_dir: Path | None) -> Any:
 
 
 def load_run_data(cfg: RunConfig, run_dir: Path | None, announce: Callable[[str], None] | None = None) -> RunData:
-    from brainseg.data.lgg import index_dataset
-    from brainseg.data.phantom import resolve_data_root
+    from brainseg.data.index_cache import index_dataset_cached
+    from brainseg.data.roots import resolve_data_root
 
     say = announce or (lambda m: print(m, file=sys.stderr))
     root = resolve_data_root(cfg.data.root, announce=say)
-    index = index_dataset(root, skip_bad=cfg.data.skip_bad)
-    for patient, reason in getattr(index, "skipped", {}).items():
-        say(f"skipped patient {patient}: {reason}")
+    index = index_dataset_cached(root, skip_bad=cfg.data.skip_bad, announce=say)
     split = resolve_split(cfg, index, run_dir)
     return RunData(root=Path(root), index=index, split=split)
 
@@ -211,26 +207,106 @@ def make_val_fn(
     return val
 
 
+def augment_from_config(d: Any) -> Any:
+    """The training augmentation a DataConfig asks for: False, or a `brainseg.data.transforms.Augment`."""
+    from brainseg.data.transforms import Augment
+
+    if not d.augment:
+        return False
+    if d.gamma_max < 1.0:
+        raise BrainsegError(f"data.gamma_max must be ≥ 1 (gamma is drawn in [1/gamma_max, gamma_max]), got {d.gamma_max}")
+    return Augment(gamma=(1.0 / d.gamma_max, d.gamma_max), bias_field=d.bias_field, seq_dropout=d.seq_dropout)
+
+
+def model_kwargs_for(cfg: RunConfig) -> dict[str, Any]:
+    """The constructor options of the run's model: its training defaults, model.kwargs, width."""
+    from brainseg.models import get_model_class
+
+    # An architecture's own training protocol (e.g. PSPNet's auxiliary head) unless the user says otherwise.
+    kwargs = {**get_model_class(cfg.model.name).training_defaults, **cfg.model.kwargs}
+    if cfg.model.width is not None:
+        kwargs["width"] = cfg.model.width
+    return kwargs
+
+
+def check_model_settings(cfg: RunConfig) -> None:
+    """Model name, options and slice size checked before any data is read (a weightless build)."""
+    from brainseg.models import create_model
+
+    kwargs = {k: v for k, v in model_kwargs_for(cfg).items() if k != "encoder_weights"}
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = create_model(cfg.model.name, in_channels=cfg.data.in_channels, **kwargs)
+    model.check_input_size(cfg.data.size, cfg.data.size)
+
+
+def resumed_config(cfg: RunConfig, run_cfg: dict[str, Any], epochs_done: int, where: Path,
+                   say: Callable[[str], None]) -> RunConfig:
+    """`cfg` for continuing a run made with `run_cfg`: every result-changing setting must match,
+    except train.epochs, which may extend (or shorten, down to the epochs done) the run, said aloud."""
+    from brainseg.protocol import changed_keys, diff_settings
+
+    differences = diff_settings(run_cfg, cfg.to_dict())
+    if changed_keys(differences) == ["train.epochs"] or not differences:
+        if differences:
+            if cfg.train.epochs < epochs_done:
+                raise BrainsegError(f"{where} has already trained {epochs_done} epochs; train.epochs "
+                                    f"{cfg.train.epochs} cannot shorten it below that")
+            say(f"resuming {where} with train.epochs {run_cfg['train']['epochs']} → {cfg.train.epochs} "
+                f"(the run is {'extended' if cfg.train.epochs > run_cfg['train']['epochs'] else 'shortened'}; "
+                "its learning-rate schedule is stretched to the new length from here on)")
+        return cfg
+    raise BrainsegError(
+        f"--resume {where}: the run was made with other settings ({'; '.join(differences)}); resume "
+        "without changing them (train.epochs alone may change), or train a new run in another --out"
+    )
+
+
 def train_run(
     cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Train one model as `cfg` says, in `run_dir`; with `resume`, continue from checkpoint_last.pt.
 
+    The run folder is locked while this runs (`brainseg.locks`): a second process gets a clear
+    error. With `resume`, `cfg` must match the run's own result-changing settings (see
+    `resumed_config`); a folder killed before its first epoch (config.json, no checkpoint) starts.
+
     Returns the contents of train_summary.json.
     """
+    import contextlib
+    import os
+
+    from brainseg.locks import folder_lock
+
+    cfg.validate()
+    check_model_settings(cfg)
+    run_dir = Path(run_dir)
+    # torchrun: rank 0 alone writes the folder, so it alone holds the lock (the group is not up yet).
+    main = int(os.environ.get("RANK", "0")) == 0
+    with folder_lock(run_dir, "run folder") if main else contextlib.nullcontext():
+        return _train_locked(cfg, run_dir, resume=resume, progress=progress)
+
+
+def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
     from brainseg.data.dataset import SliceDataset, load_arrays
     from brainseg.data.preprocess import preprocessing_dict
     from brainseg.losses import build_loss
     from brainseg.models import count_parameters, create_model
 
-    run_dir = Path(run_dir)
+    def say(msg: str) -> None:
+        if dist_utils.is_main():
+            print(msg, file=sys.stderr, flush=True)
+
     last = run_dir / "checkpoint_last.pt"
     ckpt = None
     if resume:
-        if not last.is_file():
+        if last.is_file():
+            ckpt = load_checkpoint(last)
+            cfg = resumed_config(cfg, ckpt["config"], int(ckpt.get("epoch") or 0), run_dir, say)
+        elif (run_dir / CONFIG_NAME).is_file():
+            cfg = resumed_config(cfg, read_json(run_dir / CONFIG_NAME), 0, run_dir, say)
+            say(f"{run_dir} was stopped before its first epoch ended: starting it")
+        else:
             raise BrainsegError(f"nothing to resume in {run_dir}: no checkpoint_last.pt")
-        ckpt = load_checkpoint(last)
-        cfg = RunConfig.from_dict(ckpt["config"], f"{last}")
     elif last.is_file():
         raise BrainsegError(
             f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out"
@@ -240,8 +316,6 @@ def train_run(
     distributed = dist_utils.init_from_env(device.type)
     device = dist_utils.local_device(device)
     rank, world = dist_utils.rank(), dist_utils.world_size()
-    if cfg.train.batch_size % world:
-        raise BrainsegError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world} processes")
     seed_everything(cfg.train.seed)
     if dist_utils.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +335,7 @@ def train_run(
         )
     common = {"size": d.size, "in_channels": d.in_channels, "normalization": d.normalization}
     train_ds = SliceDataset(
-        train_records, augment=d.augment, seed=cfg.train.seed, arrays=load_arrays(train_records, d.size), **common
+        train_records, augment=augment_from_config(d), seed=cfg.train.seed, arrays=load_arrays(train_records, d.size), **common
     )
     val_ds = SliceDataset(val_records, augment=False, arrays=load_arrays(val_records, d.size), **common)
 
@@ -276,12 +350,7 @@ def train_run(
         **loader_options(cfg, device),
     )
 
-    # An architecture's own training protocol unless the user says otherwise: PSPNet trains with
-    # its auxiliary head (deep supervision, Zhao et al. 2017 §4); in eval mode the head is unused.
-    model_kwargs = {**TRAINING_DEFAULTS.get(cfg.model.name, {}), **cfg.model.kwargs}
-    if cfg.model.width is not None:
-        model_kwargs["width"] = cfg.model.width
-    model = create_model(cfg.model.name, in_channels=d.in_channels, **model_kwargs)
+    model = create_model(cfg.model.name, in_channels=d.in_channels, **model_kwargs_for(cfg))
     model.check_input_size(d.size, d.size)
     model.channels_last_everywhere = cfg.train.channels_last
     model.to(device)

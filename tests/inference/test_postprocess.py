@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from brainseg.evaluation.postprocess import largest_component, remove_small_components
+from brainseg.inference.postprocess import largest_component, remove_small_components
 
 
 def test_largest_component_in_3d_by_hand() -> None:

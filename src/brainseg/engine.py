@@ -1,5 +1,8 @@
 """Inference engine: run a `Predictor`'s forward passes with PyTorch or with ONNX Runtime.
 
+(A layer above `inference` and `export`, which it joins: `predict_path` and the viewer take it
+as a hook, `apply_engine`, so inference itself never imports the exporter.)
+
 ``engine="onnx"`` swaps each loaded model for an ONNX Runtime session of the same checkpoint;
 preprocessing, batching, TTA, ensembling and resizing stay the Predictor's, so only the forward
 pass changes. The ONNX file is exported by `brainseg.export.export_onnx`, which writes nothing

@@ -1,4 +1,4 @@
-"""Inference with one checkpoint or an ensemble: native-size uint8 slices in, probabilities out.
+"""`Predictor`: one checkpoint or an ensemble turns native-size uint8 slices into probabilities.
 
 The checkpoint alone defines preprocessing (size, channels, normalisation): slices of any size are
 resized in, and probabilities resized back to the input's own size, so masks are always compared
@@ -20,15 +20,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from brainseg.config import RunConfig
 from brainseg.errors import BrainsegError
+from brainseg.runtime import resolve_amp, select_device
 from brainseg.training.checkpoint import load_checkpoint, model_from_checkpoint
-from brainseg.training.trainer import resolve_amp, select_device
 
 CHANNEL_RULES = {
     "strict": "a 1-channel slice given to a 3-channel model is an error",
     "replicate": "a 1-channel slice given to a 3-channel model is copied into all three channels "
     "(inputs the model never saw in training: expect lower accuracy)",
 }
+
+
+def checkpoint_config(ckpt: dict[str, Any]) -> RunConfig:
+    """The settings of the run that wrote `ckpt` (its `eval` section decides TTA and binarisation)."""
+    return RunConfig.from_dict(ckpt["config"], str(ckpt.get("path", "checkpoint")))
 
 
 def match_channels(images: np.ndarray, in_channels: int, rule: str, source: str) -> np.ndarray:

@@ -1,0 +1,101 @@
+"""The lever table of the CPU recipe: cross-validated per-patient Dice of one model under several settings.
+
+Each argument is LABEL=CMPDIR, a k-fold comparison folder made by `brainseg compare` on the same
+patients and folds (the first is the baseline). For every lever it prints the pooled per-patient
+Dice over all patients (each tested once, by the fold model that never saw it): mean with a 95%
+bootstrap CI, median, patients below 0.5 / 0.7, the mean over patients whose missing sequences were
+filled with FLAIR copies against the rest, the difference to the baseline with a paired Wilcoxon p,
+and the training minutes summed over folds.
+
+    python benchmarks/ablation_table.py base=runs/abl_base seq=runs/abl_seq --data DIR [--md docs/ablation.md]
+
+Optional: `--robustness` reads `robustness/robustness.csv` of each folder (written by
+`brainseg robustness CMPDIR`) and adds the Dice drop under the named perturbations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from brainseg.data.lgg import index_dataset, read_slice
+from brainseg.data.sequences import patient_copied_sequences
+from brainseg.metrics.stats import bootstrap_ci, paired_wilcoxon
+from brainseg.reporting.comparison import load_comparison
+from brainseg.reporting.leaderboard import per_patient_values
+
+
+def flair_copy_patients(data: str) -> set[str]:
+    idx = index_dataset(data)
+    by = idx.by_patient()
+    return {p for p in idx.patients if patient_copied_sequences(read_slice(r)[0] for r in by[p])}
+
+
+def train_minutes(cmp_dir: Path, model: str) -> float:
+    total = 0.0
+    for f in sorted((cmp_dir / "runs" / model).glob("**/train_summary.json")):
+        total += float(json.loads(f.read_text())["train_seconds"])
+    return total / 60.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("levers", nargs="+", metavar="LABEL=CMPDIR")
+    ap.add_argument("--model", default="unet")
+    ap.add_argument("--data", help="dataset folder, to find the FLAIR-copy patients")
+    ap.add_argument("--md", help="also write the table to this Markdown file")
+    args = ap.parse_args(argv)
+
+    copies = flair_copy_patients(args.data) if args.data else set()
+    rows, base = [], None
+    for spec in args.levers:
+        label, _, folder = spec.partition("=")
+        cmp = load_comparison(folder)
+        vals = per_patient_values(cmp, "dice").get(args.model)
+        if not vals:
+            print(f"{folder}: no results for {args.model}", file=sys.stderr)
+            continue
+        patients = sorted(vals)
+        v = np.array([vals[p] for p in patients])
+        mean, lo, hi = bootstrap_ci(v)
+        row = {
+            "lever": label, "n": len(v), "folds": cmp.n_folds, "mean": mean, "lo": lo, "hi": hi,
+            "median": float(np.median(v)), "below05": int((v < 0.5).sum()), "below07": int((v < 0.7).sum()),
+            "copies": float(np.mean([vals[p] for p in patients if p in copies])) if copies else float("nan"),
+            "others": float(np.mean([vals[p] for p in patients if p not in copies])) if copies else float("nan"),
+            "minutes": train_minutes(Path(folder), args.model), "vals": vals,
+        }
+        if base is None:
+            base = row
+            row["delta"], row["p"] = 0.0, float("nan")
+        else:
+            common = sorted(set(base["vals"]) & set(vals))
+            a = np.array([vals[p] for p in common])
+            b = np.array([base["vals"][p] for p in common])
+            row["delta"] = float(np.mean(a - b))
+            row["p"] = paired_wilcoxon(a, b)["p_value"]
+        rows.append(row)
+
+    head = ("| lever | patients (folds) | per-patient Dice [95% CI] | median | < 0.5 / < 0.7 | FLAIR-copy / others "
+            "| Δ vs first (Wilcoxon p) | train min |")
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        p = "" if np.isnan(r["p"]) else f" (p {r['p']:.3f})"
+        lines.append(
+            f"| {r['lever']} | {r['n']} ({r['folds']}) | {r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] | "
+            f"{r['median']:.3f} | {r['below05']} / {r['below07']} | {r['copies']:.3f} / {r['others']:.3f} | "
+            f"{r['delta']:+.3f}{p} | {r['minutes']:.0f} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if args.md:
+        Path(args.md).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

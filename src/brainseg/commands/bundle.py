@@ -1,0 +1,84 @@
+"""`brainseg bundle`: turn a trained run into a model bundle (weights + metadata.json) that predict can ship."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = (
+    "Write a model bundle from a trained run: model.pt (inference-only checkpoint, float16 weights when "
+    "their predictions match float32 within the stated tolerance) and metadata.json (architecture, input "
+    "contract, eval settings, training patients, dataset citation and licence, the recipe's cross-validated "
+    "figures from --cv, a check figure on --check patients, intended use). Put it under "
+    "src/brainseg/bundles/<name>/ to ship it; `brainseg models --bundles` lists bundles."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUNDIR", help="a run folder made by `brainseg train` (its best checkpoint)")
+    p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
+    p.add_argument("--name", required=True, help="bundle name, e.g. lgg_unet_cpu")
+    p.add_argument("--version", default="1.0.0", help="bundle version (default 1.0.0)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--cv", metavar="CMPDIR", help="k-fold comparison folder of the same recipe: its pooled "
+                   "per-patient figures go into the metadata")
+    p.add_argument("--cv-model", default=None, help="model of --cv to take (default: the run's architecture)")
+    p.add_argument("--check", action="append", required=True, metavar="PATIENT_DIR",
+                   help="kaggle_3m patient folder for the fp16 and regression check (repeat; 2-3 suffice)")
+    p.add_argument("--description", default="", help="one paragraph for people")
+
+
+def cv_figures(cmp_dir: str, model: str, data_root: str | None) -> dict[str, Any]:
+    """Pooled per-patient Dice of `model` over the folds of a comparison (mean, median, CI, groups)."""
+    import numpy as np
+
+    from brainseg.errors import BrainsegError
+    from brainseg.metrics.stats import bootstrap_ci
+    from brainseg.reporting.comparison import load_comparison
+    from brainseg.reporting.leaderboard import per_patient_values
+
+    cmp = load_comparison(cmp_dir)
+    vals = per_patient_values(cmp, "dice").get(model)
+    if not vals:
+        raise BrainsegError(f"{cmp_dir} has no results for {model}")
+    v = np.array(list(vals.values()))
+    mean, lo, hi = bootstrap_ci(v)
+    out: dict[str, Any] = {
+        "folder": str(cmp_dir), "folds": cmp.n_folds, "n_patients": int(v.size),
+        "dice_per_patient_mean": round(mean, 4), "dice_per_patient_median": round(float(np.median(v)), 4),
+        "dice_per_patient_ci95": [round(lo, 4), round(hi, 4)],
+        "patients_below_0.5": int((v < 0.5).sum()), "patients_below_0.7": int((v < 0.7).sum()),
+        "how": "each patient tested once by the fold model that never saw it; recipe evaluation settings",
+    }
+    if data_root:
+        from brainseg.data.lgg import index_dataset, read_slice
+        from brainseg.data.sequences import patient_copied_sequences
+
+        idx = index_dataset(data_root)
+        by = idx.by_patient()
+        copies = {p for p in vals if p in by and patient_copied_sequences(read_slice(r)[0] for r in by[p])}
+        if copies:
+            out["flair_copy_patients"] = sorted(copies)
+            out["dice_flair_copy_mean"] = round(float(np.mean([vals[p] for p in copies])), 4)
+            out["dice_others_mean"] = round(float(np.mean([vals[p] for p in vals if p not in copies])), 4)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from brainseg.bundles import describe, make_bundle
+    from brainseg.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(Path(args.run_dir) / f"checkpoint_{args.checkpoint}.pt")
+    cv = None
+    if args.cv:
+        cv = cv_figures(args.cv, args.cv_model or ckpt["model"]["name"], ckpt.get("data_root"))
+    split = ckpt.get("split", {})
+    patients = list(split.get("train", [])) + list(split.get("val", []))
+    meta = make_bundle(
+        ckpt["path"], args.out, name=args.name, version=args.version, check_patients=args.check,
+        cross_validation=cv, training_patients=patients, description=args.description,
+    )
+    print(f"wrote bundle {describe(meta)} to {args.out} (weights {meta['weights']['dtype']})", file=sys.stderr)
+    return 0

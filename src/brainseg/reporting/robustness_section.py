@@ -1,0 +1,87 @@
+"""The robustness section of a comparison's report, from the files `brainseg robustness` wrote.
+
+Reads `<comparison>/robustness/robustness.csv` and `strata.csv`; draws the all-models figure and
+the tables of per-patient Dice by perturbation and by stratum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from brainseg.reporting.comparison import read_table
+from brainseg.reporting.formatting import display_name, fmt, to_number
+from brainseg.reporting.html import Block, Figure, Heading, Table
+
+
+def _f(v: object, d: int = 3) -> str:
+    return fmt(v, d)
+
+
+def robustness_blocks(
+    cmp_dir: Path, labels: Mapping[str, str], colors: Mapping[str, str], fig_dir: Path, notes: list[str]
+) -> tuple[list[Block], Path | None]:
+    """The report's robustness section from `<cmp_dir>/robustness/` (none when absent), and its figure.
+
+    Problems with the files become entries in `notes`; they never stop the report.
+    """
+    rdir = cmp_dir / "robustness"
+    path = rdir / "robustness.csv"
+    if not path.is_file():
+        return [], None
+    try:
+        rows = read_table(path, ("model", "perturbation", "severity", "dice_patient"))
+    except Exception as exc:  # an optional section must not sink the report
+        notes.append(f"{path} could not be used ({exc}); robustness section left out.")
+        return [], None
+    if not rows:
+        notes.append(f"{path} has no rows; robustness section left out.")
+        return [], None
+    from brainseg.reporting.plots import plot_robustness
+
+    labels = {**{str(r["model"]): display_name(str(r["model"])) for r in rows}, **labels}
+    colors = dict(colors)
+    from brainseg.reporting.plots import model_colors
+
+    for m, c in model_colors([str(r["model"]) for r in rows]).items():
+        colors.setdefault(m, c)
+    fig = plot_robustness(rows, labels, colors, fig_dir / "robustness.png")
+    models = list(dict.fromkeys(str(r["model"]) for r in rows))
+    keys = list(dict.fromkeys((str(r["perturbation"]), r["severity"], str(r.get("parameter", ""))) for r in rows))
+    table_rows = []
+    for p, sev, par in keys:
+        vals = {str(r["model"]): r["dice_patient"] for r in rows
+                if (str(r["perturbation"]), r["severity"], str(r.get("parameter", ""))) == (p, sev, par)}
+        table_rows.append([p, _f(sev, 0) if not math.isnan(sev) else "–", par or "–"] + [_f(vals.get(m)) for m in models])
+    blocks: list[Block] = [
+        Heading("Robustness"),
+        Figure(fig, "Per-patient Dice on the test patients as each perturbation grows stronger, one line per model.",
+               "robustness"),
+        Table(["Perturbation", "Severity", "Parameter"] + [labels[m] for m in models], table_rows, align="lll" + "r" * len(models),
+              caption="Mean per-patient Dice under each perturbation"),
+    ]
+    spath = rdir / "strata.csv"
+    if spath.is_file():
+        try:
+            srows = read_table(spath, ("model", "stratum_type", "stratum", "dice_patient"))
+        except Exception as exc:
+            notes.append(f"{spath} could not be used ({exc}); stratified tables left out.")
+            srows = []
+        smodels = list(dict.fromkeys(str(r["model"]) for r in srows))
+        for stype in dict.fromkeys(str(r["stratum_type"]) for r in srows):
+            sub = [r for r in srows if str(r["stratum_type"]) == stype]
+            strata = list(dict.fromkeys(str(r["stratum"]) for r in sub))
+            trows = []
+            for s in strata:
+                cells, n = [], None
+                for m in smodels:
+                    hit = [r for r in sub if str(r["stratum"]) == s and str(r["model"]) == m]
+                    cells.append(_f(hit[0]["dice_patient"]) if hit else "–")
+                    if hit and not math.isnan(to_number(hit[0].get("n_patients"))):
+                        n = int(to_number(hit[0]["n_patients"]))
+                trows.append([s, "–" if n is None else str(n)] + cells)
+            blocks.append(Table([stype.replace("_", " ").capitalize(), "Patients"] + [labels.get(m, m) for m in smodels],
+                                trows, caption=f"Mean per-patient Dice by {stype.replace('_', ' ')}",
+                                align="lr" + "r" * len(smodels)))
+    return blocks, fig
