@@ -11,9 +11,11 @@ checkpoint (``checkpoint_best.pt`` → ``checkpoint_best.onnx``, with ``checkpoi
 holding the checkpoint's SHA-256): a later run reuses it while the checkpoint is unchanged. Where
 that folder is read-only the file goes to a temporary folder for this process only.
 
-``engine="auto"`` uses ONNX Runtime when it is installed and the device is the CPU (where it is
-faster: 4.4 against 7.4 ms/slice for the CPU recipe's UNet, measured for issue 18), else PyTorch;
-a failed export falls back to PyTorch and says why. ``engine="torch"`` is PyTorch alone.
+``engine="auto"`` uses ONNX Runtime when it is installed and the device is the CPU, else PyTorch;
+a failed export falls back to PyTorch and says why. (ONNX Runtime was reported at 0.60× PyTorch's
+forward time for the CPU recipe's UNet on an idle 2-core machine; on our busy machine
+`benchmarks/predict_speed.py` found it no faster, so measure with that benchmark before relying
+on the gain.) ``engine="torch"`` is PyTorch alone.
 """
 
 from __future__ import annotations
