@@ -183,6 +183,7 @@ def evaluate_run(
     """
     from brainseg.data.lgg import index_dataset
     from brainseg.data.phantom import resolve_data_root
+    from brainseg.environment import environment
     from brainseg.evaluation.predict import Predictor
     from brainseg.losses import build_loss
     from brainseg.training.checkpoint import load_checkpoint
@@ -231,6 +232,7 @@ def evaluate_run(
         "loss": extra["loss"],
         "tta": cfg.eval.tta,
         "device": str(predictor.device),
+        "environment": environment(predictor.device),
         "inference_ms_per_slice": round(predictor.ms_per_slice, 3),
         "eval_config": asdict(cfg.eval),
     }
