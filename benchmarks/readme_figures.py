@@ -89,13 +89,13 @@ BENCH = [sys.executable]
 FIGURES = [
     Figure(
         "main", "brainseg compare on the phantoms, defaults (96×96, width 8, 20 epochs): per-patient test Dice",
-        {"UNet": 0.951, "Attention UNet": 0.914, "DeepLabV3+": 0.826, "PSPNet": 0.787, "SegNet": 0.756},
+        {"UNet": 0.943, "Attention UNet": 0.897, "DeepLabV3+": 0.826, "PSPNet": 0.787, "SegNet": 0.756},
         lambda out, data: [*BRAINSEG, "compare", "--out", str(out)], compare_dice,
         quick=["--epochs", "2", "--models", "unet,segnet"],
     ),
     Figure(
         "compare_cpu", "five models on the real data, reduced budget (configs/compare_cpu.yaml): per-patient test Dice",
-        {"UNet": 0.663, "Attention UNet": 0.519, "DeepLabV3+": 0.591, "PSPNet": 0.612, "SegNet": 0.545},
+        {"UNet": 0.707, "Attention UNet": 0.532, "DeepLabV3+": 0.552, "PSPNet": 0.481, "SegNet": 0.551},
         lambda out, data: [*BRAINSEG, "compare", "--data", str(data), "--config", "configs/compare_cpu.yaml", "--out", str(out)],
         compare_dice, real_data=True, quick=["--models", "unet", "--set", "train.epochs=2"],
     ),

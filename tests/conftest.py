@@ -18,15 +18,23 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("BRAINSEG_CACHE", str(tmp_path_factory.mktemp("brainseg_cache")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _torch_globals_at_start() -> tuple[int, bool, bool]:
+    # Taken before any session fixture trains (autouse session fixtures are set up first).
+    import torch
+
+    return (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled())
+
+
 @pytest.fixture(autouse=True)
-def _restore_torch_globals() -> Iterator[None]:
+def _restore_torch_globals(_torch_globals_at_start: tuple[int, bool, bool]) -> Iterator[None]:
     # train_run sets the thread count and deterministic mode of its process (train.threads,
     # train.deterministic); one test's run must not change the next test's process.
     import torch
 
-    threads, det, warn = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-                          torch.is_deterministic_algorithms_warn_only_enabled())
     yield
+    threads, det, warn = _torch_globals_at_start
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(det, warn_only=warn)
 

@@ -5,7 +5,9 @@ processes end in bit-identical weights; with another thread count they do not, b
 CPU kernels split sums (BatchNorm's batch statistics, convolution weight gradients) between the
 threads and float addition is not associative — the first training-mode BatchNorm of a UNet
 already differs by ~1e-5 relative between 1 and 2 threads, and training amplifies that into
-another model (real-data UNet test Dice 0.578 vs 0.66 at this budget). PyTorch's default thread
+another model (configs/compare_cpu.yaml: UNet test Dice 0.578 with 1 thread, 0.707 with 2).
+Another CPU instruction set (oneDNN's AVX2 vs AVX-512 kernels) changes the weights the same way;
+that cannot be fixed here, only recorded (brainseg.environment). PyTorch's default thread
 count is the number of CPUs the process may use, so it changes with the machine, with
 `taskset`/cgroup limits and with OMP_NUM_THREADS; `train.threads` fixes it instead, and the run
 records it (config.json, every checkpoint), so `--resume` and a rerun from config.json use it.
