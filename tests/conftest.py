@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,27 @@ REAL_DATA = REPO.parent / "shared" / "data" / "lgg" / "kaggle_3m"
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     # Never write the default phantom cache into the user's home from tests.
     os.environ.setdefault("BRAINSEG_CACHE", str(tmp_path_factory.mktemp("brainseg_cache")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_globals_at_start() -> tuple[int, bool, bool]:
+    # Taken before any session fixture trains (autouse session fixtures are set up first).
+    import torch
+
+    return (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled())
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals(_torch_globals_at_start: tuple[int, bool, bool]) -> Iterator[None]:
+    # train_run sets the thread count and deterministic mode of its process (train.threads,
+    # train.deterministic); one test's run must not change the next test's process.
+    import torch
+
+    yield
+    threads, det, warn = _torch_globals_at_start
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det, warn_only=warn)
 
 
 @pytest.fixture(scope="session")

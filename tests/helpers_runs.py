@@ -19,4 +19,5 @@ def tiny_cfg(root: Path, epochs: int = 2, model: str = "unet") -> RunConfig:
     cfg.train.batch_size = 8
     cfg.train.lr = 3e-3
     cfg.train.device = "cpu"
+    cfg.train.threads = 1  # a second thread buys nothing at 32×32 on a shared CPU
     return cfg

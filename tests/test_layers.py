@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "brainseg"
 #: Lowest first. Keep in step with the "Layout" section of README.md.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "errors"),
-    ("fileio", "config", "runtime", "locks"),
+    ("fileio", "config", "runtime", "locks", "environment"),
     ("data", "metrics", "losses", "models", "protocol"),
     ("training",),
     ("inference",),

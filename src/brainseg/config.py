@@ -75,6 +75,8 @@ class TrainConfig:
     channels_last: bool = False  # force NHWC on every device; on a CPU each model has its own measured layout
     compile: bool = False
     seed: int = 0
+    threads: int = 2  # intra-op CPU threads; results depend on it (see README, Reproducibility); 0 → torch's default
+    deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only); on CUDA also no cuDNN autotuning
     max_batches_per_epoch: int = 0  # 0 → a full pass over the training slices
     time_limit_minutes: float = 0.0  # stop after the epoch that reaches this much training time; 0 → none
 

@@ -34,6 +34,7 @@ TOLERANCE = 1e-4  # |w_ddp - w_one| / |w_one - w_initial|; see the last test
 TRAIN_FLAGS = [
     "--model", "unet", "--size", "32", "--width", "4", "--batch-size", "8", "--lr", "3e-3",
     "--loss", "bce", "--device", "cpu", "--set", "data.val_fraction=0.25", "--set", "data.test_fraction=0.25",
+    "--set", "train.threads=1",
 ]  # fmt: skip
 
 

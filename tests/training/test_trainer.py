@@ -89,6 +89,7 @@ def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(tiny_phantoms:
         sys.executable, "-m", "brainseg", "train", "--data", str(tiny_phantoms), "--model", "unet",
         "--size", "32", "--width", "4", "--epochs", "30", "--batch-size", "4", "--device", "cpu",
         "--out", str(run), "--set", "data.val_fraction=0.25", "--set", "data.test_fraction=0.25",
+        "--set", "train.threads=1",
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -167,6 +167,7 @@ def evaluate_run(
     settings apply (threshold, TTA, post-processing, …) except where `eval_overrides` or `tta`
     (None: the run's) say otherwise.
     """
+    from brainseg.environment import environment
     from brainseg.evaluation.session import EvalRun
     from brainseg.losses import build_loss
 
@@ -193,6 +194,7 @@ def evaluate_run(
         "loss": extra["loss"],
         "tta": cfg.eval.tta,
         "device": str(predictor.device),
+        "environment": environment(predictor.device),
         "inference_ms_per_slice": round(predictor.ms_per_slice, 3),
         "eval_config": asdict(cfg.eval),
         "flops": _flops(predictor, ckpt),

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from brainseg.environment import environment_rows
 from brainseg.fileio import write_csv_atomic, write_text_atomic
 from brainseg.metrics.detection import roc_curve
 from brainseg.reporting.comparison import Comparison, first_of, load_comparison
@@ -427,6 +428,9 @@ def _reproduce_blocks(cmp: Comparison) -> list[Block]:
         Para("This report can be rebuilt from the folder's files alone (no model is loaded) with:"),
         Code(f"brainseg report {cmp.dir}"),
     ]
+    envs = [r.train_summary["environment"] for rs in cmp.runs.values() for r in rs if (r.train_summary or {}).get("environment")]
+    if envs:  # what the runs ran on: another thread count or CPU gives other weights (README, Reproducibility)
+        blocks.append(Table(["What", "Value"], environment_rows(envs[0]), align="ll", caption="Environment (train_summary.json)"))
     if p.get("config"):
         blocks += [Para("Full settings shared by every model (also in protocol.json and each run's config.json):"),
                    Code(json.dumps(p["config"], indent=2, default=str))]

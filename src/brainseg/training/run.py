@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import platform
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -22,21 +21,19 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from brainseg.config import RunConfig
+from brainseg.environment import environment
 from brainseg.errors import BrainsegError
 from brainseg.fileio import read_json, write_json_atomic
 from brainseg.runtime import resolve_amp, select_device
 from brainseg.training import distributed as dist_utils
 from brainseg.training.checkpoint import load_checkpoint
+from brainseg.training.determinism import configure_run, warn_environment_change
 from brainseg.training.trainer import EpochSampler, Trainer, warmup_cosine
 
 CONFIG_NAME = "config.json"
 SUMMARY_NAME = "train_summary.json"
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -316,7 +313,10 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
     distributed = dist_utils.init_from_env(device.type)
     device = dist_utils.local_device(device)
     rank, world = dist_utils.rank(), dist_utils.world_size()
-    seed_everything(cfg.train.seed)
+    configure_run(cfg.train.seed, cfg.train.threads, device, cfg.train.deterministic)
+    env = environment(device)
+    if ckpt is not None and dist_utils.is_main():
+        warn_environment_change(ckpt.get("environment"), env, lambda m: print(m, file=sys.stderr))
     if dist_utils.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / CONFIG_NAME, cfg.to_dict())
@@ -377,6 +377,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
         "split": data.split.to_dict(),
         "data_root": str(data.root),
         "params": count_parameters(model),
+        "environment": env,
     }
     val_fn = make_val_fn(val_loader, loss_fn, device, amp_dtype, cfg.eval.threshold, cfg.eval.empty_policy)
     trainer = Trainer(
@@ -430,6 +431,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
         "world_size": world,
         "amp": str(amp_dtype) if amp_dtype else "off",
         "torch": torch.__version__,
+        "environment": env,
     }
     if dist_utils.is_main():
         write_json_atomic(run_dir / SUMMARY_NAME, summary)
