@@ -102,3 +102,17 @@ def test_rules_at_their_edges(key: str, good: object, bad: object) -> None:
     assert getattr(getattr(build_config(None, {key: good}), section), name) == good
     with pytest.raises(BrainsegError, match=rf"{key} must be"):
         build_config(None, {key: bad})
+
+
+def test_the_study_runs_the_cpu_recipe_for_every_model() -> None:
+    """configs/study_cpu.yaml is configs/unet_cpu.yaml with 5 folds and no wall-clock stop."""
+    from brainseg.protocol import result_settings
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    recipe = result_settings(build_config(root / "unet_cpu.yaml"))
+    study = result_settings(build_config(root / "study_cpu.yaml"))
+    differ = {k: (recipe[k], study[k]) for k in recipe if recipe[k] != study[k]}
+    assert differ == {
+        "data.folds": (0, 5), "data.test_fraction": (0.0, 0.2), "train.time_limit_minutes": (55, 0),
+    }, differ
+    assert build_config(root / "unet_cpu.yaml").data.seq_dropout > 0  # the levers of docs/recipe.md
