@@ -169,6 +169,7 @@ def evaluate_run(
     """
     from brainseg.evaluation.session import EvalRun
     from brainseg.losses import build_loss
+    from brainseg.protocol import result_settings, settings_hash
 
     run = EvalRun.load(run_dir, checkpoint, data_root, split=split,
                        eval_overrides={**(eval_overrides or {}), "tta": tta})
@@ -187,6 +188,7 @@ def evaluate_run(
         "checkpoint_epoch": ckpt.get("epoch"),
         "split": split,
         "split_id": ckpt["split"]["id"],
+        "settings_hash": settings_hash(result_settings(cfg), ckpt["split"]["id"]),  # what compare's reuse checks
         "data_root": str(run.root),
         "params": ckpt.get("params"),
         "loss_name": cfg.train.loss,
