@@ -84,7 +84,7 @@ def established_text(board: Sequence[Mapping[str, Any]], sig: Sequence[Mapping[s
         text += (f"Not established: the order within {join_words(names)}"
                  " — a non-significant difference is not evidence that the models are equal, only that these "
                  "patients cannot tell them apart. ")
-    text += ("Not established either: how the ranking would hold on other scanners, sequences or tumour grades "
+    text += ("Not established either" if tied else "Not established") + (": how the ranking would hold on other scanners, sequences or tumour grades "
              "(one public LGG collection), at other training budgets or input sizes than the protocol's, or for "
              "clinical use; nor the slice-split study's ranking, whose numbers come from a split that leaks patients.")
     return text
@@ -140,13 +140,14 @@ def beside_blocks(cmp: Comparison, board: Sequence[Mapping[str, Any]]) -> list[B
         f"already seen. Here every test patient is unseen ({'k-fold over patients' if cmp.n_folds else 'a patient-level split'}, "
         f"{n} patients; see the leakage check). Expect our figures to be lower for that reason alone.",
         "Averaging. Its Dice is a mean over slices (or pixels) of the test set; our headline is the mean over "
-        "patient volumes. The columns 'per slice' and 'micro' above are our own results averaged its way: the "
-        "per-slice mean counts every tumour-free slice scored correctly as a perfect 1 (empty policy "
-        f"'{cmp.empty_policy}'), and micro Dice is dominated by the largest tumours, so both sit apart from the "
+        "patient volumes. The columns 'per slice' and 'micro' above are our own results averaged its way: the per-slice mean "
+        + ("counts every tumour-free slice predicted empty as a perfect 1 (empty policy 'one')" if cmp.empty_policy == "one"
+           else f"treats tumour-free slices by the empty policy '{cmp.empty_policy}'")
+        + ", and micro Dice is dominated by the largest tumours, so both sit apart from the "
         "per-patient figure on the same predictions.",
-        f"Budget and resolution. Our models were trained under one CPU budget ({budget}); the slice-split study "
-        "trained at the full 256×256 resolution for longer. A gap that remains after the two reasons above may be "
-        "budget, not architecture.",
+        f"Budget and resolution. Our models were trained under one CPU budget ({budget}); the slice-split "
+        "study's budget and input size are not part of its table. A gap that remains after the two reasons above "
+        "may be budget or resolution, not architecture: see whether the learning curves had flattened.",
         "Metrics. It also reported IoU, recall, precision and loss; ours are in the leaderboard (per patient, with "
         "intervals). A loss value is comparable only under the same loss function, so its loss column is not compared.",
     ]
