@@ -66,7 +66,7 @@ def test_bad_model_lists(tmp_path: Path, capsys, models: str, match: str) -> Non
 
 RESULT_NAMES = ("train_summary.json", "history.csv", "config.json", "eval_test/summary.json",
                 "eval_test/per_patient.csv", "eval_test/per_slice.csv", "eval_test/detection.csv")
-REPORT_NAMES = ("leaderboard.csv", "leaderboard.md", "significance.csv", "report.md")
+REPORT_NAMES = ("leaderboard.csv", "leaderboard.md", "significance.csv", "report.md", "report.html")
 
 
 def test_committed_results_resume_without_checkpoints(tiny_phantoms: Path, tmp_path: Path, capsys) -> None:

@@ -25,7 +25,8 @@ from brainseg.metrics.surface import SURFACE_METRIC_KEYS, SURFACE_METRICS_POLICY
 
 def test_evaluate_writes_documented_files_that_agree_with_sklearn(tiny_run: Path, capsys) -> None:
     assert main(["evaluate", str(tiny_run), "--device", "cpu"]) == 0
-    assert "per patient" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "per patient" in printed and "HD95 median" in printed and "lesion sensitivity" in printed
     out = tiny_run / "eval_test"
     slices, patients = read_csv(out / "per_slice.csv"), read_csv(out / "per_patient.csv")
     detection = read_csv(out / "detection.csv")
