@@ -34,7 +34,7 @@ def test_compare_two_models_then_reuse(tiny_phantoms: Path, tmp_path: Path, caps
     before = ckpt.stat().st_mtime_ns
     capsys.readouterr()
     assert main(args) == 0
-    assert "already trained" in capsys.readouterr().err
+    assert "result files present and matching the protocol, skipping training and evaluation" in capsys.readouterr().err
     assert ckpt.stat().st_mtime_ns == before
     # other training settings in the same folder are refused, not mixed in
     assert main([*args[:-len(TINY)], *TINY[:6], "--epochs", "2", *TINY[8:]]) == 2

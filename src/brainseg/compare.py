@@ -201,11 +201,11 @@ def committed_results(run_dir: Path, cfg: RunConfig, split_id: str) -> bool:
         return True
     if any(h is None for h in recorded.values()):
         return False  # results from before hashes were recorded: the config.json check below decides
-    remedy = "delete the fold's folder (or use another --out) to redo it under this protocol"
-    require_same_settings(read_json(run_dir / "config.json"), cfg.to_dict(), f"the results in {run_dir}", remedy)
+    remedy = f"delete it (or use another --out) to train {cfg.model.name} under this protocol"
+    require_same_settings(read_json(run_dir / "config.json"), cfg.to_dict(), f"run {run_dir}", remedy)
     split_ids = {read_json(run_dir / f).get("split_id") for f in recorded}
     raise BrainsegError(
-        f"the results in {run_dir} were made on split {', '.join(sorted(map(str, split_ids)))}, not {split_id} "
+        f"run {run_dir} was made on split {', '.join(sorted(map(str, split_ids)))}, not {split_id} "
         f"(recorded protocol hash {', '.join(sorted(map(str, set(recorded.values()))))}, expected {want}); {remedy}"
     )
 
