@@ -135,3 +135,25 @@ def test_committed_results_of_another_protocol_are_refused(tiny_phantoms: Path, 
     err = capsys.readouterr().err
     assert "train.lr" in err and "Traceback" not in err
     assert not list(run.glob("*.pt"))
+
+
+@pytest.mark.parametrize("path, ignored", [
+    ("docs/study/runs/unet/fold0/checkpoint_best.pt", True),
+    ("docs/study/runs/unet/fold0/checkpoint_last.pt", True),
+    ("docs/study/.brainseg.lock", True),
+    ("docs/study/runs/unet/fold0/.brainseg.lock", True),
+    ("docs/study/runs/unet/fold0/eval_test/.summary.json.k2j4.tmp", True),
+    *((f"docs/study/runs/unet/fold0/{name}", False) for name in RESULT_NAMES),
+    ("docs/study/examples/unet.npz", False),
+    ("docs/study/report.md", False),
+])
+def test_gitignore_keeps_study_results_and_drops_weights(path: str, ignored: bool) -> None:
+    """The committed study (docs/study) keeps its result files although `runs/` is ignored elsewhere."""
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    rc = subprocess.run(["git", "check-ignore", "-q", path], cwd=repo, check=False).returncode
+    assert rc in (0, 1) and (rc == 0) == ignored, path
