@@ -112,3 +112,18 @@ def test_report_without_surface_columns_has_no_surface_table(tmp_path) -> None:
     assert "HD95" not in written["report_md"].read_text()
     cmp = load_comparison(d)
     assert all("hd95" not in r for r in pooled_patients(cmp.runs["unet"])[0])
+
+
+def test_a_fold_without_surface_columns_leaves_the_model_out_of_the_surface_table(tmp_path) -> None:
+    d = make_comparison(tmp_path / "mixed", models=("unet", "segnet"), folds=2, n_patients=8)
+    old = d / "runs" / "segnet" / "fold1" / "eval_test" / "per_patient.csv"
+    rows = read_table(old)
+    keep = ["patient", "institution", "n_slices", "tp", "fp", "fn", "tn", "dice", "iou", "precision", "recall",
+            "specificity", "true_volume_px", "pred_volume_px"]
+    old.write_text("\n".join([",".join(keep)] + [",".join(str(r[k]) for k in keep) for r in rows]) + "\n")
+    written = build_report(d, n_boot=N_BOOT)
+    board = {r["model"]: r for r in read_table(written["leaderboard_csv"])}
+    assert math.isnan(board["segnet"]["hd95_median"]) and math.isnan(board["segnet"]["lesion_sensitivity"])
+    assert not math.isnan(board["unet"]["hd95_median"])
+    md = written["report_md"].read_text()
+    assert "segnet/fold1 has no surface metrics" in md and "run `brainseg evaluate` on it again" in md

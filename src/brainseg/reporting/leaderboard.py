@@ -96,7 +96,11 @@ SURFACE_BOARD: tuple[str, ...] = ("hd95_median", "hd95_mean", "assd_mean", "assd
 
 
 def surface_columns(pp: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """The SURFACE_BOARD values of pooled per-patient rows."""
+    """The SURFACE_BOARD values of pooled per-patient rows; all NaN unless every row has the
+    surface columns (a fold evaluated before they existed would make a mean over a subset)."""
+    if not pp or any(math.isnan(to_number(r.get("hd95"))) for r in pp):
+        return dict.fromkeys(SURFACE_BOARD, float("nan"))
+
     def col(key: str) -> np.ndarray:
         v = np.array([to_number(r.get(key)) for r in pp], dtype=np.float64)
         return v[~np.isnan(v)]

@@ -50,6 +50,7 @@ from brainseg.reporting.study_sections import (
     environment_blocks,
     established_text,
     significance_blocks,
+    surface_notes,
     surface_table,
 )
 
@@ -195,6 +196,7 @@ def build_report(
 
     board = leaderboard(cmp, n_boot=n_boot, confidence=confidence, seed=seed)
     sig = significance(cmp, board, alpha=alpha, n_boot=n_boot, confidence=confidence, seed=seed)
+    notes += surface_notes(cmp)
     for m in cmp.models:
         _, dup = pooled_patients(cmp.runs[m])
         if dup:

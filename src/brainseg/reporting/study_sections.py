@@ -22,6 +22,7 @@ __all__ = [
     "environment_blocks",
     "established_text",
     "significance_blocks",
+    "surface_notes",
     "surface_table",
 ]
 
@@ -158,6 +159,18 @@ def beside_blocks(cmp: Comparison, board: Sequence[Mapping[str, Any]]) -> list[B
               caption="The leaky study's Dice beside ours, three ways of averaging the same predictions"),
         Bullets(items),
     ]
+
+
+def surface_notes(cmp: Comparison) -> list[str]:
+    """A note for each model whose runs carry the surface columns only in part."""
+    notes = []
+    for m, runs in cmp.runs.items():
+        has = [r for r in runs if r.per_patient and all(not math.isnan(to_number(p.get("hd95"))) for p in r.per_patient)]
+        if has and len(has) < len(runs):
+            lacking = ", ".join(str(r.dir) for r in runs if r not in has)
+            notes.append(f"{display_name(m)}: {lacking} has no surface metrics (evaluated before they existed; run "
+                         "`brainseg evaluate` on it again): the boundary and lesion figures leave this model out.")
+    return notes
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
