@@ -35,6 +35,7 @@ def test_leaderboard_surface_columns_recomputed_from_per_patient_files(study) ->
         assert len(rows) == 12  # every patient once, pooled over the folds
         hd = np.array([r["hd95"] for r in rows])
         assert board[m]["hd95_median"] == pytest.approx(np.median(hd), rel=1e-5)
+        assert board[m]["dice_patient_median"] == pytest.approx(np.median([r["dice"] for r in rows]), rel=1e-5)
         assert board[m]["hd95_mean"] == pytest.approx(hd.mean(), rel=1e-5)
         assert board[m]["assd_mean"] == pytest.approx(np.mean([r["assd"] for r in rows]), rel=1e-5)
         assert board[m]["nsd_mean"] == pytest.approx(np.mean([r["nsd"] for r in rows]), rel=1e-5)

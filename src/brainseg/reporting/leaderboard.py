@@ -121,7 +121,7 @@ def leaderboard_columns(n_folds: int = 0) -> list[str]:
     cols = ["rank", "model", "label", "n_patients"]
     for m in BOARD_METRICS:
         cols += [f"{m}_patient", f"{m}_patient_ci_low", f"{m}_patient_ci_high"]
-    cols += ["specificity_patient", "dice_patient_sd", "loss", "loss_name"]
+    cols += ["specificity_patient", "dice_patient_sd", "dice_patient_median", "loss", "loss_name"]
     cols += [f"{m}_slice" for m in BOARD_METRICS] + [f"{m}_micro" for m in BOARD_METRICS]
     cols += [f"{lvl}_{k}" for lvl in ("slice", "patient") for k in ("sensitivity", "specificity", "auroc")]
     cols += list(SURFACE_BOARD)
@@ -157,6 +157,7 @@ def leaderboard(cmp: Comparison, *, n_boot: int = 2000, confidence: float = 0.95
         dice = np.array([float(r["dice"]) for r in pp])
         dice = dice[~np.isnan(dice)]
         row["dice_patient_sd"] = float(dice.std(ddof=1)) if dice.size > 1 else float("nan")
+        row["dice_patient_median"] = float(np.median(dice)) if dice.size else float("nan")
         slices = [s for r in runs for s in (r.per_slice or [])]
         for metric in BOARD_METRICS:
             row[f"{metric}_slice"] = _nanmean(s.get(metric, float("nan")) for s in slices) if slices else float("nan")

@@ -85,13 +85,14 @@ def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: f
     `confidence` is the level of the board's bootstrap intervals (named in the caption);
     `surface_policy` the evaluation's surface_metrics_policy (units, NSD tolerance).
     """
-    head = ["#", "Model", "Dice", "IoU", "Recall", "Precision", "Loss"]
+    head = ["#", "Model", "Dice", "Dice median", "IoU", "Recall", "Precision", "Loss"]
     has_hd95 = any(not math.isnan(to_number(r.get("hd95_median"))) for r in board)
     if has_hd95:
         head.append(f"HD95 median ({(surface_policy or {}).get('distance_unit', 'px')})")
     rows = []
     for r in board:
-        row = [str(r["rank"]), r["label"]] + [fmt_ci(r, f"{m}_patient") for m in ("dice", "iou", "recall", "precision")]
+        row = [str(r["rank"]), r["label"], fmt_ci(r, "dice_patient"), _f(r.get("dice_patient_median"))]
+        row += [fmt_ci(r, f"{m}_patient") for m in ("iou", "recall", "precision")]
         row.append(_f(r.get("loss")))
         if has_hd95:
             row.append(fmt(r.get("hd95_median"), 2))
