@@ -1,4 +1,4 @@
-"""CPU inference speed of `brainseg predict`: ms per slice with and without test-time augmentation.
+"""CPU inference speed of `brainseg predict`: ms per slice with and without TTA, PyTorch and ONNX Runtime.
 
 Two figures per model (freshly initialised weights: speed does not depend on them), full width,
 3 input channels:
@@ -6,6 +6,8 @@ Two figures per model (freshly initialised weights: speed does not depend on the
 - *predictor*: `Predictor.predict` on native 256×256 uint8 slices: preprocessing (resize to the
   model size, normalise), forward passes in batches, sigmoid, resize back to 256×256. With TTA it
   runs three views (identity, horizontal and vertical flip), so expect about 3× the time.
+- *ONNX* (when onnxruntime is installed): the same Predictor, no TTA, with ONNX Runtime's forward
+  pass (`--engine onnx`; the export and its check run first, untimed).
 - *pipeline* (UNet only): `predict_path` on one phantom patient folder at 256×256: reading the
   TIFs, the predictor, post-processing, writing the masks, the overlays and volumes.csv.
 
@@ -37,10 +39,10 @@ from brainseg.inference.predictor import Predictor
 from brainseg.models import count_parameters, create_model, list_models
 
 
-def in_memory_checkpoint(name: str, size: int) -> dict[str, Any]:
-    """What a checkpoint carries for inference, for a freshly initialised full-width model."""
+def in_memory_checkpoint(name: str, size: int, width: int | None = None) -> dict[str, Any]:
+    """What a checkpoint carries for inference, for a freshly initialised model (full width by default)."""
     torch.manual_seed(0)
-    model = create_model(name, in_channels=3, out_channels=1)
+    model = create_model(name, in_channels=3, out_channels=1, width=width)
     return {
         "path": f"<{name}, random weights>",
         "model": dict(model.config),
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per figure (median; default 2)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime engine's figure")
     p.add_argument("--no-pipeline", action="store_true", help="skip the end-to-end predict_path figure")
     p.add_argument("--json", type=Path, help="also write the results to this file")
     args = p.parse_args(argv)
@@ -85,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     images = rng.integers(0, 256, size=(args.slices, 256, 256, 3), dtype=np.uint8)
     print(f"CPU inference, {args.slices} native 256×256 slices per run, model size {args.size}, batch "
           f"{args.batch_size}, {torch.get_num_threads()} torch threads, median of {args.repeats}")
-    header = f"{'model':<16}{'params':>12}{'ms/slice':>12}{'TTA ms/slice':>15}{'TTA/plain':>11}"
+    from brainseg.engine import apply_engine, onnx_available
+
+    use_onnx = onnx_available() and not args.no_onnx
+    header = (f"{'model':<16}{'params':>12}{'ms/slice':>12}{'TTA ms/slice':>15}{'TTA/plain':>11}"
+              + (f"{'ONNX ms/slice':>15}{'ONNX/torch':>12}" if use_onnx else ""))
     print(header)
     print("-" * len(header))
     results: dict[str, Any] = {"size": args.size, "slices": args.slices, "batch_size": args.batch_size,
@@ -98,9 +105,17 @@ def main(argv: list[str] | None = None) -> int:
             row["tta_ms_per_slice" if tta else "ms_per_slice"] = median_ms_per_slice(
                 lambda pred=pred: pred.predict(images), args.slices, args.repeats)
         row["tta_ratio"] = row["tta_ms_per_slice"] / row["ms_per_slice"]
+        line = (f"{name:<16}{row['params']:>12,}{row['ms_per_slice']:>12.1f}{row['tta_ms_per_slice']:>15.1f}"
+                f"{row['tta_ratio']:>11.2f}")
+        if use_onnx:  # the same Predictor with ONNX Runtime's forward (export, untimed, is done first)
+            pred = Predictor([ckpt], device="cpu", batch_size=args.batch_size)
+            apply_engine(pred, "onnx")
+            row["onnx_ms_per_slice"] = median_ms_per_slice(lambda pred=pred: pred.predict(images), args.slices,
+                                                           args.repeats)
+            row["onnx_ratio"] = row["onnx_ms_per_slice"] / row["ms_per_slice"]
+            line += f"{row['onnx_ms_per_slice']:>15.1f}{row['onnx_ratio']:>12.2f}"
         results["models"][name] = row
-        print(f"{name:<16}{row['params']:>12,}{row['ms_per_slice']:>12.1f}{row['tta_ms_per_slice']:>15.1f}"
-              f"{row['tta_ratio']:>11.2f}")
+        print(line)
         sys.stdout.flush()
 
     if not args.no_pipeline:

@@ -33,6 +33,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("predict", "brainseg.commands.predict", "segment new scans with one or more checkpoints"),
     ("export", "brainseg.commands.export", "export a checkpoint to ONNX (checked against PyTorch)"),
     ("bundle", "brainseg.commands.bundle", "turn a trained run into a shippable model bundle (weights + metadata)"),
+    ("serve", "brainseg.commands.serve", "start the local web viewer: upload a scan, see the tumour (127.0.0.1)"),
 ]
 
 

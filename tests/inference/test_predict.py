@@ -164,7 +164,9 @@ def test_nifti_round_trip_keeps_shape_affine_and_gives_mm(trained, tmp_path: Pat
     patient = richest_test_patient(trained)
     images = images_of(trained.data / patient)  # (Z, H, W, 3)
     vol = np.ascontiguousarray(images.transpose(1, 2, 0, 3))  # X×Y×Z×3, slice k = vol[:, :, k]
-    affine = np.array([[0.0, -0.9, 0.0, 90.0], [0.9, 0.0, 0.0, -100.0], [0.0, 0.0, 3.0, -40.0], [0, 0, 0, 1]])
+    # axes towards posterior, left, superior: already the model's orientation, so slice k is TIF k
+    # (other orientations: tests/inference/test_orientation.py)
+    affine = np.array([[0.0, -0.9, 0.0, 90.0], [-0.9, 0.0, 0.0, -100.0], [0.0, 0.0, 3.0, -40.0], [0, 0, 0, 1]])
     img = nib.Nifti1Image(vol, affine)
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)

@@ -11,7 +11,8 @@ from brainseg.commands._common import non_negative_int, positive_int, probabilit
 DESCRIPTION = """\
 Segment new scans with a trained model. INPUT is a slice (.tif/.png), a patient folder
 (<name>_<n>.tif slices), a dataset root in the kaggle_3m layout, a NIfTI volume (.nii/.nii.gz)
-or a folder of NIfTI volumes. Several --checkpoint options form an ensemble (mean probability)."""
+a folder of NIfTI volumes, or a DICOM study (a folder of one patient's series, or one file).
+Several --checkpoint options form an ensemble (mean probability)."""
 
 EPILOG = """\
 outputs (in --out DIR; never among the input's own files):
@@ -24,6 +25,7 @@ outputs (in --out DIR; never among the input's own files):
                  (pixels, mm³ and mL for NIfTI), detected slices, detection
   predict.json   checkpoints, settings, status (running / complete / incomplete / failed) and the
                  cases that failed (case, file, reason)
+  X_seg.dcm      for a DICOM study: a DICOM SEG over its FLAIR series (with the NIfTI mask)
 
 a case that cannot be read or used never stops the others: it is reported on stderr and in
 predict.json, every other case is written, and the exit code is 1 at the end (0 with --skip-bad).
@@ -43,10 +45,19 @@ channel rule (--channels): models take 3 channels (pre-contrast, FLAIR, post-con
   file stays 3 channels even when its channels are identical (kaggle_3m copies the FLAIR into a
   missing sequence).
 
-NIfTI: segmented slice by slice along the last axis (slice k = data[:, :, k], axis 0 as rows);
-a 4-D volume X×Y×Z×3 holds the three channels. Intensities that are not uint8 are scaled per
-channel to 0-255 (volume minimum → 0, 99.5th percentile of the voxels above it → 255). Voxel
-sizes (mm² and mL in volumes.csv) come from the header.
+NIfTI: reoriented from the affine to the model's axial view (rows anterior to posterior, columns
+patient right to left, slices inferior to superior; axes permuted and flipped, never resampled),
+segmented slice by slice, and the mask written back in the file's own orientation and shape (slice
+numbers in volumes.csv count in the model's order); a 4-D volume X×Y×Z×3 holds the three
+channels. Intensities that are not uint8 are scaled per channel to 0-255 (volume minimum → 0,
+99.5th percentile of the voxels above it → 255). Voxel sizes (mm² and mL in volumes.csv) come
+from the header.
+
+DICOM: slices sorted by position along the slice normal, RescaleSlope/Intercept applied, then
+scaled to 0-255 like NIfTI (8-bit series without rescaling are kept as they are). Series become
+channels by SeriesDescription (FLAIR; pre-/post-contrast T1), or as --dicom-series says; FLAIR
+alone (or a single series) gives a 1-channel case. The mask is NIfTI with the series' geometry,
+and a DICOM SEG (X_seg.dcm) over the FLAIR series.
 
 --tta and post-processing default to the first checkpoint's own settings (its run's eval section;
 no TTA and threshold 0.5 unless the run said otherwise): threshold, then --largest-component per
@@ -80,8 +91,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="detection: tumour area (pixels) for a positive slice (default: the checkpoint's, 10)")
     p.add_argument("--channels", choices=("strict", "replicate"), default="strict",
                    help="channel rule for 1-channel input to a 3-channel model (see below; default strict)")
+    p.add_argument("--dicom-series", action="append", default=[], metavar="ROLE=DESCRIPTION",
+                   help="DICOM: which series is which channel, e.g. --dicom-series flair='AX FLAIR' "
+                        "(roles pre, flair, post; default: matched by SeriesDescription)")
     p.add_argument("--overlays", choices=("tumour", "all", "none"), default="tumour",
                    help="overlay PNGs for slices with predicted tumour (default), every slice, or none")
+    p.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
+                   help="forward passes with ONNX Runtime (exported once, checked against PyTorch and cached "
+                        "next to the checkpoint) or PyTorch; auto (default): ONNX Runtime when installed, on the CPU")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--batch-size", type=positive_int, default=16, help="slices per forward pass (default 16)")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
@@ -91,7 +108,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def parse_series_map(items: list[str]) -> dict[str, str] | None:
+    """["flair=AX FLAIR", …] → {"flair": "AX FLAIR", …}; None for no items."""
+    from brainseg.errors import BrainsegError
+
+    out: dict[str, str] = {}
+    for item in items:
+        role, sep, desc = item.partition("=")
+        if not sep or not desc:
+            raise BrainsegError(f"--dicom-series {item!r}: expected ROLE=DESCRIPTION, e.g. flair='AX FLAIR'")
+        out[role.strip().lower()] = desc
+    return out or None
+
+
 def run(args: argparse.Namespace) -> int:
+    from brainseg.engine import apply_engine
     from brainseg.inference.pipeline import predict_path
 
     checkpoints = args.checkpoint
@@ -117,10 +148,13 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         announce=lambda m: print(f"brainseg predict: {m}", file=sys.stderr),
+        dicom_series=parse_series_map(args.dicom_series),
+        prepare=lambda predictor: apply_engine(predictor, args.engine),
     )
     models = ", ".join(str(c["model"]) for c in info["checkpoints"])
     print(f"{info['cases_done']} case(s), {info['slices_done']} slice(s) segmented with {models} on "
-          f"{info['device']} ({info['inference_ms_per_slice']:.1f} ms/slice); results in {info['out']}")
+          f"{info['device']} with {info['engine']} ({info['inference_ms_per_slice']:.1f} ms/slice); results in "
+          f"{info['out']}")
     if info["failed"]:
         print(f"brainseg predict: {len(info['failed'])} of {info['n_cases']} case(s) failed; the others are "
               f"written; see {info['out']}/predict.json", file=sys.stderr)

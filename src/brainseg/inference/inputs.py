@@ -7,7 +7,9 @@ What `discover_inputs` accepts (checked in this order):
 - a folder holding slice files named ``<stem>_<n>.tif`` (or ``.png``): one patient, slices in
   numeric order (``_10`` after ``_9``); ``…_mask.tif`` files beside them (ground truth) are ignored;
 - a folder holding such patient folders, or a ``kaggle_3m`` sub-folder that does: a dataset root;
-- a folder holding NIfTI files: one volume per file.
+- a folder holding NIfTI files: one volume per file;
+- a DICOM file, or a folder whose files (in any sub-folder) are DICOM: one study, its series the
+  channels (`brainseg.inference.dicom`).
 
 A *case* is what is post-processed together and gets one row of totals in volumes.csv: a slice,
 a patient, or a volume.
@@ -20,9 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from brainseg.errors import DataError
+from brainseg.inference.dicom import find_dicom_files, is_dicom_file
 
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: Case kinds segmented as one volume with one NIfTI mask (not slice files).
+VOLUME_KINDS = ("nifti", "dicom")
 #: <stem>_<n>.tif / .png, and the ground-truth masks <stem>_<n>_mask.tif beside them.
 SLICE_FILE_RE = re.compile(r"^(?P<stem>.+)_(?P<n>\d+)(?P<mask>_mask)?\.(?:tiff?|png)$", re.IGNORECASE)
 MASK_FILE_RE = re.compile(r"_mask\.(?:tiff?|png)$", re.IGNORECASE)
@@ -34,9 +39,9 @@ class Case:
 
     Attributes:
         name: patient folder name, slice file stem, or NIfTI file name without its suffix.
-        kind: "slice", "patient" or "nifti".
+        kind: "slice", "patient", "nifti" or "dicom".
         source: the file or folder it was read from.
-        images: the slice files in slice order ("slice" and "patient" cases; empty for "nifti").
+        images: the slice files in slice order ("slice" and "patient" cases; empty for volumes).
         numbers: the slice number of each file (from `<stem>_<n>`), None where the name has none.
     """
 
@@ -49,7 +54,7 @@ class Case:
 
 @dataclass
 class InputSet:
-    """What an input path holds: its kind ("slice", "patient", "dataset", "nifti") and its cases.
+    """What an input path holds: its kind ("slice", "patient", "dataset", "nifti", "dicom") and its cases.
 
     ``ignored`` names the visible entries of a dataset root that are not patient folders (a
     README, data.csv, a link that cannot be followed), so that nothing is left out unseen.
@@ -139,8 +144,10 @@ def discover_inputs(path: str | Path) -> InputSet:
             return InputSet("nifti", p, [Case(nifti_name(p) or p.stem, "nifti", p)])
         if p.suffix.lower() in SLICE_SUFFIXES:
             return InputSet("slice", p, [_slice_case(p)])
+        if is_dicom_file(p):
+            return InputSet("dicom", p, [Case(p.stem, "dicom", p)])
         raise DataError(
-            f"input {p} is neither a slice image (.tif, .tiff, .png) nor a NIfTI volume (.nii, .nii.gz)"
+            f"input {p} is neither a slice image (.tif, .tiff, .png), a NIfTI volume (.nii, .nii.gz) nor DICOM"
         )
     if not p.is_dir():
         raise DataError(f"input {p} is neither a file nor a folder")
@@ -161,7 +168,9 @@ def discover_inputs(path: str | Path) -> InputSet:
     volumes = _nifti_cases(p)
     if volumes:
         return InputSet("nifti", p, volumes)
+    if find_dicom_files(p):
+        return InputSet("dicom", p, [Case(p.name, "dicom", p)])
     raise DataError(
         f"input folder {p} holds nothing to segment: no slices <name>_<n>.tif/.png, no patient folders of "
-        "them (kaggle_3m layout) and no NIfTI volumes"
+        "them (kaggle_3m layout), no NIfTI volumes and no DICOM files"
     )

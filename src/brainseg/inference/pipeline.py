@@ -5,7 +5,9 @@ Output folder layout (nothing is ever written among the input's own slices):
 - a slice ``X.tif`` / ``X.png`` → ``OUT/X_mask.tif`` / ``OUT/X_mask.png``;
 - a patient folder ``P`` (alone or in a dataset root) → ``OUT/P/P_<n>_mask.tif``, the
   kaggle_3m naming, so OUT can be laid beside the images as a labelled copy;
-- a NIfTI ``X.nii.gz`` → ``OUT/X_mask.nii.gz`` with the input's affine and header;
+- a NIfTI ``X.nii.gz`` → ``OUT/X_mask.nii.gz`` with the input's affine and header, in its own orientation;
+- a DICOM study ``S`` (folder or file) → ``OUT/S_mask.nii.gz`` with the series' geometry as affine,
+  and ``OUT/S_seg.dcm``, a DICOM SEG over the FLAIR series (`brainseg.inference.dicom_seg`);
 - ``OUT/overlays/…_overlay.png``: the FLAIR channel with the predicted tumour in magenta;
 - ``OUT/volumes.csv``: one row per slice (``level=slice``: tumour area in pixels and mm², highest
   and mean tumour probability, detection) and one per case (``level=volume``: tumour volume in
@@ -37,7 +39,7 @@ from brainseg import __version__
 from brainseg.config import EvalConfig
 from brainseg.errors import BrainsegError, CheckpointError
 from brainseg.fileio import ensure_writable_folder, write_csv_atomic, write_json_atomic
-from brainseg.inference.inputs import Case, InputSet, discover_inputs
+from brainseg.inference.inputs import VOLUME_KINDS, Case, InputSet, discover_inputs
 from brainseg.inference.readers import INTENSITY_RULE, CaseData, read_case
 from brainseg.inference.writers import check_output_folder, clear_previous_outputs
 
@@ -115,8 +117,8 @@ class CasePlan:
 
 def plan_case(out: Path, case: Case, n_slices: int | None = None) -> CasePlan:
     """Output paths of a case (see the module docstring); NIfTI overlays need `n_slices`."""
-    if case.kind == "nifti":
-        mask = out / f"{case.name}_mask{_nifti_suffix(case.source)}"
+    if case.kind in VOLUME_KINDS:  # DICOM masks are NIfTI too, with the series' geometry
+        mask = out / f"{case.name}_mask{_nifti_suffix(case.source) if case.kind == 'nifti' else '.nii.gz'}"
         ov = [out / "overlays" / case.name / f"{case.name}_z{k:03d}_overlay.png" for k in range(n_slices or 0)]
         return CasePlan([mask], ov, mask)
     folder = out if case.kind == "slice" else out / case.source.name
@@ -176,9 +178,13 @@ def _write_case(
     from brainseg.inference.writers import write_mask_slice, write_nifti_mask, write_overlay
 
     written = 0
-    if case.kind == "nifti":
-        write_nifti_mask(plan.masks[0], pred, data.nifti)
+    if case.kind in VOLUME_KINDS:
+        write_nifti_mask(plan.masks[0], pred, data.nifti, data.orientation)
         written += 1
+        if case.kind == "dicom":
+            from brainseg.inference.dicom_seg import write_case_seg
+
+            written += write_case_seg(plan.masks[0].with_name(f"{case.name}_seg.dcm"), pred, data)
     else:
         for path, m in zip(plan.masks, pred):
             write_mask_slice(path, m)
@@ -209,6 +215,8 @@ def predict_path(
     overwrite: bool = False,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
+    dicom_series: dict[str, str] | None = None,
+    prepare: Callable[[Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Segment every case of `input_path` and write masks, overlays, volumes.csv and predict.json.
 
@@ -226,6 +234,10 @@ def predict_path(
         overwrite: replace an earlier prediction in `out_dir` (a non-empty `out_dir` is refused
             otherwise).
         announce: called with one line per failed case (e.g. print to stderr).
+        dicom_series: role (pre, flair, post) → SeriesDescription for DICOM input; None: matched
+            by description (`brainseg.inference.dicom`).
+        prepare: called with the Predictor before the first case (e.g. `brainseg.engine.apply_engine`,
+            which switches its forward passes to ONNX Runtime); what it returns goes into predict.json.
 
     Returns:
         The contents of predict.json; ``failed`` lists the cases that could not be done.
@@ -247,6 +259,7 @@ def predict_path(
     check_output_folder(out, overwrite)
     ensure_writable_folder(out)
     predictor = Predictor(checkpoints, device=device, batch_size=batch_size, amp=amp, channels=channels)
+    engine_info = prepare(predictor) if prepare is not None else {"engine": "torch"}
     pp = resolve_postprocessing(
         predictor.checkpoints[0],
         {"threshold": threshold, "largest_component": largest_component,
@@ -265,6 +278,7 @@ def predict_path(
         "ensemble": "mean of the members' sigmoid probabilities" if len(predictor.models) > 1 else None,
         "tta": "mean over identity, horizontal and vertical flips" if predictor.tta else None,
         "device": str(predictor.device),
+        **engine_info,
         "amp": str(predictor.amp_dtype).replace("torch.", "") if predictor.amp_dtype else "off",
         "postprocessing": postprocessing_dict(pp),
         "channel_rule": {"name": channels, "doc": CHANNEL_RULES[channels],
@@ -297,7 +311,7 @@ def predict_path(
     try:
         for case in cases:
             try:
-                data = read_case(case)
+                data = read_case(case, dicom_series)
                 probs = predictor.predict(data.images, source=str(case.source))
             except CheckpointError:
                 raise
@@ -311,11 +325,11 @@ def predict_path(
             pred = binarize(probs, pp)
             plan = plan_case(out, case, n)
             info["files_written"] += _write_case(out, case, data, plan, pred, overlays)
-            labels = list(case.numbers) if case.kind != "nifti" else list(range(n))
+            labels = list(case.numbers) if case.kind not in VOLUME_KINDS else list(range(n))
             labels = [lab if lab is not None else k for k, lab in enumerate(labels)]
             names = (
                 [str(p.relative_to(out)) for p in plan.masks]
-                if case.kind != "nifti"
+                if case.kind not in VOLUME_KINDS
                 else [str(plan.masks[0].relative_to(out))] * n
             )
             rows += case_rows(case, labels, names, str(plan.volume_mask.relative_to(out)), pred, probs,

@@ -6,10 +6,11 @@ refused otherwise. A three-channel file stays three channels whatever its conten
 patient who lacks the pre- or post-contrast sequence has the FLAIR copied into it, so identical
 channels are ordinary data. Only a file that is grey (one channel) meets the channel rule.
 
-NIfTI volumes (nibabel) are segmented slice by slice along the last spatial axis: slice k is
-``data[:, :, k]`` with array axis 0 as image rows and axis 1 as columns, so the mask written back
-lines up voxel for voxel with the input. Shapes accepted: X×Y×Z (one channel), X×Y×Z×C and
-X×Y×Z×1×C (C = 1 or 3, in the LGG order). Intensities that are not uint8 are scaled to 0–255
+NIfTI volumes (nibabel) are first put in the model's orientation from their affine
+(`brainseg.inference.orientation`: rows anterior → posterior, columns patient right → left,
+slices inferior → superior, by permuting and flipping axes, never resampling), then segmented
+slice by slice; the mask is written back in the file's own orientation, voxel for voxel. Shapes
+accepted: X×Y×Z (one channel), X×Y×Z×C and X×Y×Z×1×C (C = 1 or 3, in the LGG order). Intensities that are not uint8 are scaled to 0–255
 per channel over the whole volume (`to_uint8`). The voxel size comes from the header, in mm.
 """
 
@@ -42,12 +43,14 @@ class CaseData:
         spacing: (row, column, slice) voxel size in mm, or None when the format carries none.
         nifti: the nibabel image of a NIfTI case (its affine and header are copied to the mask).
         notes: remarks for the result files (e.g. a header without spatial units).
+        orientation: how a volume's array was reoriented for the model (`Reorientation`), or None.
     """
 
     images: np.ndarray
     spacing: tuple[float, float, float] | None = None
     nifti: Any = None
     notes: tuple[str, ...] = ()
+    orientation: Any = None
 
 
 def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -147,7 +150,7 @@ def to_uint8(volume: np.ndarray) -> np.ndarray:
 
 
 def read_nifti(path: str | Path) -> CaseData:
-    """A NIfTI volume → slices (Z, X, Y, C) uint8, voxel size in mm, and the nibabel image.
+    """A NIfTI volume → slices (N, H, W, C) uint8 in the model's orientation, voxel size in mm, the image.
 
     Raises:
         DataError: naming the file, when it is unreadable, truncated, of an unusable shape, or
@@ -181,26 +184,40 @@ def read_nifti(path: str | Path) -> CaseData:
         raise DataError(f"{path} holds values of type {data.dtype}; expected numbers")
     if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
         raise DataError(f"{path} holds NaN or infinite values")
+    from brainseg.inference.orientation import reorientation, to_model_order
+
+    reo = reorientation(img.affine)
     channels = [to_uint8(data[..., c]) for c in range(data.shape[3])]
-    images = np.ascontiguousarray(np.stack(channels, axis=-1).transpose(2, 0, 1, 3))  # (Z, X, Y, C)
+    volume = to_model_order(np.stack(channels, axis=-1), reo)  # (rows, columns, slices, C)
+    images = np.ascontiguousarray(volume.transpose(2, 0, 1, 3))  # (slices, rows, columns, C)
     notes: list[str] = []
+    if not reo.is_identity:
+        notes.append(f"{path.name}: array axes {''.join(reo.file_axcodes)} reoriented to PLS for the model; "
+                     "the mask is written in the file's own orientation")
     unit = img.header.get_xyzt_units()[0] if hasattr(img.header, "get_xyzt_units") else "unknown"
     if unit == "unknown":
         notes.append(f"{path.name}: the header gives no spatial unit; voxel sizes are taken as mm")
     scale = _SPATIAL_UNIT_MM.get(unit, 1.0)
     zooms = tuple(float(z) * scale for z in img.header.get_zooms()[:3])
-    spacing = zooms if len(zooms) == 3 and all(z > 0 for z in zooms) else None
+    spacing = reo.model_zooms(zooms) if len(zooms) == 3 and all(z > 0 for z in zooms) else None
     if spacing is None:
         notes.append(f"{path.name}: the header's voxel size {img.header.get_zooms()} is unusable; no mm² or mL")
-    return CaseData(images, spacing, img, tuple(notes))
+    return CaseData(images, spacing, img, tuple(notes), reo)
 
 
-def read_case(case: Case) -> CaseData:
+def read_case(case: Case, dicom_series: dict[str, str] | None = None) -> CaseData:
     """Read every slice of a case, checking they share one size and channel count.
+
+    `dicom_series` maps roles (pre, flair, post) to SeriesDescriptions for a DICOM case
+    (`brainseg.inference.dicom`); None matches them by their descriptions.
 
     Raises:
         DataError: naming the file at fault (unreadable, wrong shape, or a size unlike the first slice's).
     """
+    if case.kind == "dicom":
+        from brainseg.inference.dicom import read_dicom_case
+
+        return read_dicom_case(case.source, dicom_series)
     if case.kind == "nifti":
         return read_nifti(case.source)
     slices: list[np.ndarray] = []

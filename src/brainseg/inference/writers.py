@@ -51,14 +51,21 @@ def write_mask_slice(path: str | Path, mask: np.ndarray) -> Path:
     return atomic_write(path, write)
 
 
-def write_nifti_mask(path: str | Path, mask: np.ndarray, reference: Any) -> Path:
-    """Write a (Z, X, Y) mask as a NIfTI label map {0, 1} with `reference`'s affine and header.
+def write_nifti_mask(path: str | Path, mask: np.ndarray, reference: Any, orientation: Any = None) -> Path:
+    """Write a (slices, rows, columns) mask as a NIfTI label map {0, 1} with `reference`'s affine and header.
 
-    The header is the input's, with the data type set to uint8, no intensity scaling, no intent
-    (a 4-D multi-channel input gives a 3-D mask) and the display range 0–1.
+    `orientation` (a `brainseg.inference.orientation.Reorientation`) puts the mask back in the
+    file's own array order; None: the mask's axes are the file's. The header is the input's, with
+    the data type set to uint8, no intensity scaling, no intent (a 4-D multi-channel input gives a
+    3-D mask) and the display range 0–1.
     """
     path = Path(path)
-    data = np.ascontiguousarray(np.asarray(mask, dtype=bool).transpose(1, 2, 0).astype(np.uint8))  # (X, Y, Z)
+    data = np.asarray(mask, dtype=bool).transpose(1, 2, 0).astype(np.uint8)  # (rows, columns, slices)
+    if orientation is not None:
+        from brainseg.inference.orientation import to_file_order
+
+        data = to_file_order(data, orientation)
+    data = np.ascontiguousarray(data)
     header = reference.header.copy()
     header.set_data_dtype(np.uint8)
     header.set_data_shape(data.shape)
