@@ -33,17 +33,30 @@ FLAGS = (
     "--disable-component-update",
     "--disable-sync",
 )
+WINDOW = (1280, 3000)  # px: the screenshot's size, and the layout the probe measures
 _PROBE = """
 <script>
 window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images).map(function (im) {
     return {alt: im.alt, complete: im.complete, width: im.naturalWidth, height: im.naturalHeight,
-            loaded: im.complete && im.naturalWidth > 0, data_uri: im.src.indexOf("data:image/png;base64,") === 0};
+            loaded: im.complete && im.naturalWidth > 0, data_uri: im.src.indexOf("data:image/png;base64,") === 0,
+            top: Math.round(im.getBoundingClientRect().top + window.scrollY),
+            shown_height: Math.round(im.getBoundingClientRect().height)};
+  });
+  var details = Array.prototype.slice.call(document.querySelectorAll("details")).map(function (d) {
+    var r = {open: d.open, summary: d.querySelector("summary").textContent, rows: d.querySelectorAll("tr").length,
+             height: d.getBoundingClientRect().height};
+    var was = d.open;
+    d.open = true;  // measured unfolded too, so a test can tell "folded" from "empty"
+    r.open_height = d.getBoundingClientRect().height;
+    d.open = was;
+    return r;
   });
   var res = performance.getEntriesByType("resource").map(function (r) { return r.name; });
   var pre = document.createElement("pre");
   pre.id = "brainseg-image-check";
-  pre.textContent = JSON.stringify({images: imgs, resources: res, title: document.title});
+  pre.textContent = JSON.stringify({images: imgs, resources: res, title: document.title, details: details,
+                                    viewport: [window.innerWidth, window.innerHeight]});
   document.body.appendChild(pre);
 });
 </script>
@@ -64,7 +77,9 @@ def check_report_images(
 ) -> dict[str, Any]:
     """Load `html_path` in headless Chromium; return {"images": [...], "resources": [...], "title"}.
 
-    Each image entry has loaded = complete and naturalWidth > 0. Raises RuntimeError when
+    Each image entry has loaded = complete and naturalWidth > 0, and its top and shown height in
+    the page (px, window WINDOW); "details" lists every <details> with open, summary, table rows,
+    its height on the page and its height when unfolded. Raises RuntimeError when
     Chromium is missing or its output holds no result.
     """
     exe = chromium or find_chromium()
@@ -77,7 +92,8 @@ def check_report_images(
         page.write_text(probed, encoding="utf-8")
         profile = Path(tmp) / "profile"
         profile.mkdir()
-        base = [exe, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000"]
+        # One window size for the probe and the screenshot, so positions in the result match the picture.
+        base = [exe, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000", f"--window-size={WINDOW[0]},{WINDOW[1]}"]
         proc = subprocess.run(
             [*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=timeout, check=False
         )
@@ -92,7 +108,7 @@ def check_report_images(
         if screenshot:
             shot = Path(screenshot).resolve()
             subprocess.run(
-                [*base, f"--screenshot={shot}", "--window-size=1280,3000", Path(html_path).resolve().as_uri()],
+                [*base, f"--screenshot={shot}", Path(html_path).resolve().as_uri()],
                 capture_output=True, text=True, timeout=timeout, check=False,
             )
             result["screenshot"] = str(shot) if shot.is_file() else None

@@ -34,7 +34,7 @@ def test_compare_two_models_then_reuse(tiny_phantoms: Path, tmp_path: Path, caps
     before = ckpt.stat().st_mtime_ns
     capsys.readouterr()
     assert main(args) == 0
-    assert "already trained" in capsys.readouterr().err
+    assert "result files present and matching the protocol, skipping training and evaluation" in capsys.readouterr().err
     assert ckpt.stat().st_mtime_ns == before
     # other training settings in the same folder are refused, not mixed in
     assert main([*args[:-len(TINY)], *TINY[:6], "--epochs", "2", *TINY[8:]]) == 2
@@ -62,3 +62,98 @@ def test_bad_model_lists(tmp_path: Path, capsys, models: str, match: str) -> Non
     assert main(["compare", "--models", models, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
+
+
+RESULT_NAMES = ("train_summary.json", "history.csv", "config.json", "eval_test/summary.json",
+                "eval_test/per_patient.csv", "eval_test/per_slice.csv", "eval_test/detection.csv")
+REPORT_NAMES = ("leaderboard.csv", "leaderboard.md", "significance.csv", "report.md", "report.html")
+
+
+def test_committed_results_resume_without_checkpoints(tiny_phantoms: Path, tmp_path: Path, capsys) -> None:
+    """A study folder copied without its weights (docs/study): a rerun trains and evaluates nothing,
+    keeps the examples, and `brainseg report` rebuilds the same report files."""
+    from brainseg.config import RunConfig
+    from brainseg.protocol import result_settings, settings_hash
+
+    out = tmp_path / "study"
+    args = ["compare", "--data", str(tiny_phantoms), "--models", "unet,segnet", "--out", str(out),
+            "--folds", "2", *TINY]
+    assert main(args) == 0
+    runs = [out / "runs" / m / f"fold{k}" for m in ("unet", "segnet") for k in range(2)]
+    splits = read_json(out / "splits.json")["splits"]
+    for run in runs:  # each result file records the hash of the fold's own settings and split
+        cfg = RunConfig.from_dict(read_json(run / "config.json"))
+        want = settings_hash(result_settings(cfg), splits[int(run.name[-1])]["id"])
+        assert read_json(run / "train_summary.json")["settings_hash"] == want
+        assert read_json(run / "eval_test" / "summary.json")["settings_hash"] == want
+    for pt in out.rglob("*.pt"):
+        pt.unlink()
+    before = {p: p.read_bytes() for run in runs for p in (run / n for n in RESULT_NAMES)}
+    examples = {p: p.read_bytes() for p in (out / "examples").glob("*.npz")}
+    reports = {n: (out / n).read_bytes() for n in REPORT_NAMES}
+    assert examples and len(before) == 4 * len(RESULT_NAMES)
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("skipping training and evaluation") == 4, err
+    assert "training →" not in err and "keeping the example slices" in err
+    assert not list(out.rglob("*.pt"))
+    assert {p: p.read_bytes() for p in before} == before
+    assert {p: p.read_bytes() for p in examples} == examples
+    for n in REPORT_NAMES:
+        (out / n).unlink()
+    assert main(["report", str(out)]) == 0
+    assert {n: (out / n).read_bytes() for n in REPORT_NAMES} == reports
+    # no examples and no checkpoints: the figure is left out with a note, nothing crashes
+    for p in examples:
+        p.unlink()
+    assert main(args) == 0
+    assert "example figure is left out" in capsys.readouterr().err
+    assert "slices.npz not found" in (out / "report.md").read_text()
+
+
+def test_committed_results_of_another_protocol_are_refused(tiny_phantoms: Path, tmp_path: Path, capsys) -> None:
+    """Result files whose recorded hash differs name the differing setting, and nothing is trained."""
+    import json
+
+    out = tmp_path / "study"
+    args = ["compare", "--data", str(tiny_phantoms), "--models", "unet", "--out", str(out), *TINY]
+    assert main(args) == 0
+    run = out / "runs" / "unet"
+    for pt in run.glob("*.pt"):
+        pt.unlink()
+    cfg_path = run / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["train"]["lr"] = 0.5  # as if another machine had trained this fold under other settings
+    cfg_path.write_text(json.dumps(cfg))
+    for name in ("train_summary.json", "eval_test/summary.json"):
+        s = json.loads((run / name).read_text())
+        s["settings_hash"] = "0123456789abcdef"
+        (run / name).write_text(json.dumps(s))
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "train.lr" in err and "Traceback" not in err
+    assert not list(run.glob("*.pt"))
+
+
+@pytest.mark.parametrize("path, ignored", [
+    ("docs/study/runs/unet/fold0/checkpoint_best.pt", True),
+    ("docs/study/runs/unet/fold0/checkpoint_last.pt", True),
+    ("docs/study/.brainseg.lock", True),
+    ("docs/study/runs/unet/fold0/.brainseg.lock", True),
+    ("docs/study/runs/unet/fold0/eval_test/.summary.json.k2j4.tmp", True),
+    *((f"docs/study/runs/unet/fold0/{name}", False) for name in RESULT_NAMES),
+    ("docs/study/examples/unet.npz", False),
+    ("docs/study/report.md", False),
+])
+def test_gitignore_keeps_study_results_and_drops_weights(path: str, ignored: bool) -> None:
+    """The committed study (docs/study) keeps its result files although `runs/` is ignored elsewhere."""
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    rc = subprocess.run(["git", "check-ignore", "-q", path], cwd=repo, check=False).returncode
+    assert rc in (0, 1) and (rc == 0) == ignored, path

@@ -138,6 +138,11 @@ def _compare_locked(
             mcfg = RunConfig.from_dict(cfg.to_dict())
             mcfg.model.name = model
             mcfg.data.fold = k
+            split_id = all_splits[k if folds else 0].id
+            if committed_results(run_dir, mcfg, split_id):
+                announce(f"{label}: result files present and matching the protocol, skipping training and "
+                         f"evaluation ({run_dir})")
+                continue
             if (run_dir / CONFIG_NAME).is_file():  # a run from elsewhere, or from an older protocol
                 require_same_settings(read_json(run_dir / CONFIG_NAME), mcfg.to_dict(), f"run {run_dir}",
                                       f"delete it (or use another --out) to train {model} under this protocol")
@@ -155,13 +160,60 @@ def _compare_locked(
 
     result: dict[str, Any] = {"out": str(out), "models": models}
     if dist_utils.is_main():
-        write_examples(out, data.index, dirs, n_per_kind=n_examples)
+        missing = [d for runs in dirs.values() for d in runs if not (d / "checkpoint_best.pt").is_file()]
+        if not missing:
+            write_examples(out, data.index, dirs, n_per_kind=n_examples)
+        elif examples_complete(out, models):
+            announce(f"{len(missing)} run(s) have no checkpoint here (e.g. {missing[0]}): keeping the example "
+                     f"slices already in {out / 'examples'}")
+        else:
+            announce(f"{len(missing)} run(s) have no checkpoint here (e.g. {missing[0]}): the example figure "
+                     "is left out (it needs every model)")
         if report:
             from brainseg.reporting import build_report
 
             result["report"] = {k: str(v) for k, v in build_report(out).items()}
     dist_utils.barrier()
     return result
+
+
+#: The files of a finished fold that the report reads; committed (docs/study), unlike checkpoints.
+RESULT_FILES = ("train_summary.json", "history.csv", "config.json", "eval_test/summary.json",
+                "eval_test/per_patient.csv", "eval_test/per_slice.csv", "eval_test/detection.csv")
+
+
+def committed_results(run_dir: Path, cfg: RunConfig, split_id: str) -> bool:
+    """True when every result file of `run_dir` is present and both summaries record this
+    protocol's hash (settings and split), so the fold needs neither training nor evaluation —
+    its checkpoints may be absent (another machine trained it).
+
+    Raises:
+        BrainsegError: the files are there but were made under other settings or on another split
+            (the differing settings are named).
+    """
+    from brainseg.protocol import require_same_settings, result_settings, settings_hash
+
+    if not all((run_dir / f).is_file() for f in RESULT_FILES):
+        return False
+    want = settings_hash(result_settings(cfg), split_id)
+    recorded = {f: read_json(run_dir / f).get("settings_hash") for f in ("train_summary.json", "eval_test/summary.json")}
+    if all(h == want for h in recorded.values()):
+        return True
+    if any(h is None for h in recorded.values()):
+        return False  # results from before hashes were recorded: the config.json check below decides
+    remedy = f"delete it (or use another --out) to train {cfg.model.name} under this protocol"
+    require_same_settings(read_json(run_dir / "config.json"), cfg.to_dict(), f"run {run_dir}", remedy)
+    split_ids = {read_json(run_dir / f).get("split_id") for f in recorded}
+    raise BrainsegError(
+        f"run {run_dir} was made on split {', '.join(sorted(map(str, split_ids)))}, not {split_id} "
+        f"(recorded protocol hash {', '.join(sorted(map(str, set(recorded.values()))))}, expected {want}); {remedy}"
+    )
+
+
+def examples_complete(out: Path, models: list[str]) -> bool:
+    """examples/ holds the slices and every model's predictions (what the report's figure needs)."""
+    ex = out / "examples"
+    return (ex / "slices.npz").is_file() and all((ex / f"{m}.npz").is_file() for m in models)
 
 
 def write_examples(out: Path, index: Any, dirs: dict[str, list[Path]], *, n_per_kind: int = 2) -> None:

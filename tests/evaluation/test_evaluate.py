@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
 
 from brainseg.cli import main
@@ -19,16 +20,18 @@ from brainseg.evaluation.evaluate import (
 )
 from brainseg.fileio import read_csv, read_json
 from brainseg.inference.predictor import Predictor
+from brainseg.metrics.surface import SURFACE_METRIC_KEYS, SURFACE_METRICS_POLICY
 
 
 def test_evaluate_writes_documented_files_that_agree_with_sklearn(tiny_run: Path, capsys) -> None:
     assert main(["evaluate", str(tiny_run), "--device", "cpu"]) == 0
-    assert "per patient" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "per patient" in printed and "HD95 median" in printed and "lesion sensitivity" in printed
     out = tiny_run / "eval_test"
     slices, patients = read_csv(out / "per_slice.csv"), read_csv(out / "per_patient.csv")
     detection = read_csv(out / "detection.csv")
     assert list(slices[0]) == list(SLICE_COLUMNS)
-    assert list(patients[0]) == list(PATIENT_COLUMNS)
+    assert list(patients[0]) == list(PATIENT_COLUMNS) + list(SURFACE_METRIC_KEYS)
     assert list(detection[0]) == list(DETECTION_COLUMNS)
     summary = read_json(out / "summary.json")
     for key in ("threshold", "postprocessing", "empty_policy", "detection_min_area", "loss", "metrics"):
@@ -51,9 +54,26 @@ def test_evaluate_writes_documented_files_that_agree_with_sklearn(tiny_run: Path
             assert float(row["dice"]) == pytest.approx(f1_score(truth, pred), rel=1e-5)
             assert float(row["iou"]) == pytest.approx(jaccard_score(truth, pred), rel=1e-5)
         assert int(row["tp"]) == int((pred & truth).sum())
+        # surface columns: volumes and 26-connected lesion counts recounted by SciPy on the same volume
+        pv, tv = probs >= 0.5, masks > 0
+        assert float(row["vol_pred"]) == pv.sum() and float(row["vol_truth"]) == tv.sum()
+        assert float(row["vol_abs_err"]) == abs(int(pv.sum()) - int(tv.sum()))
+        assert float(row["lesions_truth"]) == ndimage.label(tv, np.ones((3, 3, 3)))[1]
+        assert float(row["lesions_pred"]) == ndimage.label(pv, np.ones((3, 3, 3)))[1]
+        assert all(math.isfinite(float(row[k])) for k in SURFACE_METRIC_KEYS)
         truth_all += [m.any() for m in masks]
         score_all += list(probs.reshape(len(probs), -1).max(axis=1))
     mean = np.mean([float(r["dice"]) for r in patients])
+    for key in ("hd95", "assd", "nsd", "vol_rel_err"):
+        v = [float(r[key]) for r in patients]
+        assert summary["surface"][key]["mean"] == pytest.approx(np.mean(v), rel=1e-5, abs=1e-9)
+        assert summary["surface"][key]["median"] == pytest.approx(np.median(v), rel=1e-5, abs=1e-9)
+    n_truth = sum(float(r["lesions_truth"]) for r in patients)
+    if n_truth:
+        assert summary["surface"]["lesion_sensitivity_pooled"] == pytest.approx(
+            sum(float(r["lesions_detected"]) for r in patients) / n_truth, rel=1e-6)
+    assert summary["surface"]["fp_lesions_per_patient"] == pytest.approx(np.mean([float(r["fp_lesions"]) for r in patients]), rel=1e-6)
+    assert summary["surface_metrics_policy"] == SURFACE_METRICS_POLICY
     assert summary["metrics"]["dice"]["per_patient"]["mean"] == pytest.approx(mean, rel=1e-5)
     slice_det = next(r for r in detection if r["level"] == "slice")
     if 0 < sum(truth_all) < len(truth_all):

@@ -332,6 +332,17 @@ def test_strata_partition_the_patients_and_match_hand_computed_values() -> None:
     # the first third holds only false positives (patients 1…5) and one clean slice (patient 0, Dice 1)
     assert by[("slice_position", "first third")]["dice_patient"] == pytest.approx(1 / 6)
     assert by[("slice_position", "last third")]["dice_patient"] == pytest.approx(1.0)
+    assert not any(r["stratum_type"] == "sequences" for r in rows)  # not known: not made up
+    # FLAIR-copy patients (here the 2nd and 5th) against complete ones
+    copied = {p: (("pre-contrast",) if k in (1, 4) else ()) for k, p in enumerate(inst)}
+    rows, info = strata_rows(acc, inst, empty_policy="one", model="m", copied=copied)
+    by = {(r["stratum_type"], r["stratum"]): r for r in rows}
+    flair = [p for p in names if copied[p]]
+    assert by[("sequences", "FLAIR copies")]["n_patients"] == 2 and by[("sequences", "complete")]["n_patients"] == 4
+    assert by[("sequences", "FLAIR copies")]["dice_patient"] == pytest.approx(np.mean([dice[p] for p in flair]))
+    assert by[("sequences", "complete")]["dice_patient"] == pytest.approx(
+        np.mean([dice[p] for p in names if p not in flair]))
+    assert "sequences_rule" in info
 
 
 def test_size_thresholds_ignore_patients_without_tumour() -> None:
@@ -412,9 +423,9 @@ def test_cli_writes_the_tables_and_curves(trained: Path, tmp_path: Path, capsys)
     assert all(r["model"] == "unet" and int(r["n_patients"]) == ev["n_patients"] for r in rows)
     strata = read_csv(out / "strata.csv")
     assert list(strata[0]) == list(STRATA_COLUMNS)
-    assert {r["stratum_type"] for r in strata} == {"institution", "tumour_size", "slice_position"}
+    assert {r["stratum_type"] for r in strata} == {"institution", "tumour_size", "slice_position", "sequences"}
     n = int(by[("none", "0")]["n_patients"])
-    for stype in ("institution", "tumour_size"):
+    for stype in ("institution", "tumour_size", "sequences"):
         assert sum(int(r["n_patients"]) for r in strata if r["stratum_type"] == stype) == n
     assert (out / "robustness_unet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "robustness.json").read_text())

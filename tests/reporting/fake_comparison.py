@@ -76,8 +76,23 @@ def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((r[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
+def _surface(tot: np.ndarray, recall: float, patient: str) -> dict[str, float]:
+    """Surface-metric columns of one patient, consistent with its counts (own generator: the
+    main random stream, and so every other number of the folder, is the same with or without them)."""
+    rng = np.random.default_rng(int(patient.split("_")[2]) + int(100 * recall))
+    tp, fp, fn, _ = (float(x) for x in tot)
+    vt, vp = tp + fn, tp + fp
+    hd95 = float(rng.gamma(2.0, 2.0 / recall))
+    fp_lesions = float(rng.poisson(1.0 - recall + 0.2))
+    return {"hd95": hd95, "assd": 0.3 * hd95, "nsd": float(np.clip(rng.normal(recall, 0.1), 0, 1)), "vol_truth": vt,
+            "vol_pred": vp, "vol_abs_err": abs(vp - vt), "vol_rel_err": abs(vp - vt) / max(vt, 1.0),
+            "lesions_truth": 1.0, "lesions_pred": float(tp > 0) + fp_lesions, "lesions_detected": float(tp > 0),
+            "lesion_sensitivity": float(tp > 0), "fp_lesions": fp_lesions, "boundary_unmatched_frac": 0.0,
+            "surface_fallback": float(tp == 0), "empty_truth": 0.0, "empty_pred": float(vp == 0)}
+
+
 def _eval_run(run_dir: Path, model: str, patients: list[str], areas: dict[str, list[int]],
-              rng: np.random.Generator, *, flops: bool = True) -> None:
+              rng: np.random.Generator, *, flops: bool = True, surface: bool = True) -> None:
     recall, fp_rate = QUALITY.get(model, (0.7, 6.0))
     slice_rows, patient_rows = [], []
     for p in patients:
@@ -96,7 +111,8 @@ def _eval_run(run_dir: Path, model: str, patients: list[str], areas: dict[str, l
             tot += (tp, fp, fn, tn)
         patient_rows.append({"patient": p, "institution": inst, "n_slices": len(areas[p]),
                              **dict(zip(("tp", "fp", "fn", "tn"), tot.astype(int))), **metrics(*tot),
-                             "true_volume_px": int(tot[0] + tot[2]), "pred_volume_px": int(tot[0] + tot[1])})
+                             "true_volume_px": int(tot[0] + tot[2]), "pred_volume_px": int(tot[0] + tot[1]),
+                             **(_surface(tot, recall, p) if surface else {})})
     ev = run_dir / "eval_test"
     _write_csv(ev / "per_slice.csv", slice_rows, list(slice_rows[0]))
     _write_csv(ev / "per_patient.csv", patient_rows, list(patient_rows[0]))
@@ -146,8 +162,10 @@ def make_comparison(
     seed: int = 0,
     examples: bool = True,
     flops: bool = True,
+    surface: bool = True,
 ) -> Path:
-    """Write a fake comparison folder to `root` and return it."""
+    """Write a fake comparison folder to `root` and return it (`surface`: per_patient.csv carries
+    the surface-metric columns, as evaluations since issue 17 write them)."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     patients = _patients(n_patients)
@@ -180,9 +198,10 @@ def make_comparison(
     for m in models:
         if folds:
             for k in range(folds):
-                _eval_run(root / "runs" / m / f"fold{k}", m, splits[k]["test"], areas, rng, flops=flops)
+                _eval_run(root / "runs" / m / f"fold{k}", m, splits[k]["test"], areas, rng, flops=flops,
+                          surface=surface)
         else:
-            _eval_run(root / "runs" / m, m, splits[0]["test"], areas, rng, flops=flops)
+            _eval_run(root / "runs" / m, m, splits[0]["test"], areas, rng, flops=flops, surface=surface)
     if examples:
         _examples(root, models, rng)
     return root

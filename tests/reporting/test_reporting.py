@@ -26,7 +26,7 @@ from brainseg.reporting.leakage import check_leakage
 from brainseg.reporting.significance import significance, verdict
 
 N_BOOT = 500
-FIGURES = ("metrics_bars", "dice_per_patient", "learning_curves", "detection", "examples", "robustness")
+FIGURES = ("paired_dice", "metrics_bars", "dice_per_patient", "learning_curves", "detection", "examples", "robustness")
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -216,9 +216,12 @@ def test_html_is_self_contained(single):
     assert sorted(base64.b64decode(u) for u in uris) == sorted(written[f"figure_{n}"].read_bytes() for n in FIGURES)
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
     assert "<script" not in html.lower() and "<link" not in html.lower() and "@import" not in html
-    for section in ("Data and split", "Protocol", "Leaderboard", "Significance and verdict", "Figures",
-                    "Robustness", "Reproduce"):
+    for section in ("Results", "Data and split", "Protocol", "Significance and verdict", "Beside the slice-split study",
+                    "Figures", "Robustness", "Reproduce"):
         assert f">{section}</h2>" in html
+    assert ">Leaderboard</h3>" in html
+    # a results section: the headline table and figure come before how they were made
+    assert html.index(">Results</h2>") < html.index('alt="paired per-patient Dice"') < html.index(">Protocol</h2>")
     assert "Leakage check — Passed" in html
     assert "brainseg compare --size 32" in html  # the command from protocol.json
     assert "empty truth and empty prediction score 1" in html  # the empty policy text from summary.json
@@ -252,10 +255,10 @@ def test_report_without_optional_parts(tmp_path):
         proto.pop(k)
     (d / "protocol.json").write_text(json.dumps(proto))
     written = build_report(d, n_boot=N_BOOT)
-    assert {k for k in written if k.startswith("figure_")} == {"figure_metrics_bars", "figure_dice_per_patient",
+    assert {k for k in written if k.startswith("figure_")} == {"figure_metrics_bars", "figure_dice_per_patient", "figure_paired_dice",
                                                                 "figure_detection"}
     html = written["report_html"].read_text()
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4
     assert "slices.npz not found" in html and "No history.csv" in html and "Not checked" in html
     assert "reconstructed" in html
     assert _csv(written["leaderboard_csv"])[0]["flops"] == ""

@@ -8,7 +8,8 @@ from typing import Any
 from brainseg.commands._common import non_negative_int, probability
 
 DESCRIPTION = (
-    "Evaluate a run's best (or last) checkpoint on its split. Writes per_slice.csv, per_patient.csv, "
+    "Evaluate a run's best (or last) checkpoint on its split. Writes per_slice.csv, per_patient.csv "
+    "(with HD95, ASSD, surface Dice, volume errors and lesion-wise detection in native pixels), "
     "detection.csv and summary.json to RUNDIR/eval_<split>/ (or --out), with the threshold, "
     "post-processing and empty-mask policy used."
 )
@@ -46,6 +47,12 @@ def print_summary(s: dict[str, Any]) -> None:
         r = m[name]
         print(f"  {name:<12}{r['per_patient']['mean']:>14.4f}{r['per_slice']['mean']:>12.4f}{r['micro']:>10.4f}")
     print(f"  loss ({s['loss_name']}) {s['loss']:.4f}")
+    sf = s.get("surface")
+    if sf:
+        unit = s.get("surface_metrics_policy", {}).get("distance_unit", "px")
+        print(f"  HD95 median {sf['hd95']['median']:.2f} {unit}  ASSD mean {sf['assd']['mean']:.2f} {unit}  "
+              f"NSD mean {sf['nsd']['mean']:.3f}  lesion sensitivity {sf['lesion_sensitivity_pooled']:.3f}  "
+              f"FP lesions/patient {sf['fp_lesions_per_patient']:.2f}")
     for lvl in ("slice", "patient"):
         d = s["detection"][lvl]
         print(f"  detection per {lvl}: sensitivity {d['sensitivity']:.3f}  specificity {d['specificity']:.3f}  "

@@ -32,6 +32,8 @@ PATIENT_COLUMNS = (
     "patient", "institution", "n_slices", "tp", "fp", "fn", "tn", "dice", "iou", "precision", "recall",
     "specificity", "true_volume_px", "pred_volume_px",
 )
+#: Surface metrics summarised over patients (mean and median) in summary.json's "surface".
+SURFACE_SUMMARY_KEYS = ("hd95", "assd", "nsd", "vol_abs_err", "vol_rel_err", "lesion_sensitivity", "fp_lesions")
 DETECTION_COLUMNS = ("level", "min_area", "n", "n_pos", "n_neg", "tp", "fp", "fn", "tn", "sensitivity",
                      "specificity", "accuracy", "auroc")
 
@@ -58,18 +60,24 @@ def evaluate_patients(
     cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     progress: bool = True,
     desc: str = "evaluating",
-) -> tuple[Any, dict[str, float]]:
+    surface: bool = False,
+) -> tuple[Any, dict[str, Any]]:
     """Predict every slice of `patients` and accumulate confusion counts at native size.
 
-    Returns the MetricAccumulator and {"loss": mean training loss over slices} (NaN without loss_fn).
-    `cache` (patient → (images, masks)) lets several evaluations share one decode of the TIFs.
+    Returns the MetricAccumulator and {"loss": mean training loss over slices} (NaN without
+    loss_fn); with `surface`, also "surface": patient → `patient_surface_metrics` of its
+    binarised volume against the truth (native pixels, slice mode), computed here because only
+    here is a patient's whole predicted volume at hand. `cache` (patient → (images, masks))
+    lets several evaluations share one decode of the TIFs.
     """
     from brainseg.data.preprocess import resize_mask
     from brainseg.inference.postprocess import binarize
     from brainseg.metrics.accumulator import MetricAccumulator
     from brainseg.metrics.confusion import confusion_counts
+    from brainseg.metrics.surface import patient_surface_metrics
 
     acc = MetricAccumulator()
+    per_patient_surface: dict[str, dict[str, float]] = {}
     by = index.by_patient()
     loss_sum, loss_n = 0.0, 0
     it = patients
@@ -98,6 +106,8 @@ def evaluate_patients(
         pred = binarize(probs, eval_cfg)
         truth = masks > 0
         counts = confusion_counts(pred, truth)
+        if surface:
+            per_patient_surface[patient] = patient_surface_metrics(pred > 0, truth)
         acc.add(
             [patient] * len(records),
             [r.slice for r in records],
@@ -106,15 +116,36 @@ def evaluate_patients(
             pred_area=pred.reshape(len(pred), -1).sum(axis=1),
             true_area=truth.reshape(len(truth), -1).sum(axis=1),
         )
-    return acc, {"loss": loss_sum / loss_n if loss_n else float("nan")}
+    extra: dict[str, Any] = {"loss": loss_sum / loss_n if loss_n else float("nan")}
+    if surface:
+        extra["surface"] = per_patient_surface
+    return acc, extra
+
+
+def surface_summary(rows: list[dict[str, float]]) -> dict[str, Any]:
+    """Per-patient mean and median of the boundary and volume metrics, pooled lesion sensitivity
+    (detected truth lesions / all truth lesions) and false-positive lesions per patient."""
+    out: dict[str, Any] = {}
+    for key in SURFACE_SUMMARY_KEYS:
+        v = np.array([r[key] for r in rows], dtype=np.float64)
+        out[key] = {"mean": float(v.mean()) if v.size else float("nan"),
+                    "median": float(np.median(v)) if v.size else float("nan"), "n": int(v.size)}
+    n_truth = sum(r["lesions_truth"] for r in rows)
+    out["lesion_sensitivity_pooled"] = sum(r["lesions_detected"] for r in rows) / n_truth if n_truth else float("nan")
+    out["lesions_truth"] = int(n_truth)
+    out["fp_lesions_per_patient"] = float(np.mean([r["fp_lesions"] for r in rows])) if rows else float("nan")
+    return out
 
 
 def write_results(
-    out_dir: Path, acc: Any, index: Any, eval_cfg: EvalConfig, extra: dict[str, Any]
+    out_dir: Path, acc: Any, index: Any, eval_cfg: EvalConfig, extra: dict[str, Any],
+    surface: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """per_slice.csv, per_patient.csv, detection.csv and summary.json from an accumulator."""
+    """per_slice.csv, per_patient.csv, detection.csv and summary.json from an accumulator (and,
+    when given, each patient's surface metrics: extra per_patient.csv columns and a summary)."""
     from brainseg.metrics.confusion import EMPTY_POLICIES
     from brainseg.metrics.detection import slice_and_patient_detection
+    from brainseg.metrics.surface import SURFACE_METRIC_KEYS, SURFACE_METRICS_POLICY
 
     policy = eval_cfg.empty_policy
     inst = index.institutions
@@ -122,10 +153,17 @@ def write_results(
     patient_rows = acc.per_patient_rows(policy)
     for r in slice_rows + patient_rows:
         r["institution"] = inst.get(r["patient"], "")
+    columns = PATIENT_COLUMNS
+    if surface is not None:
+        columns = PATIENT_COLUMNS + SURFACE_METRIC_KEYS
+        for r in patient_rows:
+            r.update(surface[r["patient"]])
+        extra = {**extra, "surface": surface_summary([surface[r["patient"]] for r in patient_rows]),
+                 "surface_metrics_policy": SURFACE_METRICS_POLICY}
     detection = slice_and_patient_detection(slice_rows, min_area=eval_cfg.min_area)
     det_rows = [{"level": lvl, "min_area": detection["min_area"], **detection[lvl]} for lvl in ("slice", "patient")]
     write_csv_atomic(out_dir / "per_slice.csv", slice_rows, SLICE_COLUMNS)
-    write_csv_atomic(out_dir / "per_patient.csv", patient_rows, PATIENT_COLUMNS)
+    write_csv_atomic(out_dir / "per_patient.csv", patient_rows, columns)
     write_csv_atomic(out_dir / "detection.csv", det_rows, DETECTION_COLUMNS)
     summary = {
         **extra,
@@ -170,6 +208,7 @@ def evaluate_run(
     from brainseg.environment import environment
     from brainseg.evaluation.session import EvalRun
     from brainseg.losses import build_loss
+    from brainseg.protocol import result_settings, settings_hash
 
     run = EvalRun.load(run_dir, checkpoint, data_root, split=split,
                        eval_overrides={**(eval_overrides or {}), "tta": tta})
@@ -177,7 +216,7 @@ def evaluate_run(
     predictor = run.predictor(device=device, batch_size=batch_size)
     acc, extra = evaluate_patients(
         predictor, run.index, run.patients, cfg.eval, loss_fn=build_loss(cfg.train.loss), progress=progress,
-        desc=f"evaluating {cfg.model.name} on {split}",
+        desc=f"evaluating {cfg.model.name} on {split}", surface=True,
     )
     out = Path(out_dir) if out_dir else run.run_dir / f"eval_{split}"
     info = {
@@ -188,6 +227,7 @@ def evaluate_run(
         "checkpoint_epoch": ckpt.get("epoch"),
         "split": split,
         "split_id": ckpt["split"]["id"],
+        "settings_hash": settings_hash(result_settings(cfg), ckpt["split"]["id"]),  # what compare's reuse checks
         "data_root": str(run.root),
         "params": ckpt.get("params"),
         "loss_name": cfg.train.loss,
@@ -199,7 +239,7 @@ def evaluate_run(
         "eval_config": asdict(cfg.eval),
         "flops": _flops(predictor, ckpt),
     }
-    return write_results(out, acc, run.index, cfg.eval, info)
+    return write_results(out, acc, run.index, cfg.eval, info, surface=extra["surface"])
 
 
 def _flops(predictor: Any, ckpt: dict[str, Any]) -> int | None:

@@ -263,10 +263,13 @@ def run_robustness(
     # ---- strata of the clean evaluation
     srows: list[dict[str, Any]] = []
     strata_info: dict[str, Any] = {}
-    for m in loaded:
+    from brainseg.data.sequences import patient_copied_sequences
+
+    for m in loaded:  # the clean pass decoded every patient into the cache: which are FLAIR copies
+        copied = {p: patient_copied_sequences(caches[m.root][p][0]) for p in clean_acc[m.name].patients}
         r, info = strata_rows(
             clean_acc[m.name], indexes[m.root].institutions, empty_policy=m.eval_cfg.empty_policy,
-            model=m.name, seed=seed,
+            model=m.name, seed=seed, copied=copied,
         )
         srows += r
         strata_info[m.name] = info

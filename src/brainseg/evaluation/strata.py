@@ -1,10 +1,12 @@
-"""Unperturbed results split into strata: by institution, tumour size and slice position.
+"""Unperturbed results split into strata: by institution, tumour size, slice position and sequences.
 
-`strata_rows` splits the unperturbed per-slice results three ways: by institution (the TCGA
+`strata_rows` splits the unperturbed per-slice results by institution (the TCGA
 site code in the folder name), by tumour size (tertiles of the test patients' ground-truth tumour
 volumes, counted in native pixels summed over slices: small ≤ q⅓ < medium ≤ q⅔ < large; patients
 without tumour form "no tumour"), and by slice position (each patient's slices ranked by number
-and cut into first / middle / last third). Each stratum's Dice per patient is computed from that
+and cut into first / middle / last third) and, when the caller knows them, by sequences (patients
+whose pre- or post-contrast channel is a copy of FLAIR, `brainseg.data.sequences`, against those
+with all three sequences). Each stratum's Dice per patient is computed from that
 patient's counts within the stratum, then averaged over patients, with the run's empty policy.
 """
 
@@ -21,7 +23,7 @@ STRATA_COLUMNS = (
     "model", "stratum_type", "stratum", "definition", "n_patients", "n_slices", "n_tumour_slices",
     "dice_patient", "dice_patient_ci_low", "dice_patient_ci_high", "iou_patient", "dice_slice",
 )  # fmt: skip
-STRATUM_TYPES = ("institution", "tumour_size", "slice_position")
+STRATUM_TYPES = ("institution", "tumour_size", "slice_position", "sequences")
 
 
 def size_thresholds(volumes: Sequence[float]) -> tuple[float, float]:
@@ -55,7 +57,8 @@ def _sub_summary(acc: Any, keep: Callable[[str, int], bool], policy: str, seed: 
 
 
 def strata_rows(
-    acc: Any, institutions: dict[str, str], *, empty_policy: str = "one", model: str = "", seed: int = 0
+    acc: Any, institutions: dict[str, str], *, empty_policy: str = "one", model: str = "", seed: int = 0,
+    copied: dict[str, tuple[str, ...]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Unperturbed results split by institution, tumour size and slice position (module docstring).
 
@@ -65,6 +68,8 @@ def strata_rows(
         empty_policy: how a slice/patient with empty truth and prediction scores.
         model: written into each row's "model" column.
         seed: of the bootstrap intervals.
+        copied: patient → the sequences that are FLAIR copies (`patient_copied_sequences`);
+            None leaves the "sequences" strata out.
 
     Returns:
         (rows with `STRATA_COLUMNS`, {"size_thresholds_px": [q1, q2], ...} describing the cut-offs).
@@ -98,6 +103,12 @@ def strata_rows(
         groups.append(("slice_position", label, f"slices ranked by number within each patient, {label}",
                        lambda p, s, k=k: third[(p, s)] == k))
 
+    if copied is not None:
+        groups.append(("sequences", "FLAIR copies", "pre- or post-contrast channel is a copy of FLAIR on every "
+                       "informative slice", lambda p, s: bool(copied.get(p))))
+        groups.append(("sequences", "complete", "all three sequences present",
+                       lambda p, s: p in copied and not copied[p]))
+
     rows: list[dict[str, Any]] = []
     for stype, stratum, definition, keep in groups:
         s = _sub_summary(acc, keep, empty_policy, seed)
@@ -118,4 +129,7 @@ def strata_rows(
         "slice_position_rule": "each patient's slices ranked by slice number and cut into thirds "
         "(rank·3 // n_slices)",
     }
+    if copied is not None:
+        info["sequences_rule"] = ("a patient is 'FLAIR copies' when brainseg.data.sequences.patient_copied_sequences "
+                                  "finds a copied channel on every slice with FLAIR signal")
     return rows, info

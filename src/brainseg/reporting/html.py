@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Bullets", "Code", "Figure", "Heading", "Para", "Table", "render_html", "render_markdown"]
+__all__ = ["Bullets", "Code", "Details", "Figure", "Heading", "Para", "Table", "render_html", "render_markdown"]
 
 
 @dataclass
@@ -55,7 +55,15 @@ class Figure:
     width: str = field(default="100%")
 
 
-Block = Heading | Para | Bullets | Code | Table | Figure
+@dataclass
+class Details:
+    """Blocks folded away under a one-line summary (HTML and GitHub Markdown `<details>`)."""
+
+    summary: str
+    blocks: Sequence[Heading | Para | Bullets | Code | Table | Figure]
+
+
+Block = Heading | Para | Bullets | Code | Table | Figure | Details
 
 
 def _anchor(text: str) -> str:
@@ -67,11 +75,17 @@ def _anchor(text: str) -> str:
 
 def render_markdown(title: str, blocks: Sequence[Block], base: Path) -> str:
     """Markdown with figures linked relative to `base` (the folder report.md is written to)."""
+    return "\n".join([f"# {title}", "", *_markdown_lines(blocks, base)]).rstrip() + "\n"
+
+
+def _markdown_lines(blocks: Sequence[Block], base: Path) -> list[str]:
     from brainseg.reporting.formatting import markdown_table
 
-    out = [f"# {title}", ""]
+    out: list[str] = []
     for b in blocks:
-        if isinstance(b, Heading):
+        if isinstance(b, Details):  # GitHub renders Markdown inside <details> after a blank line
+            out += [f"<details><summary>{_e(b.summary)}</summary>", "", *_markdown_lines(b.blocks, base), "</details>", ""]
+        elif isinstance(b, Heading):
             out += ["#" * b.level + " " + b.text, ""]
         elif isinstance(b, Para):
             out += [f"> {b.text}" if b.css in ("note", "verdict") else b.text, ""]
@@ -86,7 +100,7 @@ def render_markdown(title: str, blocks: Sequence[Block], base: Path) -> str:
         elif isinstance(b, Figure):
             rel = Path(b.path).relative_to(base).as_posix() if Path(b.path).is_relative_to(base) else Path(b.path).name
             out += [f"![{b.alt or b.caption}]({rel})", "", f"*{b.caption}*", ""]
-    return "\n".join(out).rstrip() + "\n"
+    return out
 
 
 # --------------------------------------------------------------------------------------------- HTML
@@ -118,6 +132,8 @@ figcaption { color: var(--muted); font-size: 0.9em; margin-top: 4px; }
 pre { background: #f6f8fa; border: 1px solid var(--line); padding: 10px 12px; overflow-x: auto; font-size: 0.85em; }
 nav { font-size: 0.92em; color: var(--muted); margin: 10px 0 0; }
 nav a { color: var(--accent); text-decoration: none; margin-right: 12px; }
+details { margin: 10px 0 18px; border: 1px solid var(--line); padding: 6px 12px; }
+summary { cursor: pointer; color: var(--accent); }
 """
 
 
@@ -138,8 +154,22 @@ def render_html(title: str, blocks: Sequence[Block], *, subtitle: str = "") -> s
         body.append(f'<p class="sub">{_e(subtitle)}</p>')
     if toc:
         body.append("<nav>" + "".join(f'<a href="#{_anchor(h.text)}">{_e(h.text)}</a>' for h in toc) + "</nav>")
+    body += _html_parts(blocks)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def _html_parts(blocks: Sequence[Block]) -> list[str]:
+    body: list[str] = []
     for b in blocks:
-        if isinstance(b, Heading):
+        if isinstance(b, Details):
+            body.append(f"<details><summary>{_e(b.summary)}</summary>" + "\n".join(_html_parts(b.blocks)) + "</details>")
+        elif isinstance(b, Heading):
             body.append(f'<h{b.level} id="{_anchor(b.text)}">{_e(b.text)}</h{b.level}>')
         elif isinstance(b, Para):
             cls = f' class="{_e(b.css)}"' if b.css else ""
@@ -162,10 +192,4 @@ def render_html(title: str, blocks: Sequence[Block], *, subtitle: str = "") -> s
                 f'<figure><img src="{_data_uri(b.path)}" alt="{_e(b.alt or b.caption)}" style="width:{_e(b.width)}">'
                 f"<figcaption>{_e(b.caption)}</figcaption></figure>"
             )
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
-    )
+    return body

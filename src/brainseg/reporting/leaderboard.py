@@ -15,7 +15,7 @@ import numpy as np
 from brainseg.reporting.comparison import Comparison, RunFiles, first_of
 from brainseg.reporting.formatting import display_name, to_number
 
-__all__ = ["BOARD_METRICS", "leaderboard", "leaderboard_columns", "per_patient_values", "pooled_patients"]
+__all__ = ["BOARD_METRICS", "SURFACE_BOARD", "surface_columns", "leaderboard", "leaderboard_columns", "per_patient_values", "pooled_patients"]
 
 #: Metrics of the leaderboard with a bootstrap interval over patients, in display order.
 BOARD_METRICS: tuple[str, ...] = ("dice", "iou", "recall", "precision")
@@ -89,13 +89,42 @@ def _detection(runs: Sequence[RunFiles], level: str) -> dict[str, float]:
     }
 
 
+#: Boundary and lesion columns of the board, from per_patient.csv's surface metrics (NaN when a
+#: comparison predates them): medians and means over patients, lesion sensitivity pooled.
+SURFACE_BOARD: tuple[str, ...] = ("hd95_median", "hd95_mean", "assd_mean", "assd_median", "nsd_mean",
+                                  "lesion_sensitivity", "fp_lesions_per_patient", "vol_rel_err_median")
+
+
+def surface_columns(pp: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The SURFACE_BOARD values of pooled per-patient rows; all NaN unless every row has the
+    surface columns (a fold evaluated before they existed would make a mean over a subset)."""
+    if not pp or any(math.isnan(to_number(r.get("hd95"))) for r in pp):
+        return dict.fromkeys(SURFACE_BOARD, float("nan"))
+
+    def col(key: str) -> np.ndarray:
+        v = np.array([to_number(r.get(key)) for r in pp], dtype=np.float64)
+        return v[~np.isnan(v)]
+
+    out = {}
+    for name in SURFACE_BOARD:
+        key, _, how = name.rpartition("_")
+        if how in ("mean", "median"):
+            v = col(key)
+            out[name] = float(getattr(np, how)(v)) if v.size else float("nan")
+    truth, found, fp = col("lesions_truth"), col("lesions_detected"), col("fp_lesions")
+    out["lesion_sensitivity"] = float(found.sum() / truth.sum()) if truth.size == found.size and truth.sum() > 0 else float("nan")
+    out["fp_lesions_per_patient"] = float(fp.mean()) if fp.size else float("nan")
+    return {k: out[k] for k in SURFACE_BOARD}
+
+
 def leaderboard_columns(n_folds: int = 0) -> list[str]:
     cols = ["rank", "model", "label", "n_patients"]
     for m in BOARD_METRICS:
         cols += [f"{m}_patient", f"{m}_patient_ci_low", f"{m}_patient_ci_high"]
-    cols += ["specificity_patient", "dice_patient_sd", "loss", "loss_name"]
+    cols += ["specificity_patient", "dice_patient_sd", "dice_patient_median", "loss", "loss_name"]
     cols += [f"{m}_slice" for m in BOARD_METRICS] + [f"{m}_micro" for m in BOARD_METRICS]
     cols += [f"{lvl}_{k}" for lvl in ("slice", "patient") for k in ("sensitivity", "specificity", "auroc")]
+    cols += list(SURFACE_BOARD)
     cols += ["params", "flops", "train_seconds", "epochs", "best_epoch", "inference_ms_per_slice"]
     if n_folds:
         cols += ["n_folds", "dice_fold_mean", "dice_fold_sd"]
@@ -128,6 +157,7 @@ def leaderboard(cmp: Comparison, *, n_boot: int = 2000, confidence: float = 0.95
         dice = np.array([float(r["dice"]) for r in pp])
         dice = dice[~np.isnan(dice)]
         row["dice_patient_sd"] = float(dice.std(ddof=1)) if dice.size > 1 else float("nan")
+        row["dice_patient_median"] = float(np.median(dice)) if dice.size else float("nan")
         slices = [s for r in runs for s in (r.per_slice or [])]
         for metric in BOARD_METRICS:
             row[f"{metric}_slice"] = _nanmean(s.get(metric, float("nan")) for s in slices) if slices else float("nan")
@@ -135,6 +165,7 @@ def leaderboard(cmp: Comparison, *, n_boot: int = 2000, confidence: float = 0.95
         micro = metrics_from_counts(counts, empty_policy=cmp.empty_policy)
         for metric in BOARD_METRICS:
             row[f"{metric}_micro"] = float(micro[metric])
+        row.update(surface_columns(pp))
         # Loss on the test split: a mean over slices, so folds are weighted by their slice counts.
         losses = [(to_number(r.summary.get("loss")), to_number(r.summary.get("n_slices"))) for r in runs]
         if len(losses) == 1 or any(math.isnan(w) for _, w in losses):

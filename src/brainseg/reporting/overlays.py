@@ -66,7 +66,7 @@ def load_examples(ex_dir: str | Path, models: Sequence[str]) -> tuple[Examples |
     ex_dir = Path(ex_dir)
     notes: list[str] = []
     if not (ex_dir / "slices.npz").is_file():
-        return None, [f"{ex_dir / 'slices.npz'} not found: the example figure is left out."]
+        return None, [f"{ex_dir / 'slices.npz'} not found (drawing it needs every model's checkpoint): the example figure is left out."]
     try:
         z = _load_npz(ex_dir / "slices.npz")
     except BrainsegError as exc:

@@ -7,13 +7,11 @@ loaded, so a report can be rebuilt anywhere the folder is copied to.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from brainseg.environment import environment_rows
 from brainseg.fileio import write_csv_atomic, write_text_atomic
 from brainseg.metrics.detection import roc_curve
 from brainseg.reporting.comparison import Comparison, first_of, load_comparison
@@ -22,7 +20,6 @@ from brainseg.reporting.formatting import (
     fmt,
     fmt_ci,
     fmt_count,
-    fmt_p,
     fmt_seconds,
     markdown_table,
     to_number,
@@ -30,7 +27,6 @@ from brainseg.reporting.formatting import (
 from brainseg.reporting.html import (
     Block,
     Bullets,
-    Code,
     Figure,
     Heading,
     Para,
@@ -45,9 +41,18 @@ from brainseg.reporting.leaderboard import (
     per_patient_values,
     pooled_patients,
 )
-from brainseg.reporting.leakage import check_leakage
+from brainseg.reporting.protocol_section import protocol_blocks, reproduce_blocks, split_blocks
 from brainseg.reporting.robustness_section import robustness_blocks
-from brainseg.reporting.significance import SIGNIFICANCE_COLUMNS, significance, verdict
+from brainseg.reporting.significance import SIGNIFICANCE_COLUMNS, significance
+from brainseg.reporting.study_plots import learning_curves_folds, paired_patient_plot
+from brainseg.reporting.study_sections import (
+    beside_blocks,
+    environment_blocks,
+    established_text,
+    significance_blocks,
+    surface_notes,
+    surface_table,
+)
 
 __all__ = ["build_report", "leaderboard_text"]
 
@@ -72,16 +77,25 @@ def _epochs(row: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------- tables
 
 
-def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: float = 0.95) -> list[Table]:
-    """The leaderboard as four readable tables: overlap per patient, per slice/micro, detection, cost.
+def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: float = 0.95,
+                 surface_policy: Mapping[str, Any] | None = None) -> list[Table]:
+    """The leaderboard as readable tables: overlap per patient, per slice/micro, detection, cost, and
+    boundary/lesion metrics when the runs have them.
 
-    `confidence` is the level of the board's bootstrap intervals (named in the caption).
+    `confidence` is the level of the board's bootstrap intervals (named in the caption);
+    `surface_policy` the evaluation's surface_metrics_policy (units, NSD tolerance).
     """
-    head = ["#", "Model", "Dice", "IoU", "Recall", "Precision", "Loss"]
+    head = ["#", "Model", "Dice", "Dice median", "IoU", "Recall", "Precision", "Loss"]
+    has_hd95 = any(not math.isnan(to_number(r.get("hd95_median"))) for r in board)
+    if has_hd95:
+        head.append(f"HD95 median ({(surface_policy or {}).get('distance_unit', 'px')})")
     rows = []
     for r in board:
-        row = [str(r["rank"]), r["label"]] + [fmt_ci(r, f"{m}_patient") for m in ("dice", "iou", "recall", "precision")]
+        row = [str(r["rank"]), r["label"], fmt_ci(r, "dice_patient"), _f(r.get("dice_patient_median"))]
+        row += [fmt_ci(r, f"{m}_patient") for m in ("iou", "recall", "precision")]
         row.append(_f(r.get("loss")))
+        if has_hd95:
+            row.append(fmt(r.get("hd95_median"), 2))
         if n_folds:
             row.append(f"{_f(r.get('dice_fold_mean'))} ± {_f(r.get('dice_fold_sd'))}")
         rows.append(row)
@@ -115,13 +129,15 @@ def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: f
           _epochs(r), _ms(r.get("inference_ms_per_slice"))] for r in board],
         caption="Cost" + (f" (training time summed over {n_folds} folds; epochs and inference time averaged)" if n_folds else ""),
     )
-    return [t1, t2, t3, t4]
+    t5 = surface_table(board, surface_policy)
+    return [t1, t2, t3, t4] + ([t5] if t5 else [])
 
 
-def leaderboard_markdown(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: float = 0.95) -> str:
-    """leaderboard.md: the four tables of `board_tables` in Markdown."""
+def leaderboard_markdown(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: float = 0.95,
+                         surface_policy: Mapping[str, Any] | None = None) -> str:
+    """leaderboard.md: the tables of `board_tables` in Markdown."""
     parts = []
-    for t in board_tables(board, n_folds, confidence):
+    for t in board_tables(board, n_folds, confidence, surface_policy):
         parts += [f"*{t.caption}*", "", markdown_table(t.headers, t.rows, t.align), ""]
     return "# Leaderboard\n\n" + "\n".join(parts)
 
@@ -137,118 +153,6 @@ def leaderboard_text(board: Sequence[Mapping[str, Any]], confidence: float = 0.9
             f"{fmt_count(r.get('params')):>10}{fmt_seconds(r.get('train_seconds')):>9}"
         )
     return "\n".join(lines)
-
-
-def _split_blocks(cmp: Comparison) -> list[Block]:
-    p = cmp.protocol
-    data = p.get("data") or {}
-    blocks: list[Block] = [Heading("Data and split")]
-    rows = [["Dataset", str(data.get("root", "–"))]]
-    for key, label in (("patients", "Patients"), ("slices", "Slices")):
-        if data.get(key) is not None:
-            rows.append([label, str(data[key])])
-    if data.get("tumour_slices") is not None:
-        share = f" ({data['tumour_slices'] / data['slices']:.0%} of slices)" if data.get("slices") else ""
-        rows.append(["Slices with tumour", f"{data['tumour_slices']}{share}"])
-    inst = data.get("institutions")
-    if isinstance(inst, Mapping) and inst:
-        rows.append(["Institutions", f"{len(inst)}: " + ", ".join(f"{k} ({v})" for k, v in sorted(inst.items()))])
-    blocks.append(Table(["", "Value"], rows, align="ll", caption="Dataset"))
-    if cmp.splits:
-        if cmp.n_folds:
-            srows = [[str(k), str(s.get("id", "–")), str(len(s.get("train") or [])), str(len(s.get("val") or [])),
-                      str(len(s.get("test") or []))] for k, s in enumerate(cmp.splits)]
-            blocks.append(Table(["Fold", "Split id", "Train patients", "Validation patients", "Test patients"], srows,
-                                caption=f"{cmp.n_folds}-fold cross-validation over patients "
-                                        f"(method: {cmp.splits[0].get('method', 'k-fold')}); each patient is tested once"))
-        else:
-            s = cmp.splits[0]
-            blocks.append(Table(
-                ["Split method", "Split id", "Train patients", "Validation patients", "Test patients"],
-                [[str(s.get("method", "–")), str(s.get("id", "–")), str(len(s.get("train") or [])),
-                  str(len(s.get("val") or [])), str(len(s.get("test") or []))]],
-                caption="Patient-level split (every slice of a patient is in one part only)",
-                align="llrrr",
-            ))
-    ok, lines = check_leakage(cmp)
-    css = "ok" if ok else ("fail" if ok is False else "note")
-    blocks.append(Para("Leakage check — " + " ".join(lines), css))
-    return blocks
-
-
-def _settings_rows(config: Mapping[str, Any]) -> list[list[str]]:
-    skip = {"data": {"root", "split_file", "fold"}, "model": {"name"}}
-    rows = []
-    for sec in ("data", "model", "train", "eval"):
-        for k, v in (config.get(sec) or {}).items():
-            if k in skip.get(sec, set()):
-                continue
-            rows.append([f"{sec}.{k}", json.dumps(v) if isinstance(v, (dict, list, bool)) or v is None else str(v)])
-    return rows
-
-
-def _protocol_blocks(cmp: Comparison, *, alpha: float, n_boot: int, confidence: float) -> list[Block]:
-    s = next(iter(cmp.runs.values()))[0].summary
-    threshold = s.get("threshold", 0.5)
-    thresholds = {r[0].summary.get("threshold") for r in cmp.runs.values()}
-    policy = s.get("empty_policy", "one")
-    policy_doc = s.get("empty_policy_doc") or s.get("empty_policy_description") or ""
-    post = s.get("postprocessing") or {}
-    min_area = s.get("detection_min_area", (s.get("detection") or {}).get("min_area"))
-    blocks: list[Block] = [
-        Heading("Protocol"),
-        Para(
-            "Every model was trained on the same patients with the same settings (below) and evaluated on "
-            "the same test patients at each slice's native resolution; only the architecture differs."
-        ),
-    ]
-    config = cmp.protocol.get("config") or {}
-    if config:
-        blocks.append(Table(["Setting", "Value"], _settings_rows(config), align="ll", caption="Shared settings"))
-    items = [
-        "A pixel is tumour when its sigmoid probability ≥ "
-        + (f"{threshold}" if len(thresholds) <= 1 else ", ".join(f"{display_name(m)} {r[0].summary.get('threshold')}" for m, r in cmp.runs.items()))
-        + (f"; post-processing: {', '.join(f'{k} = {v}' for k, v in post.items())}" if post else "") + ".",
-        "Dice = 2TP / (2TP + FP + FN); IoU = TP / (TP + FP + FN); precision = TP / (TP + FP); "
-        "recall (sensitivity) = TP / (TP + FN); specificity = TN / (TN + FP).",
-        "Per patient (volume): counts summed over all slices of a patient, then the metric; the mean over "
-        f"patients is the headline figure, with a {confidence:.0%} percentile-bootstrap interval over patients "
-        f"({n_boot} resamples).",
-        "Per slice: the metric of every slice, averaged over slices. Micro: counts summed over every test slice.",
-        f"Empty masks (policy '{policy}'): {policy_doc}" if policy_doc else f"Empty masks: policy '{policy}'.",
-        f"Detection: a slice is called positive when its predicted tumour area is at least {min_area} pixels; "
-        "a patient when any of its slices is. AUROC uses each slice's highest tumour probability.",
-        "Loss: the training loss evaluated on the test split.",
-        "Significance: two-sided Wilcoxon signed-rank test on per-patient Dice for every pair of models "
-        f"(paired by patient), p-values adjusted with Holm's method; a difference is called real when p_holm < {alpha}.",
-    ]
-    blocks += [Heading("Metric definitions", 3), Bullets(items)]
-    return blocks
-
-
-def _significance_blocks(
-    board: Sequence[Mapping[str, Any]], sig: Sequence[Mapping[str, Any]], alpha: float, confidence: float
-) -> list[Block]:
-    blocks: list[Block] = [
-        Heading("Significance and verdict"), Para(verdict(board, sig, alpha=alpha, confidence=confidence), "verdict")
-    ]
-    if not sig:
-        blocks.append(Para("Only one model has results: there is no pair to test.", "note"))
-        return blocks
-    rows = [
-        [f"{r['label_a']} vs {r['label_b']}", str(r["n"]), f"{r['mean_diff']:+.3f}",
-         f"{r['ci_low']:+.3f} to {r['ci_high']:+.3f}" if not math.isnan(r["ci_low"]) else "–",
-         fmt_p(r["p"]), fmt_p(r["p_holm"]),
-         (display_name(r["better"]) + " better") if r["significant"] else "not distinguishable"]
-        for r in sig
-    ]
-    blocks.append(Table(
-        ["Pair (A vs B)", "Patients", "Mean Δ Dice (A − B)", f"{confidence:.0%} CI of Δ", "p (Wilcoxon)", "p (Holm)", "Verdict"],
-        rows, align="lrrrrrl",
-        caption=f"Paired Wilcoxon signed-rank tests on per-patient Dice, Holm-corrected over {len(sig)} pairs (α = {alpha})",
-    ))
-    blocks.append(Bullets([r["statement"] for r in sig]))
-    return blocks
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -293,13 +197,17 @@ def build_report(
 
     board = leaderboard(cmp, n_boot=n_boot, confidence=confidence, seed=seed)
     sig = significance(cmp, board, alpha=alpha, n_boot=n_boot, confidence=confidence, seed=seed)
+    notes += surface_notes(cmp)
     for m in cmp.models:
         _, dup = pooled_patients(cmp.runs[m])
         if dup:
             notes.append(f"{m}: {dup} patient(s) appear in more than one fold; their metrics were averaged.")
 
     written["leaderboard_csv"] = write_csv_atomic(out / "leaderboard.csv", board, leaderboard_columns(cmp.n_folds))
-    written["leaderboard_md"] = write_text_atomic(out / "leaderboard.md", leaderboard_markdown(board, cmp.n_folds, confidence))
+    surface_policy = next((r.summary.get("surface_metrics_policy") for runs in cmp.runs.values() for r in runs
+                           if r.summary.get("surface_metrics_policy")), None)
+    written["leaderboard_md"] = write_text_atomic(
+        out / "leaderboard.md", leaderboard_markdown(board, cmp.n_folds, confidence, surface_policy))
     written["significance_csv"] = write_csv_atomic(out / "significance.csv", sig, SIGNIFICANCE_COLUMNS)
 
     colors = model_colors([str(m) for m in cmp.protocol["models"]])
@@ -314,6 +222,13 @@ def build_report(
         "and the training loss on the test split (right).", "metric bars"))
 
     per_patient = per_patient_values(cmp, "dice")
+    written["figure_paired_dice"] = paired_patient_plot(
+        {m: per_patient[m] for m in ranked}, fig_dir / "paired_dice.png", order=ranked, labels=labels)
+    headline = Figure(
+        written["figure_paired_dice"],
+        "Per-patient Dice of every model, paired: one grey line per test patient across the models (ranked by mean "
+        "Dice), the bold line their median. Crossing lines are patients on whom the ranking flips.", "paired per-patient Dice",
+        width="62%")  # at its natural size, so the headline table and figure share the first screen
     written["figure_dice_per_patient"] = plot_dice_per_patient(
         {m: list(per_patient[m].values()) for m in ranked}, labels, colors, fig_dir / "dice_per_patient.png", seed=seed)
     figures.append(Figure(
@@ -329,6 +244,15 @@ def build_report(
             written["figure_learning_curves"],
             "Learning curves: training and validation loss (left) and validation Dice (right) per epoch"
             + (", one line per fold." if cmp.n_folds else "."), "learning curves"))
+        if cmp.n_folds:
+            order = [m for m in ranked if m in histories]
+            written["figure_learning_curves_folds"] = learning_curves_folds(
+                histories, fig_dir / "learning_curves_folds.png", order=order, labels=labels, colors=colors)
+            figures.append(Figure(
+                written["figure_learning_curves_folds"],
+                "Validation Dice per epoch, one panel per model: thin lines are the folds, the bold line their mean "
+                "(dashed where some folds had stopped). A curve still rising at the end means the budget, not the "
+                "architecture, limited the model.", "learning curves over folds"))
     else:
         notes.append("No history.csv found: the learning-curve figure is left out.")
 
@@ -381,19 +305,25 @@ def build_report(
         f"brainseg {p.get('brainseg_version')}" if p.get("brainseg_version") else "",
         f"device {p.get('device') or _device(cmp)}" if (p.get("device") or _device(cmp)) else "",
     ) if x)
+    tables = board_tables(board, cmp.n_folds, confidence, surface_policy)
+    # A results section: the headline sentence, table and figure first; how it was made comes after.
     blocks: list[Block] = [
         Para(f"{len(board)} models compared on {test_desc}. Best: {best['label']}, per-patient Dice "
              f"{fmt_ci(best, 'dice_patient')}.", "verdict"),
+        Heading("Results"), tables[0], headline,
     ]
-    blocks += _split_blocks(cmp)
-    blocks += _protocol_blocks(cmp, alpha=alpha, n_boot=n_boot, confidence=confidence)
-    blocks += [Heading("Leaderboard")] + board_tables(board, cmp.n_folds, confidence)
-    blocks += _significance_blocks(board, sig, alpha, confidence)
+    blocks += [Heading("Leaderboard", 3)] + tables[1:]
+    blocks += significance_blocks(board, sig, alpha, confidence)
+    blocks += [Para(established_text(board, sig, alpha=alpha, n_folds=cmp.n_folds), "verdict")]
+    blocks += beside_blocks(cmp, board)
     blocks += [Heading("Figures")] + figures
     blocks += rob_blocks
+    blocks += split_blocks(cmp)
+    blocks += protocol_blocks(cmp, alpha=alpha, n_boot=n_boot, confidence=confidence)
+    blocks += environment_blocks(cmp)
     if notes:
         blocks += [Heading("Notes"), Bullets(notes)]
-    blocks += _reproduce_blocks(cmp)
+    blocks += reproduce_blocks(cmp)
 
     md = render_markdown(title, ([Para(subtitle)] if subtitle else []) + blocks, out)
     written["report_md"] = write_text_atomic(out / "report.md", md)
@@ -408,30 +338,3 @@ def _device(cmp: Comparison) -> str:
             if d:
                 return str(d)
     return ""
-
-
-def _reproduce_blocks(cmp: Comparison) -> list[Block]:
-    p = cmp.protocol
-    cmd = p.get("command") or ""
-    if not cmd:
-        cfg = p.get("config") or {}
-        parts = ["brainseg compare", f"--models {','.join(p['models'])}"]
-        root = (cfg.get("data") or {}).get("root") or (p.get("data") or {}).get("root")
-        if root:
-            parts.append(f"--data {root}")
-        parts.append(f"--out {cmp.dir}")
-        cmd = " ".join(parts) + "   # reconstructed: protocol.json has no command"
-    blocks: list[Block] = [
-        Heading("Reproduce"),
-        Para("The comparison was made with:"),
-        Code(cmd),
-        Para("This report can be rebuilt from the folder's files alone (no model is loaded) with:"),
-        Code(f"brainseg report {cmp.dir}"),
-    ]
-    envs = [r.train_summary["environment"] for rs in cmp.runs.values() for r in rs if (r.train_summary or {}).get("environment")]
-    if envs:  # what the runs ran on: another thread count or CPU gives other weights (README, Reproducibility)
-        blocks.append(Table(["What", "Value"], environment_rows(envs[0]), align="ll", caption="Environment (train_summary.json)"))
-    if p.get("config"):
-        blocks += [Para("Full settings shared by every model (also in protocol.json and each run's config.json):"),
-                   Code(json.dumps(p["config"], indent=2, default=str))]
-    return blocks

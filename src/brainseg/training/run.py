@@ -24,6 +24,7 @@ from brainseg.config import RunConfig
 from brainseg.environment import environment
 from brainseg.errors import BrainsegError
 from brainseg.fileio import read_json, write_json_atomic
+from brainseg.protocol import result_settings, settings_hash
 from brainseg.runtime import resolve_amp, select_device
 from brainseg.training import distributed as dist_utils
 from brainseg.training.checkpoint import load_checkpoint
@@ -426,6 +427,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
         "params": meta["params"],
         "train_slices": len(train_ds),
         "split_id": data.split.id,
+        "settings_hash": settings_hash(result_settings(cfg), data.split.id),  # what compare's reuse checks
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "world_size": world,

@@ -1,0 +1,130 @@
+"""The study parts of the report: surface columns of the leaderboard, the section beside the
+slice-split study, the what-is-established paragraph, folded settings and the run environment."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from fake_comparison import make_comparison
+
+from brainseg.reporting import build_report
+from brainseg.reporting.comparison import load_comparison, read_table
+from brainseg.reporting.leaderboard import leaderboard, pooled_patients
+from brainseg.reporting.significance import significance
+from brainseg.reporting.study_sections import LEAKY_REFERENCE, established_text
+
+N_BOOT = 200
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    d = make_comparison(tmp_path_factory.mktemp("study") / "cmp", models=("unet", "segnet", "pspnet"), folds=2,
+                        n_patients=12)
+    return d, build_report(d, n_boot=N_BOOT)
+
+
+def test_leaderboard_surface_columns_recomputed_from_per_patient_files(study) -> None:
+    d, written = study
+    board = {r["model"]: r for r in read_table(written["leaderboard_csv"])}
+    for m in ("unet", "segnet", "pspnet"):
+        rows = [r for k in range(2) for r in read_table(d / "runs" / m / f"fold{k}" / "eval_test" / "per_patient.csv")]
+        assert len(rows) == 12  # every patient once, pooled over the folds
+        hd = np.array([r["hd95"] for r in rows])
+        assert board[m]["hd95_median"] == pytest.approx(np.median(hd), rel=1e-5)
+        assert board[m]["dice_patient_median"] == pytest.approx(np.median([r["dice"] for r in rows]), rel=1e-5)
+        assert board[m]["hd95_mean"] == pytest.approx(hd.mean(), rel=1e-5)
+        assert board[m]["assd_mean"] == pytest.approx(np.mean([r["assd"] for r in rows]), rel=1e-5)
+        assert board[m]["nsd_mean"] == pytest.approx(np.mean([r["nsd"] for r in rows]), rel=1e-5)
+        found, truth = sum(r["lesions_detected"] for r in rows), sum(r["lesions_truth"] for r in rows)
+        assert board[m]["lesion_sensitivity"] == pytest.approx(found / truth, rel=1e-5)
+        assert board[m]["fp_lesions_per_patient"] == pytest.approx(np.mean([r["fp_lesions"] for r in rows]), rel=1e-5)
+    md = written["leaderboard_md"].read_text()
+    assert "HD95 median (px)" in md and "Lesion sensitivity" in md and "NSD (τ = 2 px)" in md
+
+
+def test_beside_the_slice_split_study_shows_three_averagings(study) -> None:
+    d, written = study
+    md = written["report_md"].read_text()
+    part = md[md.index("## Beside the slice-split study"):]
+    part = part[: part.index("\n## ", 5)]
+    board = {r["model"]: r for r in read_table(written["leaderboard_csv"])}
+    lines = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in part.splitlines()
+             if ln.startswith("| ") and not ln.startswith("| Model")}
+    for m, name in (("unet", "UNet"), ("segnet", "SegNet"), ("pspnet", "PSPNet")):
+        theirs, ours, per_slice, micro, delta = lines[name]
+        assert theirs.startswith(f"{LEAKY_REFERENCE[m]:.4f}")
+        assert ours.startswith(f"{board[m]['dice_patient']:.3f}") and per_slice == f"{board[m]['dice_slice']:.3f}"
+        assert micro == f"{board[m]['dice_micro']:.3f}"
+        assert float(delta) == pytest.approx(board[m]["dice_patient"] - LEAKY_REFERENCE[m], abs=6e-4)
+    # models of the leaky study that this comparison lacks are listed, without our numbers
+    assert lines["Attention UNet"][0].startswith("0.8895 (#1)") and lines["Attention UNet"][1] == "–"
+    for word in ("Split.", "Averaging.", "Budget and resolution.", "32×32 px input", "6 epochs"):
+        assert word in part, word
+
+
+def test_established_paragraph_names_real_and_unresolved_differences(study) -> None:
+    d, _ = study
+    cmp = load_comparison(d)
+    board = leaderboard(cmp, n_boot=N_BOOT)
+    sig = significance(cmp, board, alpha=0.05, n_boot=N_BOOT)
+    text = established_text(board, sig, alpha=0.05, n_folds=cmp.n_folds)
+    real = [r for r in sig if r["significant"]]
+    assert real  # the fake qualities are far apart: UNet 0.85 recall vs SegNet 0.55 on 12 patients
+    assert "12 patients from 2-fold cross-validation" in text and "UNet > SegNet" in text
+    assert "Holm over all 3 pairs" in text
+    # too few patients for any significance: nothing is called established
+    small = make_comparison(d.parent / "small", models=("unet", "segnet"), n_patients=3)
+    c2 = load_comparison(small)
+    b2 = leaderboard(c2, n_boot=N_BOOT)
+    s2 = significance(c2, b2, alpha=0.05, n_boot=N_BOOT)
+    t2 = established_text(b2, s2, alpha=0.05, n_folds=0)
+    assert "no difference in per-patient Dice between any two models" in t2
+    assert "Not established: the order within UNet vs SegNet" in t2
+
+
+def test_settings_folded_and_environment_only_when_recorded(study, tmp_path) -> None:
+    d, written = study
+    html, md = written["report_html"].read_text(), written["report_md"].read_text()
+    folded = re.search(r"<details><summary>Shared settings \((\d+) rows; click to show\)</summary>(.*?)</details>", html, re.S)
+    assert folded and "<td class=\"l\">train.lr</td>" in folded.group(2)
+    assert "<details><summary>Shared settings" in md  # GitHub renders it folded too
+    assert "Run environment" not in md  # the fake runs record none
+    env = {"python": "3.11.9", "torch": "2.13.0+cpu", "cpu": {"cores": 2}}
+    d2 = make_comparison(tmp_path / "env", models=("unet", "segnet"))
+    for m in ("unet", "segnet"):
+        p = d2 / "runs" / m / "train_summary.json"
+        s = json.loads(p.read_text())
+        s["environment"] = {**env, "host": f"box-{m}"}
+        p.write_text(json.dumps(s))
+    md2 = build_report(d2, n_boot=N_BOOT)["report_md"].read_text()
+    part = md2[md2.index("### Run environment"):]
+    assert "| torch | 2.13.0+cpu |" in part and "| cpu.cores | 2 |" in part and "box-segnet; box-unet" in part
+
+
+def test_report_without_surface_columns_has_no_surface_table(tmp_path) -> None:
+    d = make_comparison(tmp_path / "old", models=("unet", "segnet"), surface=False)
+    written = build_report(d, n_boot=N_BOOT)
+    board = read_table(written["leaderboard_csv"])
+    assert all(math.isnan(r["hd95_median"]) for r in board)
+    assert "HD95" not in written["report_md"].read_text()
+    cmp = load_comparison(d)
+    assert all("hd95" not in r for r in pooled_patients(cmp.runs["unet"])[0])
+
+
+def test_a_fold_without_surface_columns_leaves_the_model_out_of_the_surface_table(tmp_path) -> None:
+    d = make_comparison(tmp_path / "mixed", models=("unet", "segnet"), folds=2, n_patients=8)
+    old = d / "runs" / "segnet" / "fold1" / "eval_test" / "per_patient.csv"
+    rows = read_table(old)
+    keep = ["patient", "institution", "n_slices", "tp", "fp", "fn", "tn", "dice", "iou", "precision", "recall",
+            "specificity", "true_volume_px", "pred_volume_px"]
+    old.write_text("\n".join([",".join(keep)] + [",".join(str(r[k]) for k in keep) for r in rows]) + "\n")
+    written = build_report(d, n_boot=N_BOOT)
+    board = {r["model"]: r for r in read_table(written["leaderboard_csv"])}
+    assert math.isnan(board["segnet"]["hd95_median"]) and math.isnan(board["segnet"]["lesion_sensitivity"])
+    assert not math.isnan(board["unet"]["hd95_median"])
+    md = written["report_md"].read_text()
+    assert "segnet/fold1 has no surface metrics" in md and "run `brainseg evaluate` on it again" in md
