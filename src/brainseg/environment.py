@@ -11,6 +11,7 @@ two runs that disagree can be told apart by what they ran on.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -86,7 +87,7 @@ def environment(device: Any = None) -> dict[str, Any]:
         "brainseg": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion object would not load with weights_only=True
         "numpy": np.__version__,
         # intra-op threads: the number the CPU kernels split their sums between
         "threads": torch.get_num_threads(),
@@ -109,7 +110,8 @@ def environment(device: Any = None) -> dict[str, Any]:
         env["device_name"] = "Apple MPS"
     if sys.platform == "darwin":
         env["platform"] = f"macOS {platform.mac_ver()[0]} {platform.machine()}"
-    return env
+    # plain JSON types only: the dict goes into checkpoints, which load with weights_only=True
+    return json.loads(json.dumps(env, default=str))
 
 
 def numeric_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:

@@ -208,4 +208,4 @@ def environment_blocks(cmp: Comparison) -> list[Block]:
         rows = [[k, "; ".join(sorted(v)) if len(v) <= 3 else f"{len(v)} different values"]
                 for k, v in sorted(values.items())]
     return [Heading("Run environment", 3),
-            Table(["", "Value"], rows, align="ll", caption=f"As recorded by {n} run(s) (training summary, else evaluation)")]
+            Table(["", "Value"], rows, align="ll", caption=f"Environment as recorded by {n} run(s) (training summary, else evaluation)")]
