@@ -92,7 +92,8 @@ def _compare_locked(
     from brainseg.evaluation.evaluate import evaluate_run
     from brainseg.protocol import require_same_settings, result_settings, settings_hash
     from brainseg.training import distributed as dist_utils
-    from brainseg.training.run import CONFIG_NAME, load_run_data, run_is_finished, train_run
+    from brainseg.training.run import CONFIG_NAME, run_is_finished, train_run
+    from brainseg.training.rundata import load_run_data
 
     cfg.validate()
 

@@ -166,7 +166,7 @@ def test_no_test_patient_slice_reaches_the_training_dataset(tmp_path: Path) -> N
 
     from brainseg.config import build_config
     from brainseg.data.dataset import SliceDataset
-    from brainseg.training.run import load_run_data, records_for
+    from brainseg.training.rundata import load_run_data, records_for
 
     root = _dataset_with(9, tmp_path / "d")
     # every slice's raw pixels, read with tifffile straight from its patient's folder
