@@ -29,7 +29,7 @@ from brainseg.fileio import read_csv, read_json, write_json_atomic
 
 DEFAULT_MODELS = ("unet", "attention_unet", "segnet", "deeplabv3plus", "pspnet")
 
-# The out-of-the-box comparison on the built-in phantoms: small models at 64×64 so that all five
+# The out-of-the-box comparison on the built-in phantoms: small models at 96×96 so that all five
 # train and evaluate on a 2-core laptop CPU in a few minutes (see README for measured times).
 # 96×96 rather than 64×64 because PSPNet's output stride of 8 leaves too coarse a grid at 64 for
 # the phantoms' small lesions; tumour slices are drawn twice as often to speed learning.
