@@ -112,6 +112,27 @@ def test_committed_results_resume_without_checkpoints(tiny_phantoms: Path, tmp_p
     assert "slices.npz not found" in (out / "report.md").read_text()
 
 
+def test_a_run_evaluated_with_other_flags_is_named_not_called_another_split(
+    tiny_phantoms: Path, tmp_path: Path, capsys
+) -> None:
+    """`brainseg evaluate RUN --threshold 0.3` rewrites eval_test under other eval settings: a rerun of
+    compare names that setting and the folder to delete (it said "made on split S, not S")."""
+    out = tmp_path / "cmp"
+    args = ["compare", "--data", str(tiny_phantoms), "--models", "unet", "--out", str(out), *TINY]
+    assert main(args) == 0
+    run = out / "runs" / "unet"
+    assert main(["evaluate", str(run), "--threshold", "0.3", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "eval_test was evaluated with other settings (eval.threshold: 0.3 → 0.5)" in err, err
+    assert "made on split" not in err and "delete that folder" in err
+    for f in (run / "eval_test").iterdir():
+        f.unlink()
+    assert main(args) == 0  # evaluated again, under the protocol's threshold
+    assert read_json(run / "eval_test" / "summary.json")["threshold"] == 0.5
+
+
 def test_committed_results_of_another_protocol_are_refused(tiny_phantoms: Path, tmp_path: Path, capsys) -> None:
     """Result files whose recorded hash differs name the differing setting, and nothing is trained."""
     import json

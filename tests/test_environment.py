@@ -76,3 +76,15 @@ def test_numeric_differences_and_report_rows() -> None:
 def test_environment_names_the_gpu() -> None:
     env = environment("cuda")
     assert env["device_name"] == torch.cuda.get_device_name(0) and env["cuda"] == torch.version.cuda
+
+
+def test_environment_survives_the_weights_only_checkpoint_loader(tmp_path: Path) -> None:
+    # train and resume put environment() into checkpoints, which load_checkpoint reads with
+    # weights_only=True; torch.__version__ (a TorchVersion) once slipped in and was refused
+    from brainseg.training.checkpoint import load_checkpoint, save_checkpoint
+
+    env = environment("cpu")
+    save_checkpoint(tmp_path / "c.pt", {"model": {}, "state_dict": {}, "preprocessing": {}, "config": {},
+                                        "environment": env})
+    loaded = load_checkpoint(tmp_path / "c.pt")["environment"]
+    assert loaded == env and type(loaded["torch"]) is str

@@ -29,7 +29,7 @@ from brainseg.fileio import read_csv, read_json, write_json_atomic
 
 DEFAULT_MODELS = ("unet", "attention_unet", "segnet", "deeplabv3plus", "pspnet")
 
-# The out-of-the-box comparison on the built-in phantoms: small models at 64×64 so that all five
+# The out-of-the-box comparison on the built-in phantoms: small models at 96×96 so that all five
 # train and evaluate on a 2-core laptop CPU in a few minutes (see README for measured times).
 # 96×96 rather than 64×64 because PSPNet's output stride of 8 leaves too coarse a grid at 64 for
 # the phantoms' small lesions; tumour slices are drawn twice as often to speed learning.
@@ -204,6 +204,17 @@ def committed_results(run_dir: Path, cfg: RunConfig, split_id: str) -> bool:
         return False  # results from before hashes were recorded: the config.json check below decides
     remedy = f"delete it (or use another --out) to train {cfg.model.name} under this protocol"
     require_same_settings(read_json(run_dir / "config.json"), cfg.to_dict(), f"run {run_dir}", remedy)
+    if recorded["train_summary.json"] == want:  # trained under this protocol, evaluated otherwise
+        from dataclasses import asdict
+
+        used = read_json(run_dir / "eval_test" / "summary.json").get("eval_config") or {}
+        differences = [f"eval.{k}: {used[k]!r} → {v!r}" for k, v in asdict(cfg.eval).items()
+                       if k in used and used[k] != v]
+        raise BrainsegError(
+            f"{run_dir / 'eval_test'} was evaluated with other settings ({'; '.join(differences) or 'another hash'}), "
+            f"e.g. by `brainseg evaluate` with flags; delete that folder to evaluate {cfg.model.name} again under "
+            "this protocol"
+        )
     split_ids = {read_json(run_dir / f).get("split_id") for f in recorded}
     raise BrainsegError(
         f"run {run_dir} was made on split {', '.join(sorted(map(str, split_ids)))}, not {split_id} "

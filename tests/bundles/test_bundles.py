@@ -88,6 +88,14 @@ def test_predict_without_checkpoint_uses_the_default_bundle(
     assert "tiny 0.1 (unet" in capsys.readouterr().out
 
 
+def test_check_patients_must_be_patient_folders(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    for bad in (tmp_path / "missing", tmp_path / "empty"):
+        rc = main(["bundle", str(tiny_run), "--out", str(tmp_path / "b"), "--name", "x", "--check", str(bad)])
+        assert rc == 2 and f"check patient {bad}: not a kaggle_3m patient folder" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()  # refused before anything is written
+
+
 def test_no_bundle_gives_a_clear_message(tiny_phantoms: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(B.default_bundle, "__defaults__", (tmp_path,))
     patient = sorted(p for p in tiny_phantoms.iterdir() if p.is_dir())[0]

@@ -19,7 +19,7 @@ from brainseg.errors import BrainsegError, CheckpointError, DataError
 from brainseg.fileio import read_csv, read_json
 from brainseg.inference import discover_inputs, predict_path
 from brainseg.inference.predictor import Predictor
-from brainseg.inference.readers import to_uint8
+from brainseg.inference.readers import read_case, to_uint8
 from brainseg.inference.writers import OVERLAY_ALPHA, OVERLAY_RGB, overlay_image
 from brainseg.training.checkpoint import load_checkpoint
 
@@ -365,6 +365,16 @@ def test_discovery_orders_slices_numerically_and_ignores_ground_truth(tmp_path: 
     (folder / "stray.tif").write_bytes(b"")
     with pytest.raises(DataError, match=r"stray\.tif .*not named"):
         discover_inputs(folder)
+
+
+def test_lzw_slices_read_as_the_dataset_reads_them(tmp_path: Path) -> None:
+    # kaggle_3m copies may be LZW-compressed; tifffile needs imagecodecs for LZW, Pillow's libtiff has it
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "P_1.tif", compression="tiff_lzw")
+    Image.fromarray(img[..., 1]).save(tmp_path / "grey.tif", compression="tiff_lzw")
+    assert np.array_equal(read_case(discover_inputs(tmp_path / "P_1.tif").cases[0]).images, img[None])
+    assert np.array_equal(read_case(discover_inputs(tmp_path / "grey.tif").cases[0]).images, img[None, :, :, 1:2])
 
 
 def test_cli_predict_and_its_help(trained, tmp_path: Path, capsys) -> None:

@@ -171,8 +171,13 @@ def make_bundle(
     from brainseg.data.lgg import read_image
     from brainseg.training.checkpoint import load_checkpoint, save_checkpoint
 
-    ckpt = load_checkpoint(checkpoint)
     dirs = [Path(p) for p in check_patients]
+    for d in dirs or [Path("(none given)")]:  # the check figure needs slices and their masks
+        if not (d.is_dir() and any(d.glob("*_mask.tif"))
+                and any(not f.name.endswith("_mask.tif") for f in d.glob("*.tif"))):
+            raise BrainsegError(f"check patient {d}: not a kaggle_3m patient folder (slice .tif files with "
+                                "their _mask.tif)")
+    ckpt = load_checkpoint(checkpoint)
     images = np.stack([read_image(f) for d in dirs for f in sorted(d.glob("*.tif")) if not f.name.endswith("_mask.tif")])
     fp16 = fp16_check(ckpt, images, float(ckpt["config"]["eval"]["threshold"]))
     out = Path(out_dir)

@@ -10,7 +10,7 @@ from brainseg.commands._common import non_negative_int, positive_int, probabilit
 # line breaks are kept: the help uses RawDescriptionHelpFormatter for the tables in EPILOG
 DESCRIPTION = """\
 Segment new scans with a trained model. INPUT is a slice (.tif/.png), a patient folder
-(<name>_<n>.tif slices), a dataset root in the kaggle_3m layout, a NIfTI volume (.nii/.nii.gz)
+(<name>_<n>.tif slices), a dataset root in the kaggle_3m layout, a NIfTI volume (.nii/.nii.gz),
 a folder of NIfTI volumes, or a DICOM study (a folder of one patient's series, or one file).
 Several --checkpoint options form an ensemble (mean probability)."""
 
@@ -73,7 +73,7 @@ examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
-    p.add_argument("input", metavar="INPUT", help="slice, patient folder, dataset root, NIfTI file or folder")
+    p.add_argument("input", metavar="INPUT", help="slice, patient folder, dataset root, NIfTI file or folder, DICOM study")
     p.add_argument("--checkpoint", "-c", action="append", metavar="CKPT",
                    help="checkpoint file or run folder (its best checkpoint); repeat for an ensemble "
                         "(default: the bundled model, see `brainseg models --bundles`)")

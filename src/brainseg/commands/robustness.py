@@ -13,10 +13,10 @@ DESCRIPTION = (
     "Evaluate trained runs on their test patients under seeded perturbations of increasing severity "
     "(Gaussian and Rician noise, blur, bias field, gamma, contrast, lower resolution, rotation, missing "
     "sequence replaced by FLAIR or zeroed; severity 0 is the unperturbed image), and split the unperturbed "
-    "results by institution, tumour size and slice position. RUNDIR is a run folder, a folder of fold runs, "
-    "or a comparison folder (every model in it is evaluated, results go to <comparison>/robustness/ and the "
-    "comparison's report gains a robustness section). Writes robustness.csv, strata.csv, robustness.json "
-    "and robustness_<model>.png. Parameters of each perturbation: `brainseg robustness --list`."
+    "results by institution, tumour size, slice position and FLAIR-copied sequences. RUNDIR is a run "
+    "folder, a folder of fold runs, or a comparison folder (every model in it is evaluated, results go to "
+    "<comparison>/robustness/ and the comparison's report gains a robustness section). Writes robustness.csv, "
+    "strata.csv, robustness.json and robustness_<model>.png. Parameters of each perturbation: `brainseg robustness --list`."
 )
 
 

@@ -16,7 +16,7 @@ from brainseg.errors import DataError
 
 
 class _QuietWhileReading(logging.Filter):
-    """Drops tifffile's log records in threads that are inside `_read_tif`.
+    """Drops tifffile's log records in threads that are inside `decode_tif`.
 
     tifffile logs a warning line for each broken tag of a truncated file before it raises; we
     report the file as one DataError line instead, so those extra lines would only confuse.
@@ -47,18 +47,24 @@ def _read_with_pillow(path: Path, compression: str) -> np.ndarray:
         ) from None
 
 
-def _read_tif(path: Path) -> np.ndarray:
-    """Decode the one image of a TIF; any failure becomes a DataError naming the file."""
+def decode_tif(path: Path, expected: str = "exactly one H×W×3 slice") -> np.ndarray:
+    """Decode the one image of a TIF as (H, W) or (H, W, C); any failure is a DataError naming the file.
+
+    Codecs tifffile lacks without imagecodecs (LZW, JPEG, …) are decoded by Pillow. `expected`
+    is what the error says a file with several (or no) images should have held.
+    """
     import tifffile  # imported here so `brainseg --help` stays fast
 
     _QUIET.local.reading = True
     try:
         with tifffile.TiffFile(path) as tif:
             n_pages = len(tif.pages)
+            if n_pages == 0:
+                raise DataError(f"{path} cannot be read as a TIFF image: it holds no image (truncated or corrupt?)")
             if n_pages != 1:
-                shape = "×".join(str(v) for v in tif.pages[0].shape) if n_pages else "none"
+                shape = "×".join(str(v) for v in tif.pages[0].shape)
                 raise DataError(
-                    f"{path} holds {n_pages} images (the first is {shape}); expected exactly one H×W×3 slice"
+                    f"{path} holds {n_pages} images (the first is {shape}); expected {expected}"
                 )
             page = tif.pages[0]
             if page.compression in tifffile.TIFF.DECOMPRESSORS:
@@ -87,7 +93,7 @@ def read_image(path: str | Path) -> np.ndarray:
         DataError: unreadable or truncated file, wrong dtype, or not three channels.
     """
     path = Path(path)
-    img = _read_tif(path)
+    img = decode_tif(path)
     if img.dtype != np.uint8:
         raise DataError(f"image {path} has dtype {img.dtype}; expected uint8")
     if img.ndim != 3 or img.shape[2] != 3:
@@ -130,4 +136,4 @@ def read_mask(path: str | Path) -> np.ndarray:
             {0, 255} / {0, 1}.
     """
     path = Path(path)
-    return binarize_mask(_read_tif(path), path)
+    return binarize_mask(decode_tif(path), path)

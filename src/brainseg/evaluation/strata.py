@@ -60,7 +60,7 @@ def strata_rows(
     acc: Any, institutions: dict[str, str], *, empty_policy: str = "one", model: str = "", seed: int = 0,
     copied: dict[str, tuple[str, ...]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Unperturbed results split by institution, tumour size and slice position (module docstring).
+    """Unperturbed results split by institution, tumour size, slice position and sequences (module docstring).
 
     Args:
         acc: the MetricAccumulator of the clean evaluation.

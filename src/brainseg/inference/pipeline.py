@@ -221,8 +221,8 @@ def predict_path(
     """Segment every case of `input_path` and write masks, overlays, volumes.csv and predict.json.
 
     Args:
-        input_path: a slice (TIF/PNG), a patient folder, a kaggle_3m dataset root, a NIfTI file
-            or a folder of NIfTI files (see `brainseg.inference.inputs`).
+        input_path: a slice (TIF/PNG), a patient folder, a kaggle_3m dataset root, a NIfTI file,
+            a folder of NIfTI files or a DICOM study (see `brainseg.inference.inputs`).
         out_dir: output folder (created); it must not put files among the input's slices.
         checkpoints: one checkpoint (file or run folder) or several: an ensemble averages their
             probabilities.

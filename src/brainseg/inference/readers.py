@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from brainseg.data.tif import decode_tif
 from brainseg.errors import DataError
 from brainseg.inference.inputs import Case
 
@@ -78,27 +79,8 @@ def _check_slice(arr: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _read_tif(path: Path) -> np.ndarray:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            if len(tif.pages) == 0:
-                raise DataError(f"{path} cannot be read as a TIFF image: it holds no image (truncated or corrupt?)")
-            if len(tif.pages) != 1:
-                raise DataError(f"{path} holds {len(tif.pages)} images; expected exactly one slice")
-            page = tif.pages[0]
-            arr, axes = page.asarray(), page.axes
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except PermissionError as exc:
-        raise DataError(f"{path} is unreadable: {exc.strerror}") from None
-    except Exception as exc:  # tifffile, zlib and struct errors all mean a broken or truncated file
-        raise DataError(f"{path} cannot be read as a TIFF image (truncated or corrupt?): {exc}") from None
-    if arr.ndim == 3 and axes.startswith("S"):  # planar-separate RGB comes as (C, H, W)
-        arr = np.moveaxis(arr, 0, -1)
-    return arr
+    # the dataset's own decoder, so predict reads every TIF that index and train read (LZW too)
+    return decode_tif(path, "exactly one slice")
 
 
 def _read_png(path: Path) -> np.ndarray:

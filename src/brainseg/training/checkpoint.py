@@ -8,6 +8,8 @@ A checkpoint is a dict saved with `torch.save` (written atomically, see `brainse
 - ``preprocessing``: size, channels and normalisation the model was trained with.
 - ``config``: the full run configuration (`RunConfig.to_dict()`), ``split``: the split it used,
   ``data_root``, ``params`` (parameter count) and ``brainseg_version``.
+- ``environment``: what the run ran on (versions, threads, CPU, device; `brainseg.environment`),
+  compared on `--resume`. Bundled inference checkpoints leave it out.
 - ``epoch``: completed epochs (a copy of ``train_state["epoch"]`` for readers that do not resume).
 - for resuming: ``optimizer``, ``scheduler`` and ``scaler`` (state dicts; ``scaler`` None without
   fp16), ``rng`` (Python, NumPy and torch generator states) and ``train_state``, the loop's
