@@ -221,7 +221,7 @@ def test_queue_and_kept_jobs_are_bounded(segmenter, tiny_phantoms, tmp_path) -> 
     from brainseg.serve.jobs import JobStore
     from brainseg.serve.uploads import UploadError
 
-    store = JobStore(tmp_path / "w", segmenter, workers=1, max_pending=1, keep=1)
+    store = JobStore(tmp_path / "w", segmenter, workers=1, max_pending=1, keep=1, grace_s=0)
     a, b = store.new("a"), store.new("b")
     with pytest.raises(UploadError, match="busy") as e:
         store.new("c")

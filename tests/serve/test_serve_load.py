@@ -38,7 +38,9 @@ def test_concurrent_uploads_answered_unmixed_and_bounded(segmenter, tiny_phantom
     # what each upload must give back: its own patient's first FLAIR slice and its own mask
     stacks = [slice_stack(f) for f in cases]
     expected = {f.name: segmenter.segment(s, None).mask for f, s in zip(cases, stacks)}
-    store = JobStore(tmp_path / "work", segmenter, workers=2, max_pending=2, keep=3)
+    # keep 3 finished jobs, but none younger than the grace time: under load a result must not be
+    # deleted before its owner has read it (it was, with the grace of 0 this test first ran with)
+    store = JobStore(tmp_path / "work", segmenter, workers=2, max_pending=2, keep=3, grace_s=600)
     rss0 = _rss_mb()
     drv = serve_browser()
     busy = 0
@@ -67,7 +69,10 @@ def test_concurrent_uploads_answered_unmixed_and_bounded(segmenter, tiny_phantom
 
         with ThreadPoolExecutor(N_UPLOADS) as pool:
             answers = list(pool.map(one, range(N_UPLOADS)))
-        assert len(store._jobs) <= store.keep  # older finished jobs were dropped
+        assert len(store._jobs) == N_UPLOADS  # every result stayed while its owner read it
+        store.grace_s = 0
+        store.prune()
+        assert len(store._jobs) <= store.keep  # past the grace time older finished jobs are dropped
         assert len(list((tmp_path / "work").iterdir())) <= store.keep
     assert not srv.thread.is_alive()  # the server stopped with the test
     store.shutdown()

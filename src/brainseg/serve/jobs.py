@@ -5,7 +5,9 @@ results (``out/``: masks in the input's own form as `brainseg predict` writes th
 figures.json). Ids come from `secrets.token_urlsafe`, so one upload's results are never reachable
 from a guessed or counted URL. At most `workers` jobs run at once and `max_pending` wait; a full
 queue is refused (HTTP 503) rather than grown. Only the newest `keep` finished jobs are kept: older
-ones are deleted, files and arrays, so memory and disk stay bounded however long the server runs.
+ones are deleted, files and arrays, so memory and disk stay bounded however long the server runs —
+but never a job that finished less than `grace_s` seconds ago, so that under load a user's result
+is not deleted before the page has fetched it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Job:
     error: str | None = None
     result: CaseResult | None = None
     created: float = field(default_factory=time.time)
+    finished: float | None = None  # time.monotonic() when it became done or failed
     seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -92,14 +95,15 @@ class JobStore:
         workers: jobs segmented at once.
         max_pending: jobs allowed to wait beyond the running ones.
         keep: finished jobs kept (files and arrays); older ones are deleted.
+        grace_s: a job that finished less than this long ago is never deleted.
     """
 
     def __init__(self, work: Path, segmenter: Segmenter, *, workers: int = 1, max_pending: int = 8,
-                 keep: int = 16) -> None:
+                 keep: int = 16, grace_s: float = 60.0) -> None:
         self.work = Path(work).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
         self.segmenter = segmenter
-        self.workers, self.max_pending, self.keep = workers, max_pending, keep
+        self.workers, self.max_pending, self.keep, self.grace_s = workers, max_pending, keep, grace_s
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="brainseg-job")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
@@ -156,12 +160,17 @@ class JobStore:
             job.status, job.error = "failed", str(exc)
         except Exception as exc:  # a job must never take the server down; say what happened
             job.status, job.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
-        self._prune()
+        job.finished = time.monotonic()
+        self.prune()
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
+        """Delete the oldest finished jobs beyond `keep`, sparing those finished within `grace_s`."""
+        now = time.monotonic()
         with self._lock:
             finished = [j for j in self._jobs.values() if j.status in ("done", "failed")]
-            drop = finished[: max(0, len(finished) - self.keep)]
+            old = [j for j in finished[: max(0, len(finished) - self.keep)]
+                   if j.finished is None or now - j.finished >= self.grace_s]
+            drop = old
         for job in drop:
             self.discard(job)
 
