@@ -139,8 +139,6 @@ def augment_from_config(d: Any) -> Any:
 
     if not d.augment:
         return False
-    if d.gamma_max < 1.0:
-        raise BrainsegError(f"data.gamma_max must be ≥ 1 (gamma is drawn in [1/gamma_max, gamma_max]), got {d.gamma_max}")
     return Augment(gamma=(1.0 / d.gamma_max, d.gamma_max), bias_field=d.bias_field, seq_dropout=d.seq_dropout)
 
 
