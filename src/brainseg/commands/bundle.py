@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--cv", metavar="CMPDIR", help="k-fold comparison folder of the same recipe: its pooled "
                    "per-patient figures go into the metadata")
+    p.add_argument("--data", metavar="DIR", help="the dataset of --cv, to report its FLAIR-copy patients apart "
+                   "(default: the folder the run was trained on, when it exists here)")
     p.add_argument("--cv-model", default=None, help="model of --cv to take (default: the run's architecture)")
     p.add_argument("--check", action="append", required=True, metavar="PATIENT_DIR",
                    help="kaggle_3m patient folder for the fp16 and regression check (repeat; 2-3 suffice)")
@@ -73,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(Path(args.run_dir) / f"checkpoint_{args.checkpoint}.pt")
     cv = None
     if args.cv:
-        cv = cv_figures(args.cv, args.cv_model or ckpt["model"]["name"], ckpt.get("data_root"))
+        root = args.data or ckpt.get("data_root")
+        if root and not Path(root).is_dir():
+            print(f"brainseg bundle: {root} (the run's data) is not here: pass --data to split the CV figures by "
+                  "FLAIR-copy patients", file=sys.stderr)
+            root = None
+        cv = cv_figures(args.cv, args.cv_model or ckpt["model"]["name"], root)
     split = ckpt.get("split", {})
     patients = list(split.get("train", [])) + list(split.get("val", []))
     meta = make_bundle(
