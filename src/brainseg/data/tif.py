@@ -6,8 +6,10 @@ line naming the file; tifffile's own warnings about broken tags are silenced whi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,22 @@ def _read_with_pillow(path: Path, compression: str) -> np.ndarray:
         ) from None
 
 
+@contextlib.contextmanager
+def file_errors(path: Path, kind: str, broken: tuple[type[BaseException], ...] = (Exception,)) -> Iterator[None]:
+    """Turn what goes wrong while reading `path` into one DataError naming it: missing, unreadable,
+    or (any of `broken`) not decodable as a `kind` image. DataErrors pass through unchanged."""
+    try:
+        yield
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except PermissionError as exc:
+        raise DataError(f"{path} is unreadable: {exc.strerror}") from None
+    except broken as exc:
+        raise DataError(f"{path} cannot be read as a {kind} image (truncated or corrupt?): {exc}") from None
+
+
 def decode_tif(path: Path, expected: str = "exactly one H×W×3 slice") -> np.ndarray:
     """Decode the one image of a TIF as (H, W) or (H, W, C); any failure is a DataError naming the file.
 
@@ -57,30 +75,24 @@ def decode_tif(path: Path, expected: str = "exactly one H×W×3 slice") -> np.nd
 
     _QUIET.local.reading = True
     try:
-        with tifffile.TiffFile(path) as tif:
-            n_pages = len(tif.pages)
-            if n_pages == 0:
-                raise DataError(f"{path} cannot be read as a TIFF image: it holds no image (truncated or corrupt?)")
-            if n_pages != 1:
-                shape = "×".join(str(v) for v in tif.pages[0].shape)
-                raise DataError(
-                    f"{path} holds {n_pages} images (the first is {shape}); expected {expected}"
-                )
-            page = tif.pages[0]
-            if page.compression in tifffile.TIFF.DECOMPRESSORS:
-                arr = page.asarray()
-                if arr.ndim == 3 and page.axes.startswith("S"):  # planar-separate RGB comes as (3, H, W)
-                    arr = np.moveaxis(arr, 0, -1)
-            else:  # a codec tifffile only has with imagecodecs (LZW, JPEG, …); Pillow gives (H, W, C)
-                arr = _read_with_pillow(path, page.compression.name)
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except PermissionError as exc:
-        raise DataError(f"{path} is unreadable: {exc.strerror}") from None
-    except Exception as exc:  # tifffile, zlib and struct errors all mean "broken or truncated file"
-        raise DataError(f"{path} cannot be read as a TIFF image (truncated or corrupt?): {exc}") from None
+        # tifffile, zlib and struct errors all mean "broken or truncated file"
+        with file_errors(path, "TIFF"):
+            with tifffile.TiffFile(path) as tif:
+                n_pages = len(tif.pages)
+                if n_pages == 0:
+                    raise DataError(f"{path} cannot be read as a TIFF image: it holds no image (truncated or corrupt?)")
+                if n_pages != 1:
+                    shape = "×".join(str(v) for v in tif.pages[0].shape)
+                    raise DataError(
+                        f"{path} holds {n_pages} images (the first is {shape}); expected {expected}"
+                    )
+                page = tif.pages[0]
+                if page.compression in tifffile.TIFF.DECOMPRESSORS:
+                    arr = page.asarray()
+                    if arr.ndim == 3 and page.axes.startswith("S"):  # planar-separate RGB comes as (3, H, W)
+                        arr = np.moveaxis(arr, 0, -1)
+                else:  # a codec tifffile only has with imagecodecs (LZW, JPEG, …); Pillow gives (H, W, C)
+                    arr = _read_with_pillow(path, page.compression.name)
     finally:
         _QUIET.local.reading = False
     return arr

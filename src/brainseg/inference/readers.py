@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from brainseg.data.tif import decode_tif
+from brainseg.data.tif import decode_tif, file_errors
 from brainseg.errors import DataError
 from brainseg.inference.inputs import Case
 
@@ -86,23 +86,14 @@ def _read_tif(path: Path) -> np.ndarray:
 def _read_png(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    try:
-        with Image.open(path) as im:
-            if im.format != "PNG":
-                raise DataError(f"{path} is a {im.format} file, not a PNG")
-            if im.mode in ("1", "P"):  # bilevel and palette images: expand to their real colours
-                im = im.convert("L" if im.mode == "1" else "RGBA")
-            if im.mode not in ("L", "LA", "RGB", "RGBA"):
-                raise DataError(f"{path} is a PNG of mode {im.mode}; expected 8-bit grey or RGB")
-            return np.asarray(im)
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except PermissionError as exc:
-        raise DataError(f"{path} is unreadable: {exc.strerror}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path} cannot be read as a PNG image (truncated or corrupt?): {exc}") from None
+    with file_errors(path, "PNG", (UnidentifiedImageError, OSError, SyntaxError, ValueError)), Image.open(path) as im:
+        if im.format != "PNG":
+            raise DataError(f"{path} is a {im.format} file, not a PNG")
+        if im.mode in ("1", "P"):  # bilevel and palette images: expand to their real colours
+            im = im.convert("L" if im.mode == "1" else "RGBA")
+        if im.mode not in ("L", "LA", "RGB", "RGBA"):
+            raise DataError(f"{path} is a PNG of mode {im.mode}; expected 8-bit grey or RGB")
+        return np.asarray(im)
 
 
 def read_slice_file(path: str | Path) -> np.ndarray:
