@@ -22,17 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from brainseg.data.lgg import index_dataset, read_slice
-from brainseg.data.sequences import patient_copied_sequences
+from brainseg.data.lgg import index_dataset
+from brainseg.data.sequences import flair_copy_patients
 from brainseg.metrics.stats import bootstrap_ci, paired_wilcoxon
 from brainseg.reporting.comparison import load_comparison
 from brainseg.reporting.leaderboard import per_patient_values
-
-
-def flair_copy_patients(data: str) -> set[str]:
-    idx = index_dataset(data)
-    by = idx.by_patient()
-    return {p for p in idx.patients if patient_copied_sequences(read_slice(r)[0] for r in by[p])}
 
 
 def train_minutes(cmp_dir: Path, model: str) -> float:
@@ -50,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--md", help="also write the table to this Markdown file")
     args = ap.parse_args(argv)
 
-    copies = flair_copy_patients(args.data) if args.data else set()
+    copies = flair_copy_patients(index_dataset(args.data)) if args.data else set()
     rows, base = [], None
     for spec in args.levers:
         label, _, folder = spec.partition("=")

@@ -55,12 +55,10 @@ def cv_figures(cmp_dir: str, model: str, data_root: str | None) -> dict[str, Any
         "how": "each patient tested once by the fold model that never saw it; recipe evaluation settings",
     }
     if data_root:
-        from brainseg.data.lgg import index_dataset, read_slice
-        from brainseg.data.sequences import patient_copied_sequences
+        from brainseg.data.lgg import index_dataset
+        from brainseg.data.sequences import flair_copy_patients
 
-        idx = index_dataset(data_root)
-        by = idx.by_patient()
-        copies = {p for p in vals if p in by and patient_copied_sequences(read_slice(r)[0] for r in by[p])}
+        copies = flair_copy_patients(index_dataset(data_root), vals)
         if copies:
             out["flair_copy_patients"] = sorted(copies)
             out["dice_flair_copy_mean"] = round(float(np.mean([vals[p] for p in copies])), 4)

@@ -9,6 +9,7 @@ for these patients separately and the rest of the program never mistakes them fo
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -40,3 +41,12 @@ def patient_copied_sequences(images: Iterable[np.ndarray]) -> tuple[str, ...]:
         if not found:
             return ()
     return tuple(s for s in SEQUENCES if found and s in found)
+
+
+def flair_copy_patients(index: Any, patients: Iterable[str] | None = None) -> set[str]:
+    """The patients of a `DatasetIndex` (or of `patients` among them) whose sequences hold FLAIR copies."""
+    from brainseg.data.lgg import read_slice
+
+    by = index.by_patient()
+    wanted = index.patients if patients is None else [p for p in patients if p in by]
+    return {p for p in wanted if patient_copied_sequences(read_slice(r)[0] for r in by[p])}
