@@ -8,14 +8,16 @@ preprocessing, batching, TTA, ensembling and resizing stay the Predictor's, so o
 pass changes. The ONNX file is exported by `brainseg.export.export_onnx`, which writes nothing
 unless ONNX Runtime's logits match PyTorch's within its tolerance, and cached next to the
 checkpoint (``checkpoint_best.pt`` → ``checkpoint_best.onnx``, with ``checkpoint_best.onnx.json``
-holding the checkpoint's SHA-256): a later run reuses it while the checkpoint is unchanged. Where
-that folder is read-only the file goes to a temporary folder for this process only.
+holding the checkpoint's SHA-256): a later run reuses it while the checkpoint is unchanged. A
+checkpoint inside the installed package (a bundle) or in a read-only folder is cached in the user
+cache instead, ``$BRAINSEG_CACHE`` or ``$XDG_CACHE_HOME/brainseg`` (``~/.cache/brainseg``), under
+``onnx/<SHA-256>.onnx``; where that is not writable either, in a temporary folder for this process.
 
 ``engine="auto"`` uses ONNX Runtime when it is installed and the device is the CPU, else PyTorch;
-a failed export falls back to PyTorch and says why. (ONNX Runtime was reported at 0.60× PyTorch's
-forward time for the CPU recipe's UNet on an idle 2-core machine; on our busy machine
-`benchmarks/predict_speed.py` found it no faster, so measure with that benchmark before relying
-on the gain.) ``engine="torch"`` is PyTorch alone.
+a failed export falls back to PyTorch and says why. (On an idle 2-core Xeon, ONNX Runtime took a
+35-slice volume from upload to first overlay in 1.18 s against PyTorch's 1.48 s,
+`benchmarks/serve_speed.py`; on a busy machine it was no faster, so measure before relying on the
+gain.) ``engine="torch"`` is PyTorch alone.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -52,32 +55,56 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def user_cache() -> Path:
+    """brainseg's user cache folder: $BRAINSEG_CACHE, else $XDG_CACHE_HOME/brainseg, else ~/.cache/brainseg."""
+    if os.environ.get("BRAINSEG_CACHE"):
+        return Path(os.environ["BRAINSEG_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "brainseg"
+
+
+def _in_package(path: Path) -> bool:
+    package = Path(__file__).resolve().parent
+    return path.resolve().is_relative_to(package)
+
+
+def _cached_at(src: Path, sha: str, target: Path, ckpt: dict[str, Any]) -> tuple[Path, bool] | None:
+    """Reuse or export the ONNX file at target (sidecar beside it); None where it cannot be written."""
+    from brainseg.export import export_onnx
+    from brainseg.fileio import write_json_atomic
+
+    sidecar = target.with_suffix(".onnx.json")
+    try:
+        if target.is_file() and json.loads(sidecar.read_text())["checkpoint_sha256"] == sha:
+            return target, True
+    except (OSError, ValueError, KeyError):
+        pass  # no or stale sidecar: export again
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        report = export_onnx(ckpt, target)
+        write_json_atomic(sidecar, {"checkpoint_sha256": sha, "checkpoint": str(src), "export": report})
+        return target, False
+    except PermissionError:
+        return None
+    except OSError as exc:
+        if "Read-only" not in str(exc):
+            raise
+        return None
+
+
 def cached_onnx(ckpt: dict[str, Any]) -> tuple[Path, bool]:
     """The checked ONNX file of a loaded checkpoint, exported unless a valid cached one exists.
 
     Returns (path, reused).
     """
     from brainseg.export import export_onnx
-    from brainseg.fileio import write_json_atomic
 
     src = Path(str(ckpt.get("path") or ""))
-    sha = _sha256(src) if src.is_file() else None
-    if sha is not None:
-        target, sidecar = src.with_suffix(".onnx"), src.with_suffix(".onnx.json")
-        try:
-            if target.is_file() and json.loads(sidecar.read_text())["checkpoint_sha256"] == sha:
-                return target, True
-        except (OSError, ValueError, KeyError):
-            pass  # no or stale sidecar: export again
-        try:
-            report = export_onnx(ckpt, target)
-            write_json_atomic(sidecar, {"checkpoint_sha256": sha, "export": report})
-            return target, False
-        except PermissionError:
-            pass  # a read-only run folder: a private copy below
-        except OSError as exc:
-            if "Read-only" not in str(exc):
-                raise
+    if src.is_file():
+        sha = _sha256(src)
+        beside = None if _in_package(src) else _cached_at(src, sha, src.with_suffix(".onnx"), ckpt)
+        found = beside or _cached_at(src, sha, user_cache() / "onnx" / f"{sha}.onnx", ckpt)
+        if found is not None:
+            return found
     folder = tempfile.mkdtemp(prefix="brainseg-onnx-")
     atexit.register(shutil.rmtree, folder, True)  # this process's private copy
     tmp = Path(folder) / "model.onnx"

@@ -84,3 +84,22 @@ def test_predict_path_with_onnx_gives_torch_masks(trained, tmp_path: Path) -> No
     a = np.stack([tifffile.imread(tmp_path / "onnx" / folder.name / n) for n in names])
     b = np.stack([tifffile.imread(tmp_path / "torch" / folder.name / n) for n in names])
     assert len(names) == len(probs) and np.array_equal(a[far], b[far])
+
+
+def test_bundled_checkpoint_cached_in_the_user_cache_not_the_package(trained, tmp_path: Path, monkeypatch) -> None:
+    assert eng._in_package(Path(eng.__file__).parent / "bundles" / "x" / "model.pt")
+    assert not eng._in_package(tmp_path / "ck.pt")
+    ck = tmp_path / "run" / "ck.pt"
+    ck.parent.mkdir()
+    shutil.copy(trained.ckpt, ck)
+    monkeypatch.setenv("BRAINSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(eng, "_in_package", lambda p: True)  # as a bundle inside site-packages
+    first = eng.apply_engine(Predictor([ck], device="cpu"), "onnx")
+    want = tmp_path / "cache" / "onnx" / f"{eng._sha256(ck)}.onnx"
+    assert first["onnx_files"] == [str(want)] and first["onnx_reused"] == [False]
+    assert not list(ck.parent.glob("*.onnx*"))  # nothing written beside the checkpoint
+    assert json.loads(want.with_suffix(".onnx.json").read_text())["checkpoint"] == str(ck)
+    assert eng.apply_engine(Predictor([ck], device="cpu"), "onnx")["onnx_reused"] == [True]
+    monkeypatch.delenv("BRAINSEG_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert eng.user_cache() == tmp_path / "xdg" / "brainseg"
