@@ -128,3 +128,15 @@ def test_a_fold_without_surface_columns_leaves_the_model_out_of_the_surface_tabl
     assert not math.isnan(board["unet"]["hd95_median"])
     md = written["report_md"].read_text()
     assert "segnet/fold1 has no surface metrics" in md and "run `brainseg evaluate` on it again" in md
+
+
+def test_headline_of_an_unfinished_study_says_how_many_folds_are_in(tmp_path) -> None:
+    import shutil
+
+    d = make_comparison(tmp_path / "cmp", models=("unet",), folds=2, n_patients=12)
+    shutil.rmtree(d / "runs" / "unet" / "fold1")
+    md = build_report(d, n_boot=N_BOOT)["report_md"].read_text()
+    headline = next(ln for ln in md.splitlines() if ln.startswith("> "))
+    assert "6 test patients pooled over 1 of 2 folds (the others not yet run)" in headline
+    d2 = make_comparison(tmp_path / "full", models=("unet",), folds=2, n_patients=12)
+    assert "12 test patients pooled over 2 folds." in build_report(d2, n_boot=N_BOOT)["report_md"].read_text()

@@ -299,7 +299,9 @@ def build_report(
     p = cmp.protocol
     best = board[0]
     title = "brainseg comparison: " + ", ".join(labels[m] for m in cmp.models)
-    test_desc = (f"{best['n_patients']} test patients" + (f" pooled over {cmp.n_folds} folds" if cmp.n_folds else ""))
+    done = len(cmp.runs.get(best["model"], ())) if cmp.n_folds else 0
+    folds_desc = f"{cmp.n_folds} folds" if done == cmp.n_folds else f"{done} of {cmp.n_folds} folds (the others not yet run)"
+    test_desc = f"{best['n_patients']} test patients" + (f" pooled over {folds_desc}" if cmp.n_folds else "")
     subtitle = " · ".join(x for x in (
         f"created {p.get('created')}" if p.get("created") else "",
         f"brainseg {p.get('brainseg_version')}" if p.get("brainseg_version") else "",
