@@ -476,3 +476,34 @@ def test_resolve_targets_reads_runs_fold_folders_and_comparisons(tmp_path: Path)
     assert [(t.name, t.run_dirs) for t in targets] == [("unet", unet_folds), ("segnet", [seg])]
     with pytest.raises(BrainsegError, match="no checkpoint_last.pt"):
         resolve_targets([run], checkpoint="last")
+
+
+def test_a_comparison_keeps_earlier_models_robustness_when_another_is_added(trained: Path, tmp_path: Path, capsys) -> None:
+    """The study's robustness is built model by model, on whichever machine has each model's checkpoints."""
+    cmp = tmp_path / "cmp"
+    shutil.copytree(trained, cmp / "runs" / "unet")
+    (cmp / "protocol.json").write_text(json.dumps({"models": ["unet", "segnet"]}))
+    args = ["robustness", str(cmp), "--perturbations", "gamma", "--severities", "3", "--device", "cpu", "--no-report"]
+    assert cli_main(args) == 0
+    first = read_csv(cmp / "robustness" / "robustness.csv")
+    # another machine: unet's checkpoints are gone, segnet's (here the same weights) are present
+    shutil.copytree(cmp / "runs" / "unet", cmp / "runs" / "segnet")
+    for ck in (cmp / "runs" / "unet").glob("checkpoint_*.pt"):
+        ck.unlink()
+    assert cli_main(args) == 0
+    assert "kept the earlier results of unet" in capsys.readouterr().err
+    rows = read_csv(cmp / "robustness" / "robustness.csv")
+    assert [r for r in rows if r["model"] == "unet"] == first
+    seg = [r for r in rows if r["model"] == "segnet"]
+    assert [(r["perturbation"], r["severity"]) for r in seg] == [("none", "0"), ("gamma", "3")]
+    assert [r["dice_patient"] for r in seg] == [r["dice_patient"] for r in first]  # the same weights
+    summary = json.loads((cmp / "robustness" / "robustness.json").read_text())
+    assert set(summary["models"]) == {"unet", "segnet"} and summary["merged_from_earlier"] == ["unet"]
+    assert summary["mean_dice_drop"]["unet"] == pytest.approx(summary["mean_dice_drop"]["segnet"], abs=1e-6)
+    assert {r["model"] for r in read_csv(cmp / "robustness" / "strata.csv")} == {"unet", "segnet"}
+    # results made with other settings are not mixed in, and nothing is overwritten
+    before = (cmp / "robustness" / "robustness.csv").read_bytes()
+    assert cli_main([*args[:-3], "--severities", "2", "--device", "cpu", "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "made with other settings" in err and "gamma 3 (now gamma 2)" in err
+    assert (cmp / "robustness" / "robustness.csv").read_bytes() == before

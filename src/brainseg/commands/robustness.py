@@ -14,8 +14,9 @@ DESCRIPTION = (
     "(Gaussian and Rician noise, blur, bias field, gamma, contrast, lower resolution, rotation, missing "
     "sequence replaced by FLAIR or zeroed; severity 0 is the unperturbed image), and split the unperturbed "
     "results by institution, tumour size, slice position and FLAIR-copied sequences. RUNDIR is a run "
-    "folder, a folder of fold runs, or a comparison folder (every model in it is evaluated, results go to "
-    "<comparison>/robustness/ and the comparison's report gains a robustness section). Writes robustness.csv, "
+    "folder, a folder of fold runs, or a comparison folder (every model in it that has its checkpoints here is evaluated, results go to "
+    "<comparison>/robustness/, where the results of its other models from an earlier run are kept, and the "
+    "comparison's report gains a robustness section). Writes robustness.csv, "
     "strata.csv, robustness.json and robustness_<model>.png. Parameters of each perturbation: `brainseg robustness --list`."
 )
 
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_robustness(
         targets, out, data_root=args.data, split=args.split, perturbations=perts, severities=sevs,
         seed=args.seed, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
+        merge=comparison is not None and out.resolve() == (comparison / "robustness").resolve(),
     )
     rows = summary["rows"]
     for m in summary["models"]:

@@ -122,6 +122,40 @@ def _tasks(perturbations: Sequence[str], severities: Sequence[int] | None) -> tu
     return tasks, skipped
 
 
+def _previous(out: Path, split: str, seed: int, checkpoint: str,
+              tasks: Sequence[tuple[str, int]]) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """out's earlier robustness results to merge with (None when there are none), checked to be alike."""
+    from brainseg.fileio import read_csv, read_json
+
+    path = out / "robustness.json"
+    if not path.is_file():
+        return None
+    try:
+        old = read_json(path)
+        rows, srows = read_csv(out / "robustness.csv"), read_csv(out / "strata.csv")
+        old["models"], old["mean_dice_drop"], old["clean_dice_patient"]  # noqa: B018 (present)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BrainsegError(f"{out}: earlier robustness results cannot be read to keep them ({exc}); "
+                            "move the folder away or give --out") from None
+    text = {"model", "perturbation", "parameter"}
+    try:
+        rows = [{k: (v if k in text else int(v) if k in ("severity", "n_patients", "n_slices") else float(v or "nan"))
+                 for k, v in r.items()} for r in rows]
+    except (ValueError, TypeError) as exc:
+        raise BrainsegError(f"{out / 'robustness.csv'}: a value is not a number ({exc}); "
+                            "move the folder away or give --out") from None
+    had = sorted({(r["perturbation"], r["severity"]) for r in rows if r["perturbation"] != CLEAN})
+    differ = [f"{k} {old.get(k)!r} (now {v!r})" for k, v in (("split", split), ("seed", seed), ("checkpoint", checkpoint))
+              if old.get(k) != v]
+    if had != sorted(set(tasks)):
+        differ.append(f"perturbations and severities {', '.join(f'{p} {s}' for p, s in had)} "
+                      f"(now {', '.join(f'{p} {s}' for p, s in sorted(set(tasks)))})")
+    if differ:
+        raise BrainsegError(f"{path} holds results of {', '.join(old['models'])} made with other settings: "
+                            f"{'; '.join(differ)}. Run with those settings to add models to it, or give --out")
+    return old, rows, srows
+
+
 def run_robustness(
     targets: Sequence[Target],
     out_dir: str | Path,
@@ -136,6 +170,7 @@ def run_robustness(
     batch_size: int = 16,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
+    merge: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every target under every perturbation and severity; write the result files.
 
@@ -155,6 +190,10 @@ def run_robustness(
             perturbation's maximum are skipped with a note.
         seed: seed of every perturbation (and of the bootstrap intervals).
         checkpoint: "best" or "last".
+        merge: keep the rows of models that out_dir already holds and this call does not evaluate
+            (a comparison's robustness is built model by model, on whichever machine has each
+            model's checkpoints); out_dir's earlier results must come from the same split, seed,
+            checkpoint, perturbations and severities, else a BrainsegError says what differs.
 
     Returns:
         The contents of robustness.json, plus "files" (name → path), "rows" (robustness.csv's
@@ -175,6 +214,7 @@ def run_robustness(
         say(f"robustness: {note}; skipped")
     out = Path(out_dir)
     t_start = time.perf_counter()
+    previous = _previous(out, split, seed, checkpoint, tasks) if merge else None
 
     # ---- load every model once; one dataset index and one decoded-slice cache per data root
     indexes: dict[Path, Any] = {}
@@ -277,6 +317,20 @@ def run_robustness(
     # ---- which model degrades least: mean Dice drop over every perturbed row (a model that finds
     # nothing cannot drop much either, so the clean Dice and the retained fraction are reported too)
     degradation, retained = {}, {}
+    kept_models: dict[str, Any] = {}
+    if previous is not None:  # earlier models of out_dir that this call did not evaluate
+        now = {m.name for m in loaded}
+        old_summary, old_rows, old_srows = previous
+        kept_models = {k: v for k, v in old_summary["models"].items() if k not in now}
+        rows = [r for r in old_rows if r["model"] in kept_models] + rows
+        srows = [r for r in old_srows if r["model"] in kept_models] + srows
+        for k in kept_models:
+            strata_info[k] = old_summary.get("strata", {}).get(k)
+            degradation[k] = float(old_summary["mean_dice_drop"][k])
+            retained[k] = float(old_summary["mean_dice_retained"][k])
+            clean[k] = {"dice": {"per_patient": {"mean": float(old_summary["clean_dice_patient"][k])}}}
+        if kept_models:
+            say(f"robustness: kept the earlier results of {', '.join(kept_models)} in {out}")
     for m in loaded:
         mine = [r for r in rows if r["model"] == m.name and r["perturbation"] != CLEAN and r["severity"] > 0]
         drops = [r["dice_drop"] for r in mine if not math.isnan(r["dice_drop"])]
@@ -294,10 +348,11 @@ def run_robustness(
         "split": split,
         "seed": seed,
         "checkpoint": checkpoint,
-        "models": {m.name: {"run_dirs": [str(d) for d in m.run_dirs], "data_root": str(m.root),
-                            "n_patients": clean[m.name]["n_patients"], "n_slices": clean[m.name]["n_slices"],
-                            "empty_policy": m.eval_cfg.empty_policy, "threshold": m.eval_cfg.threshold}
-                   for m in loaded},
+        "models": {**kept_models,
+                   **{m.name: {"run_dirs": [str(d) for d in m.run_dirs], "data_root": str(m.root),
+                               "n_patients": clean[m.name]["n_patients"], "n_slices": clean[m.name]["n_slices"],
+                               "empty_policy": m.eval_cfg.empty_policy, "threshold": m.eval_cfg.threshold}
+                      for m in loaded}},
         "perturbations": {
             p: {"description": PERTURBATIONS[p].description, "parameter": PERTURBATIONS[p].parameter,
                 "levels": {str(s): PERTURBATIONS[p].describe(s) for s in range(PERTURBATIONS[p].max_severity + 1)}}
@@ -307,11 +362,12 @@ def run_robustness(
         "skipped": skipped,
         "seeding": "numpy default_rng([seed, crc32(perturbation name), crc32(patient's slices)])",
         "strata": strata_info,
-        "clean_dice_patient": {m.name: clean[m.name]["dice"]["per_patient"]["mean"] for m in loaded},
+        "clean_dice_patient": {k: clean[k]["dice"]["per_patient"]["mean"] for k in [*kept_models, *(m.name for m in loaded)]},
         "mean_dice_drop": degradation,
         "mean_dice_retained": retained,
         "degrades_least": ranking[0] if ranking and not math.isnan(degradation[ranking[0]]) else None,
         "seconds": round(time.perf_counter() - t_start, 1),
+        "merged_from_earlier": sorted(kept_models),
     }  # fmt: skip
     files["robustness_json"] = write_json_atomic(out / "robustness.json", summary)
     summary["files"] = {k: str(v) for k, v in files.items()}
