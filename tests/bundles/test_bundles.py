@@ -54,6 +54,8 @@ def test_bundle_holds_inference_weights_and_metadata(tiny_bundle: Path, tiny_run
     assert chk["passed"] == (chk["max_abs_probability"] <= B.FP16_TOLERANCE["max_abs_probability"]
                              and chk["mask_dice"] >= B.FP16_TOLERANCE["mask_dice"])
     assert meta["architecture"]["name"] == "unet" and meta["input"]["model_size"] == 32
+    norm = source["preprocessing"]["normalization"]
+    assert meta["input"]["normalization"] == norm and meta["input"]["normalization_rule"] == B.NORMALIZATION_RULES[norm]
     assert "not a medical device" in meta["intended_use"] and "CC BY-NC-SA" in meta["dataset"]["licence"]
     assert sorted(meta["training"]["patients"]) == sorted(source["split"]["train"] + source["split"]["val"])
 

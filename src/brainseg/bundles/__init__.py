@@ -117,6 +117,13 @@ def inference_checkpoint(ckpt: dict[str, Any], *, fp16: bool) -> dict[str, Any]:
     return out
 
 
+NORMALIZATION_RULES = {  # as brainseg.data.preprocess defines them (applied by brainseg itself)
+    "unit": "x / 255 per uint8 pixel, values in [0, 1]",
+    "zscore": "per slice and channel, (x − mean) / std over the brain pixels (where any channel is "
+              "non-zero); the background stays 0",
+}
+
+
 def input_contract(preprocessing: dict[str, Any]) -> dict[str, Any]:
     """How inputs must look for a model with these preprocessing settings (see brainseg.data.preprocess)."""
     three = preprocessing["in_channels"] == 3
@@ -126,6 +133,7 @@ def input_contract(preprocessing: dict[str, Any]) -> dict[str, Any]:
         "native_size": "any; slices are resized to the model size and masks back to the input's size",
         "model_size": preprocessing["size"],
         "normalization": preprocessing["normalization"],
+        "normalization_rule": NORMALIZATION_RULES.get(preprocessing["normalization"], ""),
         "grey_input": (
             "a 1-channel image is refused unless `--channels replicate` copies it into all three channels"
             if three
