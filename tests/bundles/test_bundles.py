@@ -114,4 +114,6 @@ def test_shipped_bundle_still_gives_its_recorded_figures(tmp_path: Path) -> None
     for patient, recorded in meta["check"]["per_patient_dice"].items():
         out = tmp_path / patient
         assert main(["predict", str(REAL / patient), "--out", str(out), "--quiet", "--overlays", "none"]) == 0
-        assert _numpy_dice(out / patient, REAL / patient) == pytest.approx(recorded, abs=1e-4)
+        # another CPU (AVX2 vs AVX-512 kernels) may flip a few pixels at the threshold: ~1e-4 Dice
+        # each; a retrained or damaged model moves the figure by far more
+        assert _numpy_dice(out / patient, REAL / patient) == pytest.approx(recorded, abs=2e-3)
