@@ -16,10 +16,10 @@ from brainseg.config import RunConfig
 from brainseg.errors import BrainsegError
 from brainseg.evaluation.evaluate import evaluate_patients, evaluate_run
 from brainseg.evaluation.perturbations import PERTURBATIONS, bias_field_map, make_perturbation, perturb
-from brainseg.evaluation.robustness import ROBUSTNESS_COLUMNS
+from brainseg.evaluation.robustness import CLEAN, ROBUSTNESS_COLUMNS
 from brainseg.evaluation.session import split_patients
 from brainseg.evaluation.strata import STRATA_COLUMNS, size_thresholds, strata_rows
-from brainseg.fileio import read_csv
+from brainseg.fileio import read_csv, write_csv_atomic
 from brainseg.metrics.accumulator import MetricAccumulator
 
 NAMES = list(PERTURBATIONS)
@@ -507,3 +507,33 @@ def test_a_comparison_keeps_earlier_models_robustness_when_another_is_added(trai
     err = capsys.readouterr().err
     assert "made with other settings" in err and "gamma 3 (now gamma 2)" in err
     assert (cmp / "robustness" / "robustness.csv").read_bytes() == before
+    # every earlier model evaluated again: nothing is kept, so other settings simply replace the results
+    for ck in (cmp / "runs" / "segnet").glob("checkpoint_*.pt"):
+        shutil.copy(ck, cmp / "runs" / "unet" / ck.name)
+    assert cli_main([*args[:-3], "--severities", "2", "--device", "cpu", "--no-report"]) == 0
+    summary = json.loads((cmp / "robustness" / "robustness.json").read_text())
+    assert summary["merged_from_earlier"] == [] and summary["severities_run"] == [2]
+
+
+def test_earlier_robustness_results_that_cannot_be_kept_give_a_one_line_error(tmp_path: Path) -> None:
+    from brainseg.evaluation.robustness import _previous
+
+    out = tmp_path / "robustness"
+    out.mkdir()
+    row = {"model": "unet", "perturbation": "gamma", "severity": 3, "parameter": "γ 1.5", "dice_patient": 0.5,
+           "dice_drop": 0.1, "dice_retained": float("nan"), "n_patients": 2, "n_slices": 9}
+    write_csv_atomic(out / "robustness.csv", [{**row, "perturbation": CLEAN, "severity": 0}, row], ROBUSTNESS_COLUMNS)
+    (out / "strata.csv").write_text("model,stratum_type,stratum,dice_patient\nunet,size,small,0.4\n")
+    old = {"split": "test", "seed": 0, "checkpoint": "best", "models": {"unet": {"n_patients": 2}},
+           "mean_dice_drop": {"unet": 0.1}, "mean_dice_retained": {"unet": 0.8}, "clean_dice_patient": {"unet": 0.6}}
+    (out / "robustness.json").write_text(json.dumps(old))
+    kept, rows, srows = _previous(out, {"segnet"}, "test", 0, "best", [("gamma", 3)])
+    assert kept["unet"]["mean_dice_retained"] == 0.8 and math.isnan(rows[1]["dice_retained"]) and len(srows) == 1
+    # unet evaluated again: other settings do not matter, nothing is kept
+    assert _previous(out, {"unet"}, "val", 1, "last", [("blur", 1)]) == ({}, [], [])
+    # an older robustness.json without a key, or without an entry for a kept model
+    for broken in ({k: v for k, v in old.items() if k != "mean_dice_retained"},
+                   {**old, "mean_dice_drop": {}}, {**old, "models": ["unet"]}):
+        (out / "robustness.json").write_text(json.dumps(broken))
+        with pytest.raises(BrainsegError, match="earlier robustness results cannot be read"):
+            _previous(out, {"segnet"}, "test", 0, "best", [("gamma", 3)])

@@ -122,25 +122,33 @@ def _tasks(perturbations: Sequence[str], severities: Sequence[int] | None) -> tu
     return tasks, skipped
 
 
-def _previous(out: Path, split: str, seed: int, checkpoint: str,
+def _previous(out: Path, now: set[str], split: str, seed: int, checkpoint: str,
               tasks: Sequence[tuple[str, int]]) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None:
-    """out's earlier robustness results to merge with (None when there are none), checked to be alike."""
+    """The earlier results in out of the models not in `now`, checked to be alike: (their summary
+    entries, robustness rows, strata rows); None when out holds no earlier results."""
     from brainseg.fileio import read_csv, read_json
 
     path = out / "robustness.json"
     if not path.is_file():
         return None
+    keys = ("models", "mean_dice_drop", "mean_dice_retained", "clean_dice_patient")
     try:
         old = read_json(path)
+        if not isinstance(old, dict) or not all(isinstance(old.get(k), dict) for k in keys):
+            raise ValueError(f"{', '.join(keys)} must each map model names to values")
+        kept = [k for k in old["models"] if k not in now]
+        if not kept:
+            return {}, [], []  # every earlier model is evaluated again: nothing to keep or to match
+        summary = {k: {**old["models"][k], **{key: float(old[key][k]) for key in keys[1:]},
+                       "strata": (old.get("strata") or {}).get(k)} for k in kept}
         rows, srows = read_csv(out / "robustness.csv"), read_csv(out / "strata.csv")
-        old["models"], old["mean_dice_drop"], old["clean_dice_patient"]  # noqa: B018 (present)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BrainsegError(f"{out}: earlier robustness results cannot be read to keep them ({exc}); "
+        raise BrainsegError(f"{out}: earlier robustness results cannot be read to keep them ({exc!r}); "
                             "move the folder away or give --out") from None
     text = {"model", "perturbation", "parameter"}
     try:
         rows = [{k: (v if k in text else int(v) if k in ("severity", "n_patients", "n_slices") else float(v or "nan"))
-                 for k, v in r.items()} for r in rows]
+                 for k, v in r.items()} for r in rows if r.get("model") in kept]
     except (ValueError, TypeError) as exc:
         raise BrainsegError(f"{out / 'robustness.csv'}: a value is not a number ({exc}); "
                             "move the folder away or give --out") from None
@@ -151,9 +159,9 @@ def _previous(out: Path, split: str, seed: int, checkpoint: str,
         differ.append(f"perturbations and severities {', '.join(f'{p} {s}' for p, s in had)} "
                       f"(now {', '.join(f'{p} {s}' for p, s in sorted(set(tasks)))})")
     if differ:
-        raise BrainsegError(f"{path} holds results of {', '.join(old['models'])} made with other settings: "
+        raise BrainsegError(f"{path} holds results of {', '.join(kept)}, not evaluated now, made with other settings: "
                             f"{'; '.join(differ)}. Run with those settings to add models to it, or give --out")
-    return old, rows, srows
+    return summary, rows, [r for r in srows if r.get("model") in kept]
 
 
 def run_robustness(
@@ -192,8 +200,10 @@ def run_robustness(
         checkpoint: "best" or "last".
         merge: keep the rows of models that out_dir already holds and this call does not evaluate
             (a comparison's robustness is built model by model, on whichever machine has each
-            model's checkpoints); out_dir's earlier results must come from the same split, seed,
-            checkpoint, perturbations and severities, else a BrainsegError says what differs.
+            model's checkpoints); the results kept must come from the same split, seed,
+            checkpoint, perturbations and severities, else a BrainsegError says what differs
+            (checked after loading the models, before evaluating). Where every earlier model is
+            evaluated again, nothing is kept and the settings may differ.
 
     Returns:
         The contents of robustness.json, plus "files" (name → path), "rows" (robustness.csv's
@@ -214,7 +224,6 @@ def run_robustness(
         say(f"robustness: {note}; skipped")
     out = Path(out_dir)
     t_start = time.perf_counter()
-    previous = _previous(out, split, seed, checkpoint, tasks) if merge else None
 
     # ---- load every model once; one dataset index and one decoded-slice cache per data root
     indexes: dict[Path, Any] = {}
@@ -241,6 +250,8 @@ def run_robustness(
             m.name = f"{m.name} ({m.run_dirs[0].name})"
     if len({m.name for m in loaded}) != len(loaded):
         raise BrainsegError(f"two of the runs have the same model and folder name: {', '.join(names)}")
+    # before the long evaluation: out's earlier results of the models not evaluated now
+    previous = _previous(out, {m.name for m in loaded}, split, seed, checkpoint, tasks) if merge else None
 
     # ---- evaluate: tasks outermost, so each perturbed patient is made once and shared by all models
     all_tasks = [(CLEAN, 0)] + tasks
@@ -319,16 +330,13 @@ def run_robustness(
     degradation, retained = {}, {}
     kept_models: dict[str, Any] = {}
     if previous is not None:  # earlier models of out_dir that this call did not evaluate
-        now = {m.name for m in loaded}
-        old_summary, old_rows, old_srows = previous
-        kept_models = {k: v for k, v in old_summary["models"].items() if k not in now}
-        rows = [r for r in old_rows if r["model"] in kept_models] + rows
-        srows = [r for r in old_srows if r["model"] in kept_models] + srows
-        for k in kept_models:
-            strata_info[k] = old_summary.get("strata", {}).get(k)
-            degradation[k] = float(old_summary["mean_dice_drop"][k])
-            retained[k] = float(old_summary["mean_dice_retained"][k])
-            clean[k] = {"dice": {"per_patient": {"mean": float(old_summary["clean_dice_patient"][k])}}}
+        earlier, old_rows, old_srows = previous
+        rows, srows = old_rows + rows, old_srows + srows
+        for k, v in earlier.items():
+            strata_info[k] = v.pop("strata")
+            degradation[k], retained[k] = v.pop("mean_dice_drop"), v.pop("mean_dice_retained")
+            clean[k] = {"dice": {"per_patient": {"mean": v.pop("clean_dice_patient")}}}
+            kept_models[k] = v
         if kept_models:
             say(f"robustness: kept the earlier results of {', '.join(kept_models)} in {out}")
     for m in loaded:
