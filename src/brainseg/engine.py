@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -57,9 +56,9 @@ def _sha256(path: Path) -> str:
 
 def user_cache() -> Path:
     """brainseg's user cache folder: $BRAINSEG_CACHE, else $XDG_CACHE_HOME/brainseg, else ~/.cache/brainseg."""
-    if os.environ.get("BRAINSEG_CACHE"):
-        return Path(os.environ["BRAINSEG_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "brainseg"
+    from brainseg.data.index_cache import cache_dir
+
+    return cache_dir()  # the same folder as the dataset-index and phantom caches
 
 
 def _in_package(path: Path) -> bool:
@@ -83,11 +82,7 @@ def _cached_at(src: Path, sha: str, target: Path, ckpt: dict[str, Any]) -> tuple
         report = export_onnx(ckpt, target)
         write_json_atomic(sidecar, {"checkpoint_sha256": sha, "checkpoint": str(src), "export": report})
         return target, False
-    except PermissionError:
-        return None
-    except OSError as exc:
-        if "Read-only" not in str(exc):
-            raise
+    except OSError:  # read-only, no permission, a file where the folder should be, disk full
         return None
 
 

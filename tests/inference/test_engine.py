@@ -103,3 +103,19 @@ def test_bundled_checkpoint_cached_in_the_user_cache_not_the_package(trained, tm
     monkeypatch.delenv("BRAINSEG_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert eng.user_cache() == tmp_path / "xdg" / "brainseg"
+
+
+def test_user_cache_is_the_one_cache_folder_and_an_unusable_one_falls_back(trained, tmp_path: Path, monkeypatch) -> None:
+    from brainseg.data.index_cache import cache_dir
+
+    monkeypatch.setenv("BRAINSEG_CACHE", "~/bs-cache")
+    assert eng.user_cache() == cache_dir() == Path.home() / "bs-cache"  # not a folder named '~'
+    monkeypatch.delenv("BRAINSEG_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert eng.user_cache() == cache_dir() == tmp_path / "xdg" / "brainseg"
+    # a file where the cache folder should be: a private temporary export, not a traceback
+    (tmp_path / "not_a_folder").write_text("x")
+    monkeypatch.setenv("BRAINSEG_CACHE", str(tmp_path / "not_a_folder"))
+    monkeypatch.setattr(eng, "_in_package", lambda p: True)
+    used = eng.apply_engine(Predictor([trained.ckpt], device="cpu"), "onnx")
+    assert used["engine"] == "onnx" and Path(used["onnx_files"][0]).parent.name.startswith("brainseg-onnx-")

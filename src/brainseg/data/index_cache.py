@@ -2,7 +2,7 @@
 
 `index_dataset` decodes every image and mask to validate them and to record each slice's tumour
 flag and size. `SliceMemo` stores those results per dataset in the user cache folder
-(`$BRAINSEG_CACHE`, default ``~/.cache/brainseg``; never inside the dataset, which may be
+(`cache_dir`: `$BRAINSEG_CACHE`, else ``$XDG_CACHE_HOME/brainseg``, else ``~/.cache/brainseg``; never inside the dataset, which may be
 read-only), keyed on each file's size and modification time: an unchanged file is answered from
 the cache, a changed or new one is decoded again. Only files that decoded cleanly are stored, so
 a broken file is reported every time. A cache that cannot be read or written is ignored.
@@ -27,9 +27,13 @@ CACHE_VERSION = 1
 
 
 def cache_dir() -> Path:
-    """The user cache folder of brainseg: `$BRAINSEG_CACHE`, default ``~/.cache/brainseg``."""
+    """The user cache folder of brainseg: `$BRAINSEG_CACHE`, else ``$XDG_CACHE_HOME/brainseg``,
+    else ``~/.cache/brainseg`` (the one folder of every cache: indexes, phantoms, ONNX exports)."""
     env = os.environ.get("BRAINSEG_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "brainseg"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "brainseg"
 
 
 def _stamp(path: Path | None) -> list[int] | None:

@@ -354,7 +354,7 @@ def _generate(folder: Path, *, patients: int, seed: int, slices: tuple[int, int]
 def default_phantom_root() -> Path:
     """The cached default phantom set (its `kaggle_3m` folder), generated on first use.
 
-    It lives under `$BRAINSEG_CACHE` (default `~/.cache/brainseg`) in a folder named after the
+    It lives in the user cache (`$BRAINSEG_CACHE`, `$XDG_CACHE_HOME/brainseg` or `~/.cache/brainseg`) in a folder named after the
     generator version and settings; generation is atomic, so a killed run never leaves half a set.
     """
     parent = cache_dir() / f"phantoms-v{PHANTOM_VERSION}-p{DEFAULT_PATIENTS}-s{DEFAULT_SEED}"
