@@ -158,6 +158,43 @@ def test_committed_results_of_another_protocol_are_refused(tiny_phantoms: Path, 
     assert not list(run.glob("*.pt"))
 
 
+def test_committed_results_from_before_a_setting_was_added_are_still_reused(
+    tiny_phantoms: Path, tmp_path: Path, capsys
+) -> None:
+    """A hash covers today's defaults: a setting added to brainseg after a fold was committed changes the
+    hash but not the fold's settings, so the fold is still skipped (it was refused as "another split")."""
+    import json
+
+    from brainseg.config import RunConfig
+    from brainseg.protocol import result_settings, settings_hash
+
+    out = tmp_path / "study"
+    args = ["compare", "--data", str(tiny_phantoms), "--models", "unet", "--out", str(out), *TINY]
+    assert main(args) == 0
+    run = out / "runs" / "unet"
+    for pt in run.glob("*.pt"):
+        pt.unlink()
+    # what the brainseg before eval.min_lesion_size existed recorded: the hash without that setting
+    older = result_settings(RunConfig.from_dict(read_json(run / "config.json")))
+    del older["eval.min_lesion_size"]
+    for name in ("train_summary.json", "eval_test/summary.json"):
+        s = read_json(run / name)
+        s["settings_hash"] = settings_hash(older, s["split_id"])
+        if "eval_config" in s:
+            del s["eval_config"]["min_lesion_size"]
+        (run / name).write_text(json.dumps(s))
+    before = {n: (run / n).read_bytes() for n in RESULT_NAMES}
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "skipping training and evaluation" in err and "training →" not in err, err
+    assert {n: (run / n).read_bytes() for n in RESULT_NAMES} == before
+    assert not list(run.glob("*.pt"))
+    # the same older files under another threshold are still refused, naming it
+    assert main([*args, "--set", "eval.threshold=0.4"]) == 2
+    assert "eval.threshold" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("path, ignored", [
     ("docs/study/runs/unet/fold0/checkpoint_best.pt", True),
     ("docs/study/runs/unet/fold0/checkpoint_last.pt", True),

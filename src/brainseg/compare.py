@@ -201,25 +201,30 @@ def committed_results(run_dir: Path, cfg: RunConfig, split_id: str) -> bool:
     if all(h == want for h in recorded.values()):
         return True
     if any(h is None for h in recorded.values()):
-        return False  # results from before hashes were recorded: the config.json check below decides
+        return False  # results from before hashes were recorded: trained again
+    # The hashes differ: either a setting differs, or brainseg gained a setting since (a hash
+    # covers today's defaults too). Compare the settings themselves, missing ones at their defaults.
+    from dataclasses import asdict
+
+    from brainseg.config import EvalConfig
+
     remedy = f"delete it (or use another --out) to train {cfg.model.name} under this protocol"
     require_same_settings(read_json(run_dir / "config.json"), cfg.to_dict(), f"run {run_dir}", remedy)
-    if recorded["train_summary.json"] == want:  # trained under this protocol, evaluated otherwise
-        from dataclasses import asdict
-
-        used = read_json(run_dir / "eval_test" / "summary.json").get("eval_config") or {}
-        differences = [f"eval.{k}: {used[k]!r} → {v!r}" for k, v in asdict(cfg.eval).items()
-                       if k in used and used[k] != v]
+    split_ids = {read_json(run_dir / f).get("split_id") for f in recorded}
+    if split_ids != {split_id}:
         raise BrainsegError(
-            f"{run_dir / 'eval_test'} was evaluated with other settings ({'; '.join(differences) or 'another hash'}), "
+            f"run {run_dir} was made on split {', '.join(sorted(map(str, split_ids)))}, not {split_id} "
+            f"(recorded protocol hash {', '.join(sorted(map(str, set(recorded.values()))))}, expected {want}); {remedy}"
+        )
+    used = {**asdict(EvalConfig()), **(read_json(run_dir / "eval_test" / "summary.json").get("eval_config") or {})}
+    differences = [f"eval.{k}: {used[k]!r} → {v!r}" for k, v in asdict(cfg.eval).items() if used.get(k) != v]
+    if differences:
+        raise BrainsegError(
+            f"{run_dir / 'eval_test'} was evaluated with other settings ({'; '.join(differences)}), "
             f"e.g. by `brainseg evaluate` with flags; delete that folder to evaluate {cfg.model.name} again under "
             "this protocol"
         )
-    split_ids = {read_json(run_dir / f).get("split_id") for f in recorded}
-    raise BrainsegError(
-        f"run {run_dir} was made on split {', '.join(sorted(map(str, split_ids)))}, not {split_id} "
-        f"(recorded protocol hash {', '.join(sorted(map(str, set(recorded.values()))))}, expected {want}); {remedy}"
-    )
+    return True  # the same settings and split, recorded before a setting was added (at its default)
 
 
 def examples_complete(out: Path, models: list[str]) -> bool:
