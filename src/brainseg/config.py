@@ -90,6 +90,9 @@ class EvalConfig:
     min_area: int = 10  # detection: a slice is positive when its predicted area ≥ this (native pixels)
     min_lesion_size: int = 0  # post-processing: drop predicted 2-D components smaller than this (pixels)
     largest_component: bool = False  # keep only the largest 3-D connected component per patient
+    # with largest_component: also keep every 3-D component of at least this fraction of the
+    # largest one's size (1.0: the largest only), so a second lesion is not dropped whole
+    component_fraction: float = 1.0
     empty_policy: str = "one"  # per-slice score when prediction and truth are both empty: "one" or "skip"
 
 
@@ -144,6 +147,7 @@ RULES: dict[str, Rule] = {
     "eval.threshold": _PROBABILITY,
     "eval.min_area": _at_least(0),
     "eval.min_lesion_size": _at_least(0),
+    "eval.component_fraction": Rule(lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]"),
     "eval.empty_policy": _one_of("one", "skip"),
 }
 

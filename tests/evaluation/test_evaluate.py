@@ -97,7 +97,7 @@ def test_postprocessing_options_are_recorded_and_applied(tiny_run: Path, tmp_pat
     assert main(args) == 0
     s = read_json(out / "summary.json")
     assert s["threshold"] == 0.3
-    assert s["postprocessing"] == {"largest_component_per_volume": True, "min_lesion_size": 5}
+    assert s["postprocessing"] == {"largest_component_per_volume": True, "component_fraction": 1.0, "min_lesion_size": 5}
     # the largest 3-D component can only remove predicted pixels
     base = {r["patient"]: r for r in read_csv(tiny_run / "eval_test" / "per_patient.csv")}
     for r in read_csv(out / "per_patient.csv"):

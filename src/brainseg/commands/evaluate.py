@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=probability, help="probability threshold in [0, 1] (default: the run's, 0.5)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the largest 3-D connected component per patient volume (default: the run's)")
+    p.add_argument("--component-fraction", type=float, metavar="F",
+                   help="with the largest component: also keep 3-D components of at least F × its size, "
+                        "0 < F ≤ 1 (default: the run's, 1: the largest only)")
     p.add_argument("--min-area", type=non_negative_int, help="detection: predicted area (pixels) for a positive slice (default 10)")
     p.add_argument("--min-lesion-size", type=non_negative_int, help="drop predicted 2-D components smaller than this (pixels)")
     p.add_argument("--empty-policy", choices=("one", "skip"), help="per-slice score of an empty/empty slice")
@@ -38,7 +41,9 @@ def print_summary(s: dict[str, Any]) -> None:
     m = s["metrics"]
     pp = s["postprocessing"]
     how = [f"threshold {s['threshold']}"] + (["flip TTA"] if s.get("tta") else [])
-    how += (["largest 3-D component"] if pp["largest_component_per_volume"] else [])
+    frac = pp.get("component_fraction", 1.0)
+    how += ([f"largest 3-D component{f' and those ≥ {frac:g} of it' if frac < 1 else ''}"]
+            if pp["largest_component_per_volume"] else [])
     how += ([f"lesions ≥ {pp['min_lesion_size']} px"] if pp["min_lesion_size"] > 1 else [])
     print(f"{s['model']} on {s['split']} ({s['n_patients']} patients, {s['n_slices']} slices; {', '.join(how)}; "
           f"empty policy {s['empty_policy']!r}):")
@@ -76,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         eval_overrides={
             "threshold": args.threshold,
             "largest_component": args.largest_component,
+            "component_fraction": args.component_fraction,
             "min_area": args.min_area,
             "min_lesion_size": args.min_lesion_size,
             "empty_policy": args.empty_policy,

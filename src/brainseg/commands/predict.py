@@ -85,6 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=probability, help="probability threshold in [0, 1] (default: the checkpoint's, 0.5)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the largest 3-D connected component per case (default: the checkpoint's)")
+    p.add_argument("--component-fraction", type=float, metavar="F",
+                   help="with the largest component: also keep 3-D components of at least F × its size, "
+                        "0 < F ≤ 1 (default: the checkpoint's, 1: the largest only)")
     p.add_argument("--min-lesion-size", type=non_negative_int, metavar="PX",
                    help="drop predicted 2-D components smaller than PX pixels (default: the checkpoint's)")
     p.add_argument("--min-area", type=non_negative_int, metavar="PX",
@@ -142,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         channels=args.channels,
         threshold=args.threshold,
         largest_component=args.largest_component,
+        component_fraction=args.component_fraction,
         min_lesion_size=args.min_lesion_size,
         min_area=args.min_area,
         overlays=args.overlays,

@@ -173,6 +173,7 @@ def write_results(
         "threshold": eval_cfg.threshold,
         "postprocessing": {
             "largest_component_per_volume": eval_cfg.largest_component,
+            "component_fraction": eval_cfg.component_fraction,
             "min_lesion_size": eval_cfg.min_lesion_size,
         },
         "detection_min_area": eval_cfg.min_area,

@@ -209,6 +209,7 @@ def predict_path(
     channels: str = "strict",
     threshold: float | None = None,
     largest_component: bool | None = None,
+    component_fraction: float | None = None,
     min_lesion_size: int | None = None,
     min_area: int | None = None,
     overlays: str = "tumour",
@@ -228,7 +229,8 @@ def predict_path(
             probabilities.
         tta, device, batch_size, amp, channels: passed to `Predictor`; tta None takes the first
             checkpoint's own setting (its run's `eval.tta`).
-        threshold, largest_component, min_lesion_size, min_area: post-processing and detection;
+        threshold, largest_component, component_fraction, min_lesion_size, min_area: post-processing
+            and detection;
             None takes the first checkpoint's own setting.
         overlays: "tumour" (slices with predicted tumour), "all" or "none".
         overwrite: replace an earlier prediction in `out_dir` (a non-empty `out_dir` is refused
@@ -262,7 +264,7 @@ def predict_path(
     engine_info = prepare(predictor) if prepare is not None else {"engine": "torch"}
     pp = resolve_postprocessing(
         predictor.checkpoints[0],
-        {"threshold": threshold, "largest_component": largest_component,
+        {"threshold": threshold, "largest_component": largest_component, "component_fraction": component_fraction,
          "min_lesion_size": min_lesion_size, "min_area": min_area, "tta": tta},
     )
     predictor.tta = pp.tta
