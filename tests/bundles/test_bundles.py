@@ -98,6 +98,29 @@ def test_check_patients_must_be_patient_folders(tiny_run: Path, tmp_path: Path, 
     assert not (tmp_path / "b").exists()  # refused before anything is written
 
 
+def test_bundle_predicts_with_the_eval_settings_it_is_given(tiny_run: Path, tiny_phantoms: Path, tmp_path: Path,
+                                                           capsys) -> None:
+    """--eval: post-processing chosen by cross-validation after training goes into the bundle and its check."""
+    patient = sorted(p for p in tiny_phantoms.iterdir() if p.is_dir())[0]
+    out = tmp_path / "b"
+    assert main(["bundle", str(tiny_run), "--out", str(out), "--name", "x", "--check", str(patient),
+                 "--eval", "threshold=0.3", "--eval", "largest_component=true", "--eval", "component_fraction=0.4"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    want = {"threshold": 0.3, "largest_component": True, "component_fraction": 0.4}
+    assert {k: meta["eval"][k] for k in want} == want
+    assert {k: load_checkpoint(out / "model.pt")["config"]["eval"][k] for k in want} == want
+    # the check figure is predict's under those settings: the same masks as predict -c RUN with the flags
+    assert main(["predict", "-c", str(tiny_run), str(patient), "--out", str(tmp_path / "p"), "--quiet",
+                 "--overlays", "none", "--threshold", "0.3", "--largest-component", "--component-fraction", "0.4"]) == 0
+    assert meta["check"]["per_patient_dice"][patient.name] == pytest.approx(
+        _numpy_dice(tmp_path / "p" / patient.name, patient), abs=1e-6)
+    for bad, words in (("nope=1", "nope"), ("component_fraction=2", "a fraction in (0, 1]"), ("threshold", "KEY=VALUE")):
+        assert main(["bundle", str(tiny_run), "--out", str(tmp_path / "c"), "--name", "x", "--check", str(patient),
+                     "--eval", bad]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, err
+
+
 def test_no_bundle_gives_a_clear_message(tiny_phantoms: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(B.default_bundle, "__defaults__", (tmp_path,))
     patient = sorted(p for p in tiny_phantoms.iterdir() if p.is_dir())[0]

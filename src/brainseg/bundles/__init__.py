@@ -158,6 +158,7 @@ def make_bundle(
     cross_validation: dict[str, Any] | None,
     training_patients: Sequence[str],
     description: str = "",
+    eval_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write `out_dir/model.pt` and `out_dir/metadata.json` from a trained checkpoint.
 
@@ -171,6 +172,8 @@ def make_bundle(
         cross_validation: the recipe's cross-validated figures (or None when not yet measured).
         training_patients: the patients the weights were trained on.
         description: one paragraph for people.
+        eval_overrides: evaluation settings the bundle predicts with instead of the run's own (e.g.
+            post-processing chosen by cross-validation after training); recorded in its config.
 
     Returns:
         The metadata written.
@@ -186,6 +189,8 @@ def make_bundle(
             raise BrainsegError(f"check patient {d}: not a kaggle_3m patient folder (slice .tif files with "
                                 "their _mask.tif)")
     ckpt = load_checkpoint(checkpoint)
+    if eval_overrides:
+        ckpt["config"] = {**ckpt["config"], "eval": {**ckpt["config"].get("eval", {}), **eval_overrides}}
     images = np.stack([read_image(f) for d in dirs for f in sorted(d.glob("*.tif")) if not f.name.endswith("_mask.tif")])
     fp16 = fp16_check(ckpt, images, float(ckpt["config"]["eval"]["threshold"]))
     out = Path(out_dir)

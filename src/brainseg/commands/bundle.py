@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from brainseg.errors import BrainsegError
+
 DESCRIPTION = (
     "Write a model bundle from a trained run: model.pt (inference-only checkpoint, float16 weights when "
     "their predictions match float32 within the stated tolerance) and metadata.json (architecture, input "
@@ -30,6 +32,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="append", required=True, metavar="PATIENT_DIR",
                    help="kaggle_3m patient folder for the fp16 and regression check (repeat; 2-3 suffice)")
     p.add_argument("--description", default="", help="one paragraph for people")
+    p.add_argument("--eval", action="append", default=[], metavar="KEY=VALUE",
+                   help="an evaluation setting the bundle predicts with instead of the run's, e.g. "
+                        "--eval component_fraction=0.35 (post-processing chosen by cross-validation; repeat)")
+
+
+def eval_overrides(items: list[str]) -> dict[str, Any]:
+    """--eval KEY=VALUE items → {key: value}, each checked as the setting eval.KEY."""
+    from brainseg.config import RunConfig, parse_yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise BrainsegError(f"--eval {item!r}: expected KEY=VALUE, e.g. component_fraction=0.35")
+        try:
+            value = parse_yaml(raw)
+        except Exception as exc:
+            raise BrainsegError(f"--eval {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+        RunConfig().set(f"eval.{key.strip()}", value)  # an unknown key or a bad value: one line naming it
+        out[key.strip()] = value
+    return out
 
 
 def cv_figures(cmp_dir: str, model: str, data_root: str | None) -> dict[str, Any]:
@@ -84,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     meta = make_bundle(
         ckpt["path"], args.out, name=args.name, version=args.version, check_patients=args.check,
         cross_validation=cv, training_patients=patients, description=args.description,
+        eval_overrides=eval_overrides(args.eval),
     )
     print(f"wrote bundle {describe(meta)} to {args.out} (weights {meta['weights']['dtype']})", file=sys.stderr)
     return 0
