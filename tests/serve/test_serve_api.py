@@ -252,10 +252,23 @@ def test_page_and_static_files_are_served_offline(client) -> None:
     assert info["host"] == "127.0.0.1" and info["n_views"] == 3 and "disputed" in info["review_rule"]
 
 
-def test_serve_without_a_model_says_how_to_pass_one(capsys) -> None:
+def test_serve_without_a_model_says_how_to_pass_one(capsys, monkeypatch, tmp_path) -> None:
+    import brainseg.bundles as B
+
+    monkeypatch.setattr(B.default_bundle, "__defaults__", (tmp_path,))  # a brainseg that bundles no model
     assert cli_main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "no model to serve" in err and "-c" in err
+
+
+def test_serve_without_a_model_takes_the_bundled_one() -> None:
+    import brainseg.bundles as B
+    from brainseg.commands.serve import resolve_checkpoints
+
+    if B.default_bundle() is None:
+        pytest.skip("this checkout ships no bundled model yet")
+    assert resolve_checkpoints([]) == [str(B.default_bundle())]
+    assert resolve_checkpoints(["runs/x"]) == ["runs/x"]
 
 
 def test_dicom_zip_upload_gives_a_nifti_mask_on_the_series_grid(client, tiny_phantoms, tmp_path) -> None:
