@@ -25,14 +25,20 @@ def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return ndimage.label(mask, structure=structure)
 
 
+def _component_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Component labels of a boolean mask and each label's size (the background's, label 0, set to 0)."""
+    labels, _ = _label(mask)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels, sizes
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep only the largest connected component of a 2-D slice or 3-D (slices, H, W) volume."""
     mask = np.asarray(mask, dtype=bool)
-    labels, n = _label(mask)
-    if n <= 1:
+    labels, sizes = _component_sizes(mask)
+    if len(sizes) <= 2:  # background and at most one component
         return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
     return labels == int(np.argmax(sizes))
 
 
@@ -45,11 +51,9 @@ def keep_large_components(mask: np.ndarray, fraction: float) -> np.ndarray:
     if not 0.0 < fraction <= 1.0:
         raise BrainsegError(f"component fraction must lie in (0, 1], got {fraction}")
     mask = np.asarray(mask, dtype=bool)
-    labels, n = _label(mask)
-    if n <= 1:
+    labels, sizes = _component_sizes(mask)
+    if len(sizes) <= 2:
         return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
     keep = sizes >= fraction * sizes.max()
     keep[0] = False
     return keep[labels]
