@@ -104,12 +104,14 @@ def test_committed_results_resume_without_checkpoints(tiny_phantoms: Path, tmp_p
         (out / n).unlink()
     assert main(["report", str(out)]) == 0
     assert {n: (out / n).read_bytes() for n in REPORT_NAMES} == reports
-    # no examples and no checkpoints: the figure is left out with a note, nothing crashes
+    # no examples and no checkpoints: the slices come back from the data, the models are left out
+    # of the figure with a note, nothing crashes
     for p in examples:
         p.unlink()
     assert main(args) == 0
-    assert "example figure is left out" in capsys.readouterr().err
-    assert "slices.npz not found" in (out / "report.md").read_text()
+    assert "unet, segnet: no checkpoints here" in capsys.readouterr().err
+    assert (out / "examples" / "slices.npz").is_file()
+    assert "unet.npz not found: unet is left out of the example figure" in (out / "report.md").read_text()
 
 
 def test_a_run_evaluated_with_other_flags_is_named_not_called_another_split(
@@ -215,3 +217,61 @@ def test_gitignore_keeps_study_results_and_drops_weights(path: str, ignored: boo
         pytest.skip("not a git checkout")
     rc = subprocess.run(["git", "check-ignore", "-q", path], cwd=repo, check=False).returncode
     assert rc in (0, 1) and (rc == 0) == ignored, path
+
+
+def test_examples_of_a_model_trained_elsewhere_are_kept(tiny_phantoms: Path, tmp_path: Path, capsys) -> None:
+    """A study finished over two machines: unet's checkpoints are gone (trained elsewhere), segnet
+    is trained here; the example figure shows both, on the same slices (the ground truth's pool)."""
+    from brainseg.evaluation.examples import pool_of
+    from brainseg.reporting.overlays import load_examples
+
+    out = tmp_path / "study"
+    base = ["compare", "--data", str(tiny_phantoms), "--out", str(out), "--folds", "2", *TINY]
+    assert main([*base, "--models", "unet"]) == 0
+    unet_npz = out / "examples" / "unet.npz"
+    written = unet_npz.read_bytes()
+    for pt in (out / "runs" / "unet").rglob("*.pt"):
+        pt.unlink()
+    capsys.readouterr()
+    assert main([*base, "--models", "unet,segnet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("skipping training and evaluation") == 2 and "keeping the example slices of unet" in err
+    assert unet_npz.read_bytes() == written
+    pool = pool_of(out / "examples" / "slices.npz")
+    assert pool_of(unet_npz) == pool_of(out / "examples" / "segnet.npz") == pool
+    # the pool is each test patient's largest-tumour slice, over both folds
+    truth = {}
+    for k in range(2):
+        for r in read_csv(out / "runs" / "segnet" / f"fold{k}" / "eval_test" / "per_slice.csv"):
+            if float(r["true_area"]) > 0:
+                truth.setdefault(r["patient"], []).append((-float(r["true_area"]), int(r["slice"])))
+    assert pool == sorted((p, min(v)[1]) for p, v in truth.items())
+    ex, notes = load_examples(out / "examples", ["unet", "segnet"])
+    assert ex is not None and set(ex.preds) == {"unet", "segnet"}, notes
+    assert "left out of the example figure" not in (out / "report.md").read_text()
+    assert (out / "figures" / "examples.png").is_file()
+
+
+def test_robustness_model_by_model_as_each_finishes(tiny_phantoms: Path, tmp_path: Path, capsys) -> None:
+    """--robustness: each model is run under the perturbations once its runs finish, into
+    <out>/robustness/; a re-run without the checkpoints keeps those results and adds nothing."""
+    out = tmp_path / "rob"
+    args = ["compare", "--data", str(tiny_phantoms), "--models", "unet,segnet", "--out", str(out),
+            "--robustness", "quick", *TINY]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("robustness done") == 2
+    rob = read_json(out / "robustness" / "robustness.json")
+    assert set(rob["models"]) == {"unet", "segnet"}
+    rows = read_csv(out / "robustness" / "robustness.csv")
+    assert {(r["perturbation"], r["severity"]) for r in rows if r["model"] == "unet"} == {
+        (r["perturbation"], r["severity"]) for r in rows if r["model"] == "segnet"}
+    assert {int(r["severity"]) for r in rows} == {0, 1, 3, 5}
+    assert (out / "robustness" / "robustness_unet.png").is_file() and "## Robustness" in (out / "report.md").read_text()
+    before = (out / "robustness" / "robustness.csv").read_bytes()
+    for pt in out.rglob("*.pt"):
+        pt.unlink()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "unet: robustness results present" in err and "segnet: robustness results present" in err
+    assert (out / "robustness" / "robustness.csv").read_bytes() == before

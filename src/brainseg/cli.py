@@ -63,7 +63,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, modules = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given (compare records it in protocol.json)
     if not args.command:
         parser.print_help()
         return 1

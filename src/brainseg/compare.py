@@ -20,12 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from brainseg import __version__
 from brainseg.config import RunConfig
 from brainseg.errors import BrainsegError
-from brainseg.fileio import read_csv, read_json, write_json_atomic
+from brainseg.fileio import read_json, write_json_atomic
 
 DEFAULT_MODELS = ("unet", "attention_unet", "segnet", "deeplabv3plus", "pspnet")
 
@@ -62,8 +60,15 @@ def compare(
     announce: Callable[[str], None] = _say,
     n_examples: int = 2,
     report: bool = True,
+    robustness: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Run (or finish) the comparison of `models` with shared settings `cfg` in folder `out`."""
+    """Run (or finish) the comparison of `models` with shared settings `cfg` in folder `out`.
+
+    As soon as all of a model's runs are finished, its example slices are written (and, with
+    `robustness`, severities of every perturbation, `[]` for all, it is run under them into
+    out/robustness/ unless that holds its results already) while its checkpoints are on this
+    machine: a study finished over several machines keeps each model's part.
+    """
     from brainseg.models import list_models
     from brainseg.training import distributed as dist_utils
 
@@ -79,14 +84,14 @@ def compare(
 
         with folder_lock(out, "comparison folder"):
             return _compare_locked(cfg, out, models, command=command, announce=announce,
-                                   n_examples=n_examples, report=report)
+                                   n_examples=n_examples, report=report, robustness=robustness)
     return _compare_locked(cfg, out, models, command=command, announce=announce, n_examples=n_examples,
-                           report=report)
+                           report=report, robustness=robustness)
 
 
 def _compare_locked(
     cfg: RunConfig, out: Path, models: list[str], *, command: str, announce: Callable[[str], None],
-    n_examples: int, report: bool,
+    n_examples: int, report: bool, robustness: list[int] | None,
 ) -> dict[str, Any]:
     from brainseg.data import splits as S
     from brainseg.evaluation.evaluate import evaluate_run
@@ -158,24 +163,56 @@ def _compare_locked(
                 d = s["metrics"]["dice"]["per_patient"]["mean"]
                 announce(f"{label}: test Dice per patient {d:.4f} ({s['n_patients']} patients)")
             dist_utils.barrier()
+        if dist_utils.is_main():  # while this model's checkpoints are here
+            from brainseg.evaluation.examples import write_examples
+
+            write_examples(out, data.index, run_dirs(out, protocol["models"], folds), n_per_kind=n_examples)
+            if robustness is not None:
+                model_robustness(out, model, dirs[model], robustness, device=cfg.train.device, announce=announce)
+        dist_utils.barrier()
 
     result: dict[str, Any] = {"out": str(out), "models": models}
     if dist_utils.is_main():
-        missing = [d for runs in dirs.values() for d in runs if not (d / "checkpoint_best.pt").is_file()]
-        if not missing:
-            write_examples(out, data.index, dirs, n_per_kind=n_examples)
-        elif examples_complete(out, models):
-            announce(f"{len(missing)} run(s) have no checkpoint here (e.g. {missing[0]}): keeping the example "
-                     f"slices already in {out / 'examples'}")
-        else:
-            announce(f"{len(missing)} run(s) have no checkpoint here (e.g. {missing[0]}): the example figure "
-                     "is left out (it needs every model)")
+        from brainseg.evaluation.examples import write_examples
+
+        # over every model of the study (protocol.json), so a pool that changed refreshes them all
+        status = write_examples(out, data.index, run_dirs(out, protocol["models"], folds), n_per_kind=n_examples,
+                                announce=announce)
+        kept = [m for m, st in status.items() if st == "kept"]
+        missing = [m for m, st in status.items() if st == "missing"]
+        if kept:
+            announce(f"keeping the example slices of {', '.join(kept)} in {out / 'examples'}")
+        if missing:
+            announce(f"{', '.join(missing)}: no checkpoints here and no example file for these slices: "
+                     "left out of the example figure (a machine with its checkpoints adds it on a re-run)")
         if report:
             from brainseg.reporting import build_report
 
             result["report"] = {k: str(v) for k, v in build_report(out).items()}
     dist_utils.barrier()
     return result
+
+
+def model_robustness(out: Path, model: str, runs: list[Path], severities: list[int], *, device: str,
+                     announce: Callable[[str], None]) -> None:
+    """Run `model` (its fold runs pooled) under every perturbation at `severities` ([] for all) into
+    out/robustness/, keeping the other models' rows; skipped when the results are there already."""
+    from brainseg.evaluation.robustness import Target, run_robustness
+    from brainseg.reporting.plots import plot_model_curves
+
+    rob = out / "robustness"
+    done = read_json(rob / "robustness.json").get("models") or {} if (rob / "robustness.json").is_file() else {}
+    if model in done:
+        announce(f"{model}: robustness results present in {rob}, kept")
+        return
+    if not all((r / "checkpoint_best.pt").is_file() for r in runs):
+        announce(f"{model}: no checkpoints here, so no robustness run (a machine with them adds it on a re-run)")
+        return
+    announce(f"{model}: robustness under every perturbation at severities {severities or 'all'} → {rob}")
+    summary = run_robustness([Target(model, runs)], rob, severities=severities or None, device=device,
+                             announce=announce, merge=True)
+    plot_model_curves(summary["rows"], model, rob / f"robustness_{model}.png")
+    announce(f"{model}: robustness done in {summary['seconds']} s; mean Dice drop {summary['mean_dice_drop'][model]:.4f}")
 
 
 #: The files of a finished fold that the report reads; committed (docs/study), unlike checkpoints.
@@ -225,102 +262,3 @@ def committed_results(run_dir: Path, cfg: RunConfig, split_id: str) -> bool:
             "this protocol"
         )
     return True  # the same settings and split, recorded before a setting was added (at its default)
-
-
-def examples_complete(out: Path, models: list[str]) -> bool:
-    """examples/ holds the slices and every model's predictions (what the report's figure needs)."""
-    ex = out / "examples"
-    return (ex / "slices.npz").is_file() and all((ex / f"{m}.npz").is_file() for m in models)
-
-
-def write_examples(out: Path, index: Any, dirs: dict[str, list[Path]], *, n_per_kind: int = 2) -> None:
-    """Pick test slices with tumour (best, typical, worst by mean Dice over models) and save every
-    model's probabilities and masks for them (made as evaluation made them), so the report can
-    draw image | truth | predictions without a model."""
-    from brainseg.evaluation.evaluate import load_patient
-
-    models = list(dirs)
-    scores: dict[tuple[str, int], list[float]] = {}
-    owner: dict[tuple[str, int], dict[str, Path]] = {}
-    for m in models:
-        for run_dir in dirs[m]:
-            for row in read_csv(run_dir / "eval_test" / "per_slice.csv"):
-                if float(row["true_area"] or 0) <= 0:
-                    continue
-                key = (row["patient"], int(row["slice"]))
-                scores.setdefault(key, []).append(float(row["dice"]))
-                owner.setdefault(key, {})[m] = run_dir
-    keys = [k for k, v in scores.items() if len(v) == len(models)]
-    if not keys:
-        return
-    keys.sort(key=lambda k: (np.mean(scores[k]), k))
-    n = min(n_per_kind, max(1, len(keys) // 3))
-    mid = len(keys) // 2
-    chosen = [(k, "best") for k in keys[::-1][:n]] + [(k, "typical") for k in keys[mid - n // 2 : mid - n // 2 + n]]
-    chosen += [(k, "worst") for k in keys[:n]]
-    seen: set[tuple[str, int]] = set()
-    chosen = [(k, kind) for k, kind in chosen if not (k in seen or seen.add(k))]
-    by = index.by_patient()
-    images, masks = [], []
-    for (patient, slice_no), _ in chosen:
-        recs = [r for r in by[patient] if r.slice == slice_no]
-        img, msk = load_patient(recs)
-        images.append(img[0])
-        masks.append(msk[0])
-    if len({im.shape for im in images}) > 1:
-        return  # mixed native sizes: no common grid
-    ex = out / "examples"
-    ex.mkdir(parents=True, exist_ok=True)
-    _save_npz(
-        ex / "slices.npz",
-        images=np.stack(images),
-        masks=np.stack(masks).astype(np.uint8),
-        patients=np.array([k[0] for k, _ in chosen]),
-        slices=np.array([k[1] for k, _ in chosen]),
-        kinds=np.array([kind for _, kind in chosen]),
-    )
-    volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # patient → decoded slices, shared by models
-    for m in models:
-        probs: list[np.ndarray | None] = [None] * len(chosen)
-        preds: list[np.ndarray | None] = [None] * len(chosen)
-        groups: dict[Path, list[int]] = {}
-        for j, (key, _) in enumerate(chosen):
-            groups.setdefault(owner[key][m], []).append(j)
-        for run_dir, idx in groups.items():  # one model load per run (fold)
-            for j, p, b in _predict_as_evaluated(run_dir, index, [chosen[j][0] for j in idx], volumes):
-                probs[idx[j]], preds[idx[j]] = p, b
-        _save_npz(ex / f"{m}.npz", probs=np.stack(probs).astype(np.float16), preds=np.stack(preds).astype(np.uint8))
-
-
-def _predict_as_evaluated(
-    run_dir: Path, index: Any, keys: list[tuple[str, int]], volumes: dict[str, tuple[np.ndarray, np.ndarray]]
-) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """(position in `keys`, probabilities, mask) of each (patient, slice), made exactly as
-    `evaluate_run` made them: the run's TTA, and its binarisation of the whole patient volume
-    (so a largest-component rule sees every slice), so a figure's Dice is per_slice.csv's."""
-    from brainseg.evaluation.evaluate import load_patient
-    from brainseg.evaluation.session import EvalRun
-    from brainseg.inference.postprocess import binarize
-
-    run = EvalRun.load(run_dir, "best", index.root, announce=lambda _m: None)
-    predictor = run.predictor()
-    by = index.by_patient()
-    out = []
-    for patient in dict.fromkeys(p for p, _ in keys):
-        if patient not in volumes:
-            volumes[patient] = load_patient(by[patient])
-        probs = predictor.predict(volumes[patient][0], source=patient)
-        pred = binarize(probs, run.cfg.eval)
-        numbers = [r.slice for r in by[patient]]
-        out += [(j, probs[numbers.index(s)], pred[numbers.index(s)]) for j, (p, s) in enumerate(keys) if p == patient]
-    return out
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    import io
-
-    from brainseg.fileio import write_bytes_atomic
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    write_bytes_atomic(path, buf.getvalue())

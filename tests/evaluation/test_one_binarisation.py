@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.compare import write_examples
 from brainseg.data.lgg import index_dataset
 from brainseg.data.tif import read_mask
 from brainseg.evaluation.evaluate import evaluate_run
@@ -72,15 +71,22 @@ def test_evaluate_predict_and_example_figure_agree(run: Path, tmp_path: Path) ->
             assert _dice(pred, truth) == pytest.approx(float(r["dice"]), rel=1e-5, abs=1e-9), key
 
     # the comparison's example figure: same masks, and the Dice in its titles is per_slice.csv's
-    write_examples(run.parent.parent, index, {"unet": [run]}, n_per_kind=50)  # every tumour slice
+    from brainseg.evaluation.examples import pool_of, write_examples
+
+    assert write_examples(run.parent.parent, index, {"unet": [run]}, n_per_kind=50) == {"unet": "written"}
     ex, notes = load_examples(run.parent.parent / "examples", ["unet"])
     assert ex is not None and "unet" in ex.preds, notes
-    # the figure's masks are not the thresholded probabilities: post-processing reached them
-    assert any((ex.probs["unet"][k] >= 0.5).sum() > ex.preds["unet"][k].sum() for k in range(len(ex.slices)))
+    # the pool: each test patient's largest-tumour slice, read off the truth
+    largest = {}
+    for (patient, number), r in rows.items():
+        area = float(r["true_area"] or 0)
+        if area > 0 and (patient not in largest or (-area, number) < largest[patient]):
+            largest[patient] = (-area, number)
+    pool = sorted((p, n) for p, (_, n) in largest.items())
+    assert pool_of(run.parent.parent / "examples" / "slices.npz") == pool
+    assert set(zip(ex.patients, ex.slices)) <= set(pool) and ex.kinds[0] == "best" and ex.kinds[-1] == "worst"
     for k, (patient, number) in enumerate(zip(ex.patients, ex.slices)):
         np.testing.assert_array_equal(ex.preds["unet"][k], predicted[(patient, number)].astype(bool))
         title_dice = slice_dice(ex.preds["unet"][k], ex.masks[k], "one")
         assert title_dice == _dice(predicted[(patient, number)], ex.masks[k])
         assert title_dice == pytest.approx(float(rows[(patient, number)]["dice"]), rel=1e-5, abs=1e-9)
-
-

@@ -349,3 +349,28 @@ def test_verdict_states_best_model_and_real_differences(single):
         loser = s["model_b"] if s["better"] == s["model_a"] else s["model_a"]
         pair = f"{display_name(s['better'])} > {display_name(loser)}"
         assert (pair in text) == s["significant"]
+
+
+def test_example_rows_are_the_pools_best_typical_and_worst_by_mean_dice():
+    """choose_rows on a hand-made pool: mean Dice over two models decides the rows."""
+    from brainseg.reporting.overlays import Examples, choose_rows
+
+    masks = np.zeros((6, 4, 4), np.uint8)
+    masks[:, :2, :2] = 1  # 4 truth pixels per slice
+    # model A marks k of the 4 truth pixels on slice k-1 (k = 1..4), all 4 on slices 4 and 5;
+    # model B marks all 4 everywhere except slice 5 (nothing)
+    a = np.zeros((6, 4, 4), bool)
+    for i, k in enumerate((1, 2, 3, 4, 4, 4)):
+        a[i].flat[[0, 1, 4, 5][:k]] = True
+    b = np.repeat(masks.astype(bool)[:1], 6, axis=0)
+    b[5] = False
+    # slice Dice: A = 2k/(k+4) → 0.4, 0.667, 0.857, 1, 1, 1; B = 1, 1, 1, 1, 1, 0
+    # means: 0.7, 0.833, 0.929, 1.0, 1.0, 0.5 → worst slice 5, best slice 4 (ties: later patient first)
+    ex = Examples(images=np.zeros((6, 4, 4), np.uint8), masks=masks, patients=[f"P{i}" for i in range(6)],
+                  slices=list(range(6)), kinds=[""] * 6, probs={}, preds={"A": a, "B": b}, rule="pool")
+    rows = choose_rows(ex, 1)
+    # sorted: P5, P0, P1, P2, P3, P4; the typical row is the middle one, sorted[6 // 2] = P2
+    assert list(zip(rows.kinds, rows.patients)) == [("best", "P4"), ("typical", "P2"), ("worst", "P5")]
+    np.testing.assert_array_equal(rows.preds["A"][2], a[5])
+    two = choose_rows(ex, 2)
+    assert [p for p in two.patients] == ["P4", "P3", "P1", "P2", "P5", "P0"]

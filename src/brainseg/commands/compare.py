@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from brainseg.commands._common import add_training_arguments, config_from_args
@@ -29,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", default="results/compare", metavar="DIR", help="comparison folder (default results/compare)")
     p.add_argument("--examples", type=int, default=2, help="example slices per kind (best/typical/worst) in the figure")
+    p.add_argument("--robustness", choices=("off", "quick", "full"), default="off",
+                   help="after each model's runs finish, run it under every perturbation of `brainseg robustness` "
+                        "(quick: severities 1, 3, 5; full: all) into <out>/robustness/ while its checkpoints are "
+                        "here; a model whose results are there is skipped (default off)")
     add_training_arguments(p)
 
 
@@ -38,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
     base = PHANTOM_PRESET if args.data is None and args.config is None else None
     cfg = config_from_args(args, base=base)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    command = "brainseg " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("brainseg") else ""
-    result = compare(cfg, args.out, models, command=command, n_examples=args.examples)
+    command = "brainseg " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])
+    robustness = {"off": None, "quick": [1, 3, 5], "full": []}[args.robustness]
+    result = compare(cfg, args.out, models, command=command, n_examples=args.examples, robustness=robustness)
     rep = result.get("report", {})
     if rep:
         board = rep.get("leaderboard_md")

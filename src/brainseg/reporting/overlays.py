@@ -1,7 +1,10 @@
 """The example grid: image | ground truth | each model's prediction, with contour overlays.
 
 Reads the arrays a comparison saved in `examples/` (slices.npz and one <model>.npz per model with
-its probabilities and the masks evaluation made of them), so it needs no model. Ground truth is
+the masks its evaluation made), so it needs no model. A folder written by `evaluation.examples`
+holds a pool of slices fixed by the ground truth; the figure's rows are the pool's best, typical and
+worst slices by mean Dice over the models that have a file for it. Older folders hold the chosen
+rows themselves, with each model's probabilities. Ground truth is
 drawn in green and the prediction in magenta on the FLAIR channel; each panel's title carries
 that slice's Dice, which is the slice's Dice in the model's per_slice.csv.
 """
@@ -20,7 +23,7 @@ from brainseg.config import EvalConfig
 from brainseg.errors import BrainsegError
 from brainseg.inference.postprocess import binarize
 
-__all__ = ["Examples", "load_examples", "plot_examples", "slice_dice"]
+__all__ = ["Examples", "choose_rows", "load_examples", "plot_examples", "slice_dice"]
 
 TRUTH_COLOR = "#00e676"  # green
 PRED_COLOR = "#ff2bd6"  # magenta: distinct from green for red–green colour-blind readers too
@@ -38,6 +41,11 @@ class Examples:
     kinds: list[str]
     probs: dict[str, np.ndarray]  # model → (K, H, W) float
     preds: dict[str, np.ndarray] = field(default_factory=dict)  # model → (K, H, W) bool, as evaluated
+    rule: str = ""  # how the candidate slices were drawn (a pool), "" when the rows were chosen when written
+
+    @property
+    def models(self) -> list[str]:
+        return list(dict.fromkeys([*self.preds, *self.probs]))
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -86,6 +94,9 @@ def load_examples(ex_dir: str | Path, models: Sequence[str]) -> tuple[Examples |
         v = z.get(name)
         return [x.item() if hasattr(x, "item") else x for x in v] if v is not None and len(v) == k else default
 
+    pool = str(z["pool"]) if "pool" in z else ""
+    patients = [str(x) for x in column("patients", ["?"] * k)]
+    slices = [int(x) for x in column("slices", [-1] * k)]
     probs: dict[str, np.ndarray] = {}
     preds: dict[str, np.ndarray] = {}
     for m in models:
@@ -95,10 +106,19 @@ def load_examples(ex_dir: str | Path, models: Sequence[str]) -> tuple[Examples |
             continue
         try:
             z_m = _load_npz(p)
-            arr = z_m.get("probs")
         except BrainsegError as exc:
             notes.append(f"{exc}; {m} is left out of the example figure.")
             continue
+        if pool:  # masks for the pool, written for exactly these slices
+            b, same = z_m.get("preds"), (
+                [str(x) for x in z_m.get("patients", [])] == patients and [int(x) for x in z_m.get("slices", [])] == slices)
+            if b is None or b.shape != masks.shape or not same:
+                notes.append(f"{p} was not made for the slices of {ex_dir / 'slices.npz'}; {m} is left out of "
+                             "the example figure (a re-run of the comparison with its checkpoints rewrites it).")
+                continue
+            preds[m] = b > 0
+            continue
+        arr = z_m.get("probs")
         if arr is None or arr.ndim != 3 or len(arr) != k:
             notes.append(f"{p}: 'probs' must have shape ({k}, H, W), got "
                          f"{None if arr is None else arr.shape}; {m} is left out of the example figure.")
@@ -110,13 +130,37 @@ def load_examples(ex_dir: str | Path, models: Sequence[str]) -> tuple[Examples |
     ex = Examples(
         images=images,
         masks=(masks > 0).astype(np.uint8),
-        patients=[str(x) for x in column("patients", ["?"] * k)],
-        slices=[int(x) for x in column("slices", [-1] * k)],
+        patients=patients,
+        slices=slices,
         kinds=[str(x) for x in column("kinds", [""] * k)],
         probs=probs,
         preds=preds,
+        rule=pool,
     )
+    if pool and preds:
+        n = int(z["n_per_kind"]) if "n_per_kind" in z else 2
+        ex = choose_rows(ex, n)
     return ex, notes
+
+
+def choose_rows(ex: Examples, n_per_kind: int) -> Examples:
+    """The pool's best, typical and worst slices by mean Dice over the models that have masks for
+    it (ties by patient and slice); a slice is shown once."""
+    models = list(ex.preds)
+    mean = [float(np.mean([slice_dice(ex.preds[m][i], ex.masks[i]) for m in models])) for i in range(len(ex.masks))]
+    order = sorted(range(len(mean)), key=lambda i: (mean[i], ex.patients[i], ex.slices[i]))
+    n = min(n_per_kind, max(1, len(order) // 3))
+    mid = len(order) // 2
+    picked = [(i, "best") for i in order[::-1][:n]] + [(i, "typical") for i in order[mid - n // 2 : mid - n // 2 + n]]
+    picked += [(i, "worst") for i in order[:n]]
+    seen: set[int] = set()
+    picked = [(i, kind) for i, kind in picked if not (i in seen or seen.add(i))]
+    rows = [i for i, _ in picked]
+    return Examples(
+        images=ex.images[rows], masks=ex.masks[rows], patients=[ex.patients[i] for i in rows],
+        slices=[ex.slices[i] for i in rows], kinds=[kind for _, kind in picked],
+        probs={m: v[rows] for m, v in ex.probs.items()}, preds={m: v[rows] for m, v in ex.preds.items()}, rule=ex.rule,
+    )
 
 
 def slice_dice(pred: np.ndarray, truth: np.ndarray, empty_policy: str = "one") -> float:
@@ -146,7 +190,7 @@ def plot_examples(
 
     from brainseg.reporting.plots import new_figure, save_figure
 
-    models = [m for m in (models or list(ex.probs)) if m in ex.probs]
+    models = [m for m in (models or ex.models) if m in ex.models]
     ncols = 2 + len(models)
     nrows = len(ex.images)
     panel = 2.15
@@ -190,7 +234,10 @@ def plot_examples(
     handles = [Line2D([], [], color=TRUTH_COLOR, lw=2, label="ground truth"),
                Line2D([], [], color=PRED_COLOR, lw=2, label="prediction")]
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8.5, frameon=False)
-    fig.suptitle("Example test slices (best, typical, worst by mean Dice over models)", fontsize=11, fontweight="bold")
+    title = "Example test slices (best, typical, worst by mean Dice over models)"
+    if ex.rule:
+        title = f"Example test slices: of {ex.rule}, the best, typical and worst by mean Dice over models"
+    fig.suptitle(title, fontsize=11 if not ex.rule else 9.5, fontweight="bold")
     return save_figure(fig, path, dpi=120)
 
 

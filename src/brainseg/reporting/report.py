@@ -279,17 +279,19 @@ def build_report(
 
     ex, ex_notes = load_examples(out / "examples", ranked)
     notes += ex_notes
-    if ex is not None and ex.probs:
+    if ex is not None and ex.models:
         thresholds = {m: float(cmp.runs[m][0].summary.get("threshold", 0.5)) for m in cmp.models}
         written["figure_examples"] = plot_examples(
             ex, labels, thresholds, fig_dir / "examples.png", models=ranked, empty_policy=cmp.empty_policy)
+        rows = (f"of {ex.rule}, the best, typical and worst by mean Dice over the models shown" if ex.rule
+                else "best, typical and worst by mean Dice over models")
         figures.append(Figure(
             written["figure_examples"],
-            "Example test slices (rows: best, typical and worst by mean Dice over models). Columns: the FLAIR "
+            f"Example test slices (rows: {rows}). Columns: the FLAIR "
             "image, the ground truth, then each model's prediction; green contour = ground truth, magenta = "
-            "prediction; the title gives the slice's Dice.", "example predictions"))
+            "prediction; the title gives the slice's Dice (as in the model's per_slice.csv).", "example predictions"))
     elif ex is not None:
-        notes.append("examples/ holds no model's probabilities: the example figure is left out.")
+        notes.append("examples/ holds no model's predictions for its slices: the example figure is left out.")
 
     rob_blocks, rob_fig = robustness_blocks(out, labels, colors, fig_dir, notes)
     if rob_fig is not None:
