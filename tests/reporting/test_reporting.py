@@ -107,6 +107,10 @@ def test_fold_pooling(folds):
         assert r["dice_fold_sd"] == pytest.approx(np.std(fold_means, ddof=1))
         secs = [json.loads((rd / "train_summary.json").read_text())["train_seconds"] for rd in runs]
         assert r["train_seconds"] == pytest.approx(sum(secs))
+        # the median epoch over both folds' history.csv (3, 4, 2, 3+40, 4, 2 s each): of the 12
+        # epochs sorted, the 6th and 7th are 3 and 4 → 3.5 s; the slow epochs do not move it
+        epochs = [float(h["epoch_seconds"]) for rd in runs for h in _csv(rd / "history.csv")]
+        assert r["epoch_seconds_median"] == pytest.approx(np.median(epochs)) == pytest.approx(3.5)
         # Slice detection over the pooled folds: counts from both folds' per_slice.csv.
         sl = [row for rd in runs for row in _csv(rd / "eval_test" / "per_slice.csv")]
         truth = np.array([float(s["true_area"]) > 0 for s in sl])

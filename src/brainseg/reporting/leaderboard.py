@@ -125,7 +125,7 @@ def leaderboard_columns(n_folds: int = 0) -> list[str]:
     cols += [f"{m}_slice" for m in BOARD_METRICS] + [f"{m}_micro" for m in BOARD_METRICS]
     cols += [f"{lvl}_{k}" for lvl in ("slice", "patient") for k in ("sensitivity", "specificity", "auroc")]
     cols += list(SURFACE_BOARD)
-    cols += ["params", "flops", "train_seconds", "epochs", "best_epoch", "inference_ms_per_slice"]
+    cols += ["params", "flops", "train_seconds", "epoch_seconds_median", "epochs", "best_epoch", "inference_ms_per_slice"]
     if n_folds:
         cols += ["n_folds", "dice_fold_mean", "dice_fold_sd"]
     return cols
@@ -182,6 +182,11 @@ def leaderboard(cmp: Comparison, *, n_boot: int = 2000, confidence: float = 0.95
         row["flops"] = first_of(runs[0].summary, "flops")
         secs = [to_number(first_of(r.train_summary, "train_seconds")) for r in runs]
         row["train_seconds"] = float(np.nansum(secs)) if not all(math.isnan(s) for s in secs) else float("nan")
+        # the median epoch: a speed figure that a busy machine's slow epochs (another job on the
+        # same cores, a paused run) do not inflate the way they inflate the sum
+        ep = [to_number(h.get("epoch_seconds")) for r in runs for h in (r.history or [])]
+        ep = [v for v in ep if not math.isnan(v)]
+        row["epoch_seconds_median"] = float(np.median(ep)) if ep else float("nan")
         epochs = [to_number(first_of(r.train_summary, "epochs_run")) for r in runs]
         row["epochs"] = _nanmean(epochs)
         row["best_epoch"] = to_number(first_of(runs[0].train_summary, "best_epoch")) if len(runs) == 1 else float("nan")
