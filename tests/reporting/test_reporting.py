@@ -378,3 +378,15 @@ def test_example_rows_are_the_pools_best_typical_and_worst_by_mean_dice():
     np.testing.assert_array_equal(rows.preds["A"][2], a[5])
     two = choose_rows(ex, 2)
     assert [p for p in two.patients] == ["P4", "P3", "P1", "P2", "P5", "P0"]
+
+
+def test_headline_counts_models_and_names_those_not_yet_run(tmp_path):
+    d = make_comparison(tmp_path / "part", models=("unet", "segnet"), examples=False)
+    proto = json.loads((d / "protocol.json").read_text())
+    proto["models"] = ["unet", "attention_unet", "segnet", "pspnet"]
+    (d / "protocol.json").write_text(json.dumps(proto))
+    build_report(d)
+    assert "2 models compared (2 of the protocol's 4; Attention UNet, PSPNet not yet run) on" in (d / "report.md").read_text()
+    one = make_comparison(tmp_path / "one", models=("unet",), examples=False)
+    build_report(one)
+    assert "> One model evaluated on" in (one / "report.md").read_text()

@@ -312,7 +312,7 @@ def build_report(
     tables = board_tables(board, cmp.n_folds, confidence, surface_policy)
     # A results section: the headline sentence, table and figure first; how it was made comes after.
     blocks: list[Block] = [
-        Para(f"{len(board)} models compared on {test_desc}. Best: {best['label']}, per-patient Dice "
+        Para(f"{_how_many(board, p.get('models') or [])} on {test_desc}. Best: {best['label']}, per-patient Dice "
              f"{fmt_ci(best, 'dice_patient')}.", "verdict"),
         Heading("Results"), tables[0], headline,
     ]
@@ -342,3 +342,14 @@ def _device(cmp: Comparison) -> str:
             if d:
                 return str(d)
     return ""
+
+
+def _how_many(board: Sequence[Mapping[str, Any]], planned: Sequence[str]) -> str:
+    """"3 models compared", "One model evaluated", and the protocol's models without results yet."""
+    lead = "One model evaluated" if len(board) == 1 else f"{len(board)} models compared"
+    have = {r["model"] for r in board}
+    pending = [display_name(m) for m in planned if m not in have]
+    if pending:
+        lead += f" ({len(have)} of the protocol's {len(have) + len(pending)}; {', '.join(pending)} not yet run)"
+    return lead
+
