@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,7 @@ def test_committed_results_from_before_a_setting_was_added_are_still_reused(
     ("docs/study/.brainseg.lock", True),
     ("docs/study/runs/unet/fold0/.brainseg.lock", True),
     ("docs/study/runs/unet/fold0/eval_test/.summary.json.k2j4.tmp", True),
+    ("docs/study/runs/unet/fold0/.remake/history.csv", True),
     *((f"docs/study/runs/unet/fold0/{name}", False) for name in RESULT_NAMES),
     ("docs/study/examples/unet.npz", False),
     ("docs/study/report.md", False),
@@ -275,3 +277,16 @@ def test_robustness_model_by_model_as_each_finishes(tiny_phantoms: Path, tmp_pat
     err = capsys.readouterr().err
     assert "unet: robustness results present" in err and "segnet: robustness results present" in err
     assert (out / "robustness" / "robustness.csv").read_bytes() == before
+    # robustness results gone too (a machine with neither): the runs are trained again for their
+    # checkpoints, checked epoch for epoch; the committed result files do not change
+    files = {p: p.read_bytes() for m in ("unet", "segnet") for p in (out / "runs" / m / n for n in RESULT_NAMES)}
+    shutil.rmtree(out / "robustness")
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("training again for them") == 2 and err.count("repeated epoch for epoch") == 2, err
+    assert {p: p.read_bytes() for p in files} == files
+    assert not list(out.rglob(".remake"))
+    rob = read_json(out / "robustness" / "robustness.json")
+    for m in ("unet", "segnet"):  # the remade weights are the evaluated ones: same clean Dice
+        committed = read_json(out / "runs" / m / "eval_test" / "summary.json")["metrics"]["dice"]["per_patient"]["mean"]
+        assert rob["clean_dice_patient"][m] == pytest.approx(committed, abs=1e-9)

@@ -23,7 +23,7 @@ from typing import Any
 from brainseg import __version__
 from brainseg.config import RunConfig
 from brainseg.errors import BrainsegError
-from brainseg.fileio import read_json, write_json_atomic
+from brainseg.fileio import read_csv, read_json, write_json_atomic
 
 DEFAULT_MODELS = ("unet", "attention_unet", "segnet", "deeplabv3plus", "pspnet")
 
@@ -146,8 +146,12 @@ def _compare_locked(
             mcfg.data.fold = k
             split_id = all_splits[k if folds else 0].id
             if committed_results(run_dir, mcfg, split_id):
-                announce(f"{label}: result files present and matching the protocol, skipping training and "
-                         f"evaluation ({run_dir})")
+                if (robustness is not None and not robustness_done(out, model)
+                        and not (run_dir / "checkpoint_best.pt").is_file() and dist_utils.world_size() == 1):
+                    remake_checkpoints(run_dir, mcfg, label, announce)
+                else:
+                    announce(f"{label}: result files present and matching the protocol, skipping training and "
+                             f"evaluation ({run_dir})")
                 continue
             if (run_dir / CONFIG_NAME).is_file():  # a run from elsewhere, or from an older protocol
                 require_same_settings(read_json(run_dir / CONFIG_NAME), mcfg.to_dict(), f"run {run_dir}",
@@ -193,6 +197,46 @@ def _compare_locked(
     return result
 
 
+def robustness_done(out: Path, model: str) -> bool:
+    """out/robustness/robustness.json holds `model`'s results."""
+    path = out / "robustness" / "robustness.json"
+    return path.is_file() and model in (read_json(path).get("models") or {})
+
+
+def remake_checkpoints(run_dir: Path, cfg: RunConfig, label: str, announce: Callable[[str], None]) -> bool:
+    """Train a fold whose result files are committed again, for its checkpoints (a study finished
+    on several machines keeps no weights), in run_dir/.remake; training is deterministic under the
+    protocol, so the epochs must repeat the committed history.csv (losses and validation Dice to 5
+    digits) before its checkpoints join the run. The committed result files are left as they are.
+    Returns whether the checkpoints were taken."""
+    import os
+    import shutil
+
+    from brainseg.training.run import train_run
+
+    tmp = run_dir / ".remake"
+    resume = (tmp / "checkpoint_last.pt").is_file()
+    announce(f"{label}: result files present, checkpoints not here: training again for them → {tmp}")
+    train_run(cfg, tmp, resume=resume)
+
+    def curve(path: Path) -> list[tuple[str, ...]]:
+        return [(r["epoch"], *(f"{float(r[k]):.5g}" for k in ("train_loss", "val_loss", "val_dice")))
+                for r in read_csv(path)]
+
+    committed, again = curve(run_dir / "history.csv"), curve(tmp / "history.csv")
+    if committed != again:
+        first = next((a, b) for a, b in zip(committed + [()] * len(again), again + [()] * len(committed)) if a != b)
+        announce(f"{label}: training again did not repeat the committed run (epoch, train loss, val loss, val Dice: "
+                 f"{first[0]} committed, {first[1]} now; another machine or library version?): its checkpoints are "
+                 f"left in {tmp}, not used")
+        return False
+    for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
+        os.replace(tmp / name, run_dir / name)
+    shutil.rmtree(tmp)
+    announce(f"{label}: the run was repeated epoch for epoch; its checkpoints are in {run_dir}")
+    return True
+
+
 def model_robustness(out: Path, model: str, runs: list[Path], severities: list[int], *, device: str,
                      announce: Callable[[str], None]) -> None:
     """Run `model` (its fold runs pooled) under every perturbation at `severities` ([] for all) into
@@ -201,8 +245,7 @@ def model_robustness(out: Path, model: str, runs: list[Path], severities: list[i
     from brainseg.reporting.plots import plot_model_curves
 
     rob = out / "robustness"
-    done = read_json(rob / "robustness.json").get("models") or {} if (rob / "robustness.json").is_file() else {}
-    if model in done:
+    if robustness_done(out, model):
         announce(f"{model}: robustness results present in {rob}, kept")
         return
     if not all((r / "checkpoint_best.pt").is_file() for r in runs):

@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--robustness", choices=("off", "quick", "full"), default="off",
                    help="after each model's runs finish, run it under every perturbation of `brainseg robustness` "
                         "(quick: severities 1, 3, 5; full: all) into <out>/robustness/ while its checkpoints are "
-                        "here; a model whose results are there is skipped (default off)")
+                        "here; a model whose results are there is skipped, and one whose fold results are committed but "
+                        "whose checkpoints are not here is trained again for them, checked epoch for epoch against "
+                        "its committed history.csv (default off)")
     add_training_arguments(p)
 
 
