@@ -138,6 +138,7 @@ def _compare_locked(
         write_json_atomic(protocol_path, protocol)
 
     dirs = run_dirs(out, models, folds)
+    status: dict[str, str] = {}  # example files per model (evaluation.examples.write_examples)
     for i, model in enumerate(models, 1):
         for k, run_dir in enumerate(dirs[model]):
             label = f"[{i}/{len(models)}] {model}" + (f" fold {k + 1}/{folds}" if folds else "")
@@ -170,18 +171,16 @@ def _compare_locked(
         if dist_utils.is_main():  # while this model's checkpoints are here
             from brainseg.evaluation.examples import write_examples
 
-            write_examples(out, data.index, run_dirs(out, protocol["models"], folds), n_per_kind=n_examples)
+            # over every model of the study (protocol.json), so a pool that changed refreshes them all
+            status = write_examples(out, data.index, run_dirs(out, protocol["models"], folds), n_per_kind=n_examples,
+                                    announce=announce)
             if robustness is not None:
                 model_robustness(out, model, dirs[model], robustness, device=cfg.train.device, announce=announce)
         dist_utils.barrier()
 
     result: dict[str, Any] = {"out": str(out), "models": models}
     if dist_utils.is_main():
-        from brainseg.evaluation.examples import write_examples
-
-        # over every model of the study (protocol.json), so a pool that changed refreshes them all
-        status = write_examples(out, data.index, run_dirs(out, protocol["models"], folds), n_per_kind=n_examples,
-                                announce=announce)
+        # the examples as the call after the last model left them
         kept = [m for m, st in status.items() if st == "kept"]
         missing = [m for m, st in status.items() if st == "missing"]
         if kept:
@@ -209,6 +208,7 @@ def remake_checkpoints(run_dir: Path, cfg: RunConfig, label: str, announce: Call
     protocol, so the epochs must repeat the committed history.csv (losses and validation Dice to 5
     digits) before its checkpoints join the run. The committed result files are left as they are.
     Returns whether the checkpoints were taken."""
+    import itertools
     import os
     import shutil
 
@@ -225,7 +225,7 @@ def remake_checkpoints(run_dir: Path, cfg: RunConfig, label: str, announce: Call
 
     committed, again = curve(run_dir / "history.csv"), curve(tmp / "history.csv")
     if committed != again:
-        first = next((a, b) for a, b in zip(committed + [()] * len(again), again + [()] * len(committed)) if a != b)
+        first = next((a, b) for a, b in itertools.zip_longest(committed, again, fillvalue=()) if a != b)
         announce(f"{label}: training again did not repeat the committed run (epoch, train loss, val loss, val Dice: "
                  f"{first[0]} committed, {first[1]} now; another machine or library version?): its checkpoints are "
                  f"left in {tmp}, not used")

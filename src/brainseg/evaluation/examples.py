@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from brainseg.data.sequences import FLAIR
 from brainseg.fileio import read_csv, write_bytes_atomic
 
 __all__ = ["POOL_RULE", "example_pool", "pool_of", "write_examples"]
 
 POOL_RULE = "each test patient's slice with the largest tumour area"
-FLAIR = 1  # channel order of LGG images: pre-contrast, FLAIR, post-contrast
 
 
 def example_pool(dirs: dict[str, list[Path]]) -> list[tuple[str, int]]:
