@@ -140,3 +140,27 @@ def test_headline_of_an_unfinished_study_says_how_many_folds_are_in(tmp_path) ->
     assert "6 test patients pooled over 1 of 2 folds (the others not yet run)" in headline
     d2 = make_comparison(tmp_path / "full", models=("unet",), folds=2, n_patients=12)
     assert "12 test patients pooled over 2 folds." in build_report(d2, n_boot=N_BOOT)["report_md"].read_text()
+
+
+def test_a_model_with_folds_missing_is_listed_after_the_complete_ones_and_not_ranked(tmp_path) -> None:
+    import shutil
+
+    # UNet is the fake's best model (recall 0.85 against PSPNet's 0.72) but has only 1 of 2 folds
+    d = make_comparison(tmp_path / "cmp", models=("pspnet", "unet"), folds=2, n_patients=12)
+    shutil.rmtree(d / "runs" / "unet" / "fold1")
+    cmp = load_comparison(d)
+    board = leaderboard(cmp, n_boot=N_BOOT)
+    by = {r["model"]: r for r in board}
+    assert by["unet"]["dice_patient"] > by["pspnet"]["dice_patient"]  # better on its own 6 patients...
+    assert [r["model"] for r in board] == ["pspnet", "unet"]  # ...yet listed after the complete model
+    assert (by["unet"]["partial"], by["pspnet"]["partial"]) == (True, False)
+    assert (by["unet"]["n_patients"], by["pspnet"]["n_patients"]) == (6, 12)
+    md = build_report(d, n_boot=N_BOOT)["report_md"].read_text()
+    headline = next(ln for ln in md.splitlines() if ln.startswith("> "))
+    assert "Best: PSPNet" in headline and "Not ranked yet: UNet (1 of 2 folds, 6 patients)." in headline
+    assert "| 2 | UNet (1 of 2 folds) |" in md
+    assert "PSPNet has the highest mean per-patient Dice" in md and "UNet is not ranked yet" in md
+    # with no complete model at all, the leader is named as such
+    shutil.rmtree(d / "runs" / "pspnet" / "fold1")
+    md = build_report(d, n_boot=N_BOOT)["report_md"].read_text()
+    assert "Leading so far: UNet" in next(ln for ln in md.splitlines() if ln.startswith("> "))

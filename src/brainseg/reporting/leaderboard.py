@@ -7,7 +7,7 @@ patient (`pooled_patients`), so every tested patient counts once.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -127,12 +127,14 @@ def leaderboard_columns(n_folds: int = 0) -> list[str]:
     cols += list(SURFACE_BOARD)
     cols += ["params", "flops", "train_seconds", "epoch_seconds_median", "epochs", "best_epoch", "inference_ms_per_slice"]
     if n_folds:
-        cols += ["n_folds", "dice_fold_mean", "dice_fold_sd"]
+        cols += ["n_folds", "partial", "dice_fold_mean", "dice_fold_sd"]
     return cols
 
 
 def leaderboard(cmp: Comparison, *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> list[dict[str, Any]]:
     """One row per model, ranked by mean per-patient Dice (highest first; ties keep protocol order).
+
+    In k-fold, a model whose folds are not all evaluated (`partial`) comes after the complete ones.
 
     Per-patient means carry a percentile-bootstrap interval over patients (`bootstrap_ci`);
     per-slice means are over the rows of per_slice.csv (NaN left out, i.e. the "skip" policy's
@@ -198,11 +200,26 @@ def leaderboard(cmp: Comparison, *, n_boot: int = 2000, confidence: float = 0.95
             fm = np.array([v for v in fold_means if not math.isnan(v)])
             row["dice_fold_sd"] = float(fm.std(ddof=1)) if fm.size > 1 else float("nan")
         rows.append(row)
+    # A model with some folds not yet evaluated is scored on other (fewer) patients than the rest:
+    # it is listed after every complete model, whatever its Dice, and `partial` marks it.
+    for row in rows:
+        row["partial"] = bool(cmp.n_folds) and row.get("n_folds", 0) < cmp.n_folds
     order = sorted(
         range(len(rows)),
-        key=lambda i: (math.isnan(rows[i]["dice_patient"]), -np.nan_to_num(rows[i]["dice_patient"], nan=0.0), i),
+        key=lambda i: (rows[i]["partial"], math.isnan(rows[i]["dice_patient"]),
+                       -np.nan_to_num(rows[i]["dice_patient"], nan=0.0), i),
     )
     ranked = [rows[i] for i in order]
     for rank, row in enumerate(ranked, 1):
         row["rank"] = rank
     return ranked
+
+
+def complete_rows(board: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The board's models with every fold evaluated (all of them when none is `partial`)."""
+    return [r for r in board if not r.get("partial")]
+
+
+def board_label(row: Mapping[str, Any], n_folds: int) -> str:
+    """The model's name, with "(k of n folds)" when its folds are not all evaluated."""
+    return f"{row['label']} ({row.get('n_folds', 0)} of {n_folds} folds)" if row.get("partial") else str(row["label"])

@@ -36,6 +36,8 @@ from brainseg.reporting.html import (
 )
 from brainseg.reporting.leaderboard import (
     BOARD_METRICS,
+    board_label,
+    complete_rows,
     leaderboard,
     leaderboard_columns,
     per_patient_values,
@@ -91,7 +93,7 @@ def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: f
         head.append(f"HD95 median ({(surface_policy or {}).get('distance_unit', 'px')})")
     rows = []
     for r in board:
-        row = [str(r["rank"]), r["label"], fmt_ci(r, "dice_patient"), _f(r.get("dice_patient_median"))]
+        row = [str(r["rank"]), board_label(r, n_folds), fmt_ci(r, "dice_patient"), _f(r.get("dice_patient_median"))]
         row += [fmt_ci(r, f"{m}_patient") for m in ("iou", "recall", "precision")]
         row.append(_f(r.get("loss")))
         if has_hd95:
@@ -107,25 +109,26 @@ def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: f
         head, rows, highlight_first=True, align="rl" + "r" * (len(head) - 2),
         caption=(f"Per patient volume: mean over {board[0]['n_patients'] if board else 0} test patients{pooled} "
                  f"[{confidence:.0%} bootstrap CI over patients]; loss = training loss ({loss_name or 'n/a'}) on the test split. "
-                 "Ranked by Dice."),
+                 "Ranked by Dice" + ("; a model with folds not yet evaluated is listed after the complete ones, "
+                                    "as its patients are fewer." if any(r.get("partial") for r in board) else ".")),
     )
     t2 = Table(
         ["Model", "Dice / slice", "IoU / slice", "Recall / slice", "Precision / slice",
          "Dice micro", "IoU micro", "Recall micro", "Precision micro"],
-        [[r["label"]] + [_f(r.get(f"{m}_slice")) for m in BOARD_METRICS] + [_f(r.get(f"{m}_micro")) for m in BOARD_METRICS]
+        [[board_label(r, n_folds)] + [_f(r.get(f"{m}_slice")) for m in BOARD_METRICS] + [_f(r.get(f"{m}_micro")) for m in BOARD_METRICS]
          for r in board],
         caption="Per slice: mean over slices (empty-mask policy below); micro: counts summed over every test slice.",
     )
     t3 = Table(
         ["Model", "Slice sensitivity", "Slice specificity", "Slice AUROC",
          "Patient sensitivity", "Patient specificity", "Patient AUROC"],
-        [[r["label"]] + [_f(r.get(f"{lvl}_{k}")) for lvl in ("slice", "patient") for k in ("sensitivity", "specificity", "auroc")]
+        [[board_label(r, n_folds)] + [_f(r.get(f"{lvl}_{k}")) for lvl in ("slice", "patient") for k in ("sensitivity", "specificity", "auroc")]
          for r in board],
         caption="Tumour detection" + (" (from the test slices of all folds pooled)" if n_folds else ""),
     )
     t4 = Table(
         ["Model", "Parameters", "FLOPs / slice", "Training time", "Epochs", "Inference ms / slice"],
-        [[r["label"], fmt_count(r.get("params")), fmt_count(r.get("flops")), fmt_seconds(r.get("train_seconds")),
+        [[board_label(r, n_folds), fmt_count(r.get("params")), fmt_count(r.get("flops")), fmt_seconds(r.get("train_seconds")),
           _epochs(r), _ms(r.get("inference_ms_per_slice"))] for r in board],
         caption="Cost" + (f" (training time summed over {n_folds} folds; epochs and inference time averaged)" if n_folds else ""),
     )
@@ -312,8 +315,9 @@ def build_report(
     tables = board_tables(board, cmp.n_folds, confidence, surface_policy)
     # A results section: the headline sentence, table and figure first; how it was made comes after.
     blocks: list[Block] = [
-        Para(f"{_how_many(board, p.get('models') or [])} on {test_desc}. Best: {best['label']}, per-patient Dice "
-             f"{fmt_ci(best, 'dice_patient')}.", "verdict"),
+        Para(f"{_how_many(board, p.get('models') or [])} on {test_desc}. "
+             f"{'Best' if complete_rows(board) else 'Leading so far'}: {best['label']}, per-patient Dice "
+             f"{fmt_ci(best, 'dice_patient')}.{_partial_note(board, cmp.n_folds)}", "verdict"),
         Heading("Results"), tables[0], headline,
     ]
     blocks += [Heading("Leaderboard", 3)] + tables[1:]
@@ -342,6 +346,15 @@ def _device(cmp: Comparison) -> str:
             if d:
                 return str(d)
     return ""
+
+
+def _partial_note(board: Sequence[Mapping[str, Any]], n_folds: int) -> str:
+    """" Not ranked yet: SegNet (2 of 5 folds, 22 patients)." for the models whose folds are not all in."""
+    part = [r for r in board if r.get("partial")]
+    if not part or len(part) == len(board):
+        return ""
+    names = ", ".join(f"{r['label']} ({r.get('n_folds', 0)} of {n_folds} folds, {r['n_patients']} patients)" for r in part)
+    return f" Not ranked yet: {names}."
 
 
 def _how_many(board: Sequence[Mapping[str, Any]], planned: Sequence[str]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from brainseg.reporting.comparison import Comparison
 from brainseg.reporting.formatting import display_name, fmt_p, join_words
-from brainseg.reporting.leaderboard import per_patient_values
+from brainseg.reporting.leaderboard import complete_rows, per_patient_values
 
 __all__ = ["SIGNIFICANCE_COLUMNS", "significance", "significance_sentence", "verdict"]
 
@@ -79,6 +79,10 @@ def verdict(
     """
     if not board:
         return "No model has results."
+    # models with folds not yet evaluated are scored on fewer patients: the ranking is over the rest
+    part = [r for r in board if r.get("partial")] if complete_rows(board) else []
+    board = complete_rows(board) or list(board)
+    ranked = {str(r["model"]) for r in board}
     best = board[0]
     b = best["label"]
     text = (
@@ -86,8 +90,14 @@ def verdict(
         f"({confidence:.0%} CI {best['dice_patient_ci_low']:.3f}–{best['dice_patient_ci_high']:.3f}) over "
         f"{best['n_patients']} test patients"
     )
+    waiting = ""
+    if part:
+        waiting = (f" {join_words([str(r['label']) for r in part])} "
+                   f"{'is' if len(part) == 1 else 'are'} not ranked yet: not all of {'its' if len(part) == 1 else 'their'} "
+                   "folds are evaluated, so the mean is over other patients (the paired tests below use the patients in common).")
     if len(board) == 1:
-        return text + "; it is the only model in this comparison, so nothing is compared."
+        return (text + "; it is the only model in this comparison with every fold evaluated, so nothing is ranked."
+                if part else text + "; it is the only model in this comparison, so nothing is compared.") + waiting
     second = board[1]
     gap = best["dice_patient"] - second["dice_patient"]
     if gap < 0.0005:  # would print as +0.000: say it in words
@@ -97,9 +107,10 @@ def verdict(
     worst = board[-1]
     if len(board) > 2:
         text += f" and {best['dice_patient'] - worst['dice_patient']:+.3f} ahead of the last, {worst['label']} ({worst['dice_patient']:.3f})"
-    text += ". "
+    text += "." + waiting + " "
     real = [r for r in sig if r["significant"]]
-    vs_best = [r for r in sig if best["model"] in (r["model_a"], r["model_b"])]
+    vs_best = [r for r in sig if best["model"] in (r["model_a"], r["model_b"])
+               and {r["model_a"], r["model_b"]} <= ranked]
     beaten = [r for r in vs_best if r["significant"] and r["better"] == best["model"]]
     tied = [r for r in vs_best if not r["significant"]]
     if vs_best and len(beaten) == len(vs_best):

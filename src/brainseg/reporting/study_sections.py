@@ -111,6 +111,11 @@ def surface_table(board: Sequence[Mapping[str, Any]], policy: Mapping[str, Any] 
     )
 
 
+def _rank(row: Mapping[str, Any], n_folds: int) -> str:
+    """"#2", or "2 of 5 folds" for a model whose folds are not all evaluated (not ranked yet)."""
+    return f"{row.get('n_folds', 0)} of {n_folds} folds" if row.get("partial") else f"#{row['rank']}"
+
+
 def beside_blocks(cmp: Comparison, board: Sequence[Mapping[str, Any]]) -> list[Block]:
     """Our result next to the slice-split study's table, with the reason for each difference."""
     ours = {str(r["model"]): r for r in board}
@@ -123,7 +128,7 @@ def beside_blocks(cmp: Comparison, board: Sequence[Mapping[str, Any]]) -> list[B
         d = to_number(r.get("dice_patient"))
         rows.append([
             display_name(m), "–" if theirs is None else f"{theirs:.4f} (#{their_rank[m]})",
-            "–" if not r else f"{fmt(d)} (#{r['rank']})", fmt(r.get("dice_slice")), fmt(r.get("dice_micro")),
+            "–" if not r else f"{fmt(d)} ({_rank(r, cmp.n_folds)})", fmt(r.get("dice_slice")), fmt(r.get("dice_micro")),
             "–" if theirs is None or math.isnan(d) else f"{d - theirs:+.3f}",
         ])
     cfg = cmp.protocol.get("config") or {}
