@@ -114,7 +114,7 @@ def verdict(
     beaten = [r for r in vs_best if r["significant"] and r["better"] == best["model"]]
     tied = [r for r in vs_best if not r["significant"]]
     if vs_best and len(beaten) == len(vs_best):
-        text += f"{b} is significantly better than every other model (Wilcoxon signed-rank, Holm-corrected, α = {alpha}). "
+        text += f"{b} is significantly better than every other {'complete ' if part else ''}model (Wilcoxon signed-rank, Holm-corrected, α = {alpha}). "
     elif tied:
         others = [display_name(r["model_b"] if r["model_a"] == best["model"] else r["model_a"]) for r in tied]
         text += (
