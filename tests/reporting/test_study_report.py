@@ -158,7 +158,7 @@ def test_a_model_with_folds_missing_is_listed_after_the_complete_ones_and_not_ra
     md = build_report(d, n_boot=N_BOOT)["report_md"].read_text()
     headline = next(ln for ln in md.splitlines() if ln.startswith("> "))
     assert "Best: PSPNet" in headline and "Not ranked yet: UNet (1 of 2 folds, 6 patients)." in headline
-    assert "| 2 | UNet (1 of 2 folds) |" in md
+    assert "| 2 | UNet (1 of 2 folds) |" in md and "| UNet (1 of 2 folds) | " in md.split("Boundary and lesions")[1]
     assert "PSPNet has the highest mean per-patient Dice" in md and "UNet is not ranked yet" in md
     assert "than every other model" not in md  # the ranking leaves the incomplete UNet out
     # with no complete model at all, the leader is named as such

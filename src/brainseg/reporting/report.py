@@ -132,7 +132,7 @@ def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: f
           _epochs(r), _ms(r.get("inference_ms_per_slice"))] for r in board],
         caption="Cost" + (f" (training time summed over {n_folds} folds; epochs and inference time averaged)" if n_folds else ""),
     )
-    t5 = surface_table(board, surface_policy)
+    t5 = surface_table(board, surface_policy, n_folds)
     return [t1, t2, t3, t4] + ([t5] if t5 else [])
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from brainseg.reporting.comparison import Comparison
 from brainseg.reporting.formatting import display_name, fmt, fmt_p, join_words, to_number
 from brainseg.reporting.html import Block, Bullets, Heading, Para, Table
+from brainseg.reporting.leaderboard import board_label
 from brainseg.reporting.significance import verdict
 
 __all__ = [
@@ -91,13 +92,14 @@ def established_text(board: Sequence[Mapping[str, Any]], sig: Sequence[Mapping[s
     return text
 
 
-def surface_table(board: Sequence[Mapping[str, Any]], policy: Mapping[str, Any] | None = None) -> Table | None:
+def surface_table(board: Sequence[Mapping[str, Any]], policy: Mapping[str, Any] | None = None,
+                  n_folds: int = 0) -> Table | None:
     """Boundary, volume and lesion metrics per model, or None when no run has them."""
     if not any(not math.isnan(to_number(r.get("hd95_median"))) for r in board):
         return None
     unit = (policy or {}).get("distance_unit", "px")
     tol = (policy or {}).get("nsd_tolerance", 2.0)
-    rows = [[r["label"], fmt(r.get("hd95_median"), 2), fmt(r.get("hd95_mean"), 2), fmt(r.get("assd_mean"), 2),
+    rows = [[board_label(r, n_folds), fmt(r.get("hd95_median"), 2), fmt(r.get("hd95_mean"), 2), fmt(r.get("assd_mean"), 2),
              fmt(r.get("nsd_mean")), fmt(r.get("lesion_sensitivity")), fmt(r.get("fp_lesions_per_patient"), 2),
              fmt(r.get("vol_rel_err_median"))] for r in board]
     return Table(
