@@ -237,7 +237,12 @@ def plot_examples(
     title = "Example test slices (best, typical, worst by mean Dice over models)"
     if ex.rule:
         title = f"Example test slices: of {ex.rule}, the best, typical and worst by mean Dice over models"
-    fig.suptitle(title, fontsize=11 if not ex.rule else 9.5, fontweight="bold")
+    # wrapped to the figure's width (about 11 characters per inch at this size): with few models
+    # the pool's rule is wider than the three columns
+    import textwrap
+
+    width = max(30, int(panel * ncols * 11))
+    fig.suptitle("\n".join(textwrap.wrap(title, width)), fontsize=11 if not ex.rule else 9.5, fontweight="bold")
     return save_figure(fig, path, dpi=120)
 
 
