@@ -37,6 +37,7 @@ class DataConfig:
     gamma_max: float = 1.25  # augmentation: per-channel gamma drawn log-uniformly in [1/gamma_max, gamma_max]
     bias_field: float = 0.0  # augmentation: max amplitude of a smooth quadratic bias field; 0 → off
     seq_dropout: float = 0.0  # augmentation: probability of copying FLAIR into pre/post-contrast (as LGG does)
+    context: int = 0  # 2.5-D: k neighbouring slices on each side as extra input channels; 0 → off
     tumour_weight: float = 0.0  # >0: sample tumour slices this many times more often
     split_file: str | None = None  # a user's own splits.json; None → drawn from the seed
     val_fraction: float = 0.15
@@ -124,6 +125,7 @@ RULES: dict[str, Rule] = {
     "data.gamma_max": _at_least(1, " (gamma is drawn in [1/gamma_max, gamma_max])"),
     "data.bias_field": _at_least(0, " (0: off)"),
     "data.seq_dropout": _PROBABILITY,
+    "data.context": Rule(lambda v: 0 <= v <= 3, "an integer from 0 to 3 (neighbouring slices on each side; 0: off)"),
     "data.tumour_weight": _at_least(0),
     "data.val_fraction": _FRACTION,
     "data.test_fraction": _FRACTION,

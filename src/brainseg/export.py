@@ -81,16 +81,17 @@ def _quiet() -> Iterator[None]:
 
 
 def example_inputs(prep: dict[str, Any], batch: int, seed: int = 0) -> np.ndarray:
-    """Preprocessed model inputs (batch, C, S, S) float32 from seeded random uint8 slices."""
-    from brainseg.data.preprocess import preprocess_image
+    """Preprocessed model inputs (batch, C, S, S) float32 from seeded random uint8 slices (read as
+    one volume, with neighbours stacked, for a 2.5-D model)."""
+    from brainseg.data.preprocess import preprocess_image, stack_context
 
     rng = np.random.default_rng(seed)
     size, c = int(prep["size"]), int(prep["in_channels"])
     raw = rng.integers(0, 256, size=(batch, size, size, c), dtype=np.uint8)
     raw[:, : size // 8] = 0  # a background band, as in real slices (matters for z-score normalisation)
-    return np.stack([
+    return stack_context(np.stack([
         preprocess_image(img, size=size, in_channels=c, normalization=prep["normalization"]) for img in raw
-    ])
+    ]), int(prep.get("context", 0)))
 
 
 def _export_with(model: Any, x: Any, exporter: str, opset: int | None) -> bytes:
@@ -241,7 +242,9 @@ def export_onnx(
         raise BrainsegError(f"ONNX export of {ckpt.get('path', 'the checkpoint')} failed ({'; '.join(failures)}); "
                             "nothing was written")
     write_bytes_atomic(out, onnx_bytes)
-    size, c = int(prep["size"]), int(prep["in_channels"])
+    from brainseg.data.preprocess import model_channels
+
+    size, c = int(prep["size"]), model_channels(prep)
     return {
         "path": str(out),
         "bytes": len(onnx_bytes),

@@ -145,6 +145,10 @@ def input_contract(preprocessing: dict[str, Any]) -> dict[str, Any]:
             if three
             else "FLAIR is the model's only input"
         ),
+        "context": (
+            f"2.5-D: each slice is read with its {preprocessing['context']} neighbouring slice(s) on each side, "
+            "so whole volumes in slice order are needed" if preprocessing.get("context") else "none: each slice alone"
+        ),
     }
 
 

@@ -77,6 +77,11 @@ class SliceDataset(Dataset):
         augment: False, True (default `Augment()`), or an `Augment` instance.
         seed: augmentation seed.
         arrays: a ready cache `(images, masks)` from `load_arrays(records, size)`.
+        context: 2.5-D (see `brainseg.data.preprocess`): the image of item i is its slice's
+            k neighbours on each side within the same patient (the nearest existing slice
+            repeated at the ends of the volume), each augmented with the draws of item i — so the
+            same flip, rotation, zoom, intensity change and sequence dropout — and normalised,
+            stacked along the channels; the mask is item i's own.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class SliceDataset(Dataset):
         augment: bool | Augment = False,
         seed: int = 0,
         arrays: tuple[np.ndarray, np.ndarray] | None = None,
+        context: int = 0,
     ) -> None:
         if normalization not in NORMALIZATIONS:
             raise BrainsegError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
@@ -114,6 +120,8 @@ class SliceDataset(Dataset):
         self.has_tumour: np.ndarray = masks.reshape(n, -1).any(axis=1)
         self.patients = [r.patient for r in self.records]
         self.slices = [r.slice for r in self.records]
+        self.context = int(context)
+        self.neighbours = neighbour_table(self.patients, self.slices, self.context)
         # shared across DataLoader worker processes, so set_epoch reaches persistent workers
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -142,6 +150,17 @@ class SliceDataset(Dataset):
             raise IndexError(f"index {i} out of range for {len(self.records)} slices")
         image, mask = self.sample_arrays(i)
         x = normalize(select_channels(image, self.in_channels), self.normalization)
+        if self.context:
+            parts = []
+            for j in self.neighbours[i]:
+                if j == i:
+                    parts.append(x)
+                    continue
+                img = self.images[j]
+                if self.augment is not None:  # the same draws as item i: the same transform
+                    img, _ = self.augment(img, self.masks[j], np.random.default_rng([self.seed, self.epoch, i]))
+                parts.append(normalize(select_channels(img, self.in_channels), self.normalization))
+            x = np.concatenate(parts)
         y = np.ascontiguousarray(mask, dtype=np.float32)[None]
         return {
             "image": torch.from_numpy(x),
@@ -150,3 +169,22 @@ class SliceDataset(Dataset):
             "slice": self.slices[i],
             "index": i,
         }
+
+
+def neighbour_table(patients: Sequence[str], slices: Sequence[int], context: int) -> np.ndarray:
+    """(N, 2·context + 1) item positions of each item's neighbours −context … +context among the
+    items of the same patient, ordered by slice number (the nearest existing one at the ends)."""
+    from brainseg.data.preprocess import context_indices
+
+    n = len(patients)
+    table = np.repeat(np.arange(n)[:, None], 2 * context + 1, axis=1)
+    if not context or n == 0:
+        return table
+    by: dict[str, list[int]] = {}
+    for i, p in enumerate(patients):
+        by.setdefault(p, []).append(i)
+    for items in by.values():
+        items.sort(key=lambda i: slices[i])
+        order = np.asarray(items)
+        table[order] = order[context_indices(len(order), context)]
+    return table

@@ -18,6 +18,12 @@ Pipeline for one slice (H×W×C uint8, channels pre-contrast T1, FLAIR, post-con
      as the pixels where at least one selected channel is non-zero; the background (all channels
      zero) stays exactly 0. The std is floored at 1e-6·255 so a flat slice does not divide by zero;
      a slice with no non-zero pixel becomes all zeros.
+
+4. 2.5-D context (`context` = k > 0, off by default): each slice's input is followed and preceded
+   by its k neighbours in the volume, each preprocessed as above and stacked along the channels in
+   slice order (offsets −k … +k), so the model sees in_channels × (2k + 1) channels. At the ends of
+   a volume the nearest existing slice is repeated. A model with context therefore needs whole
+   volumes in slice order (`stack_context`), as evaluation, `predict` and the viewer give it.
 """
 
 from __future__ import annotations
@@ -151,10 +157,11 @@ def preprocess_image(
     return normalize(resize_image(hwc, size), normalization)
 
 
-def preprocessing_dict(size: int, in_channels: int, normalization: str) -> dict[str, Any]:
-    """The settings a checkpoint stores so that its inputs can be rebuilt with no other file."""
-    check_preprocessing({"size": size, "in_channels": in_channels, "normalization": normalization})
-    return {
+def preprocessing_dict(size: int, in_channels: int, normalization: str, context: int = 0) -> dict[str, Any]:
+    """The settings a checkpoint stores so that its inputs can be rebuilt with no other file
+    (`context` is recorded only when it is on, so older checkpoints read the same)."""
+    check_preprocessing({"size": size, "in_channels": in_channels, "normalization": normalization, "context": context})
+    d = {
         "version": PREPROCESSING_VERSION,
         "size": int(size),
         "in_channels": int(in_channels),
@@ -163,6 +170,34 @@ def preprocessing_dict(size: int, in_channels: int, normalization: str) -> dict[
         "image_resize": "bilinear (Pillow, antialiased when shrinking)",
         "mask_resize": "nearest",
     }
+    if context:
+        d["context"] = int(context)
+    return d
+
+
+MAX_CONTEXT = 3
+
+
+def model_channels(prep: dict[str, Any]) -> int:
+    """The number of input channels of the network: in_channels × (2·context + 1)."""
+    return int(prep["in_channels"]) * (2 * int(prep.get("context", 0)) + 1)
+
+
+def context_indices(n: int, context: int) -> np.ndarray:
+    """(n, 2·context + 1) positions of each slice's neighbours −context … +context in a volume of
+    n slices, the nearest existing slice repeated at the ends."""
+    offsets = np.arange(-context, context + 1)
+    return np.clip(np.arange(n)[:, None] + offsets[None, :], 0, max(n - 1, 0))
+
+
+def stack_context(x: np.ndarray, context: int) -> np.ndarray:
+    """Preprocessed slices of one volume (N, C, S, S), in slice order → (N, C·(2·context + 1), S, S):
+    each slice's neighbours stacked along the channels, offset −context first (see the module
+    docstring). context 0 returns `x` itself."""
+    if not context:
+        return x
+    n, c = x.shape[:2]
+    return np.ascontiguousarray(x[context_indices(n, context)].reshape(n, c * (2 * context + 1), *x.shape[2:]))
 
 
 def check_preprocessing(d: dict[str, Any], source: str = "preprocessing") -> dict[str, Any]:
@@ -177,4 +212,7 @@ def check_preprocessing(d: dict[str, Any], source: str = "preprocessing") -> dic
         raise BrainsegError(
             f"{source}: normalization must be one of {', '.join(NORMALIZATIONS)}, got {d['normalization']!r}"
         )
+    k = d.get("context", 0)
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 0 <= k <= MAX_CONTEXT:
+        raise BrainsegError(f"{source}: context must be an integer from 0 to {MAX_CONTEXT}, got {k!r}")
     return d

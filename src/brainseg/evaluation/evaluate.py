@@ -245,10 +245,11 @@ def evaluate_run(
 
 def _flops(predictor: Any, ckpt: dict[str, Any]) -> int | None:
     """Forward FLOPs per slice of the loaded model at its training size (None if not countable)."""
+    from brainseg.data.preprocess import model_channels
     from brainseg.models import count_flops
 
     prep = ckpt["preprocessing"]
     try:
-        return count_flops(predictor.models[0], int(prep["size"]), int(prep["in_channels"]))
+        return count_flops(predictor.models[0], int(prep["size"]), model_channels(prep))
     except Exception:  # FLOP counting is informative only; it must not fail an evaluation
         return None

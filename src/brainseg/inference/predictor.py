@@ -103,6 +103,8 @@ class Predictor:
         if len(channel_counts) > 1:
             raise BrainsegError(f"the ensemble mixes models with {sorted(channel_counts)} input channels")
         self.in_channels = channel_counts.pop()
+        # 2.5-D members read neighbouring slices: `predict` must then be given whole volumes in order
+        self.context = max(int(p.get("context", 0)) for p in self.preprocessing)
         self.forward_seconds = 0.0
         self.slices_seen = 0
 
@@ -125,7 +127,7 @@ class Predictor:
         ]
 
     def _prepare(self, images: np.ndarray, prep: dict[str, Any], source: str) -> torch.Tensor:
-        from brainseg.data.preprocess import preprocess_image
+        from brainseg.data.preprocess import preprocess_image, stack_context
 
         try:
             arr = [
@@ -136,7 +138,7 @@ class Predictor:
             ]
         except BrainsegError as exc:
             raise BrainsegError(f"{source}: {exc}") from None
-        return torch.from_numpy(np.stack(arr))
+        return torch.from_numpy(stack_context(np.stack(arr), int(prep.get("context", 0))))
 
     @torch.no_grad()
     def _forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -165,6 +167,9 @@ class Predictor:
         self, images: np.ndarray, *, source: str = "input", return_logits: bool = False
     ) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
         """Probabilities (N, H, W) float32 at the input's size for uint8 slices (N, H, W, C).
+
+        For a model with 2.5-D context (`self.context` > 0) the slices must be one volume in
+        slice order: each slice's input includes its neighbours in `images`.
 
         With `return_logits`, also the first model's logits at its own size (no TTA), which is
         what the training loss is computed on. `source` names the input in error messages.

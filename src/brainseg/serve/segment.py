@@ -188,9 +188,18 @@ class Segmenter:
         flips = FLIPS if self.tta else ((),)
         n, h, w = images.shape[:3]
         out = np.zeros((len(self.members) * len(flips), n, h, w), dtype=np.float32)
-        steps = max(1, len(self.members) * -(-n // CHUNK))
+        # a 2.5-D member reads each slice's neighbours: it gets the whole volume, one call per view
+        steps = max(1, sum(len(flips) if mb.context else -(-n // CHUNK) for mb in self.members))
         done = 0
         for m, member in enumerate(self.members):
+            if member.context:
+                for f, d in enumerate(flips):
+                    p = member.predict(np.ascontiguousarray(np.flip(images, d) if d else images), source=source)
+                    out[m * len(flips) + f] = np.flip(p, d) if d else p
+                    done += 1
+                    if progress:
+                        progress(done / steps)
+                continue
             for lo in range(0, n, CHUNK):
                 x = images[lo : lo + CHUNK]
                 # all views of a chunk in one call: one pass through the batch loop

@@ -159,7 +159,7 @@ def check_model_settings(cfg: RunConfig) -> None:
 
     kwargs = {k: v for k, v in model_kwargs_for(cfg).items() if k != "encoder_weights"}
     with torch.device("meta"):  # shapes only: no memory, no initialisation
-        model = create_model(cfg.model.name, in_channels=cfg.data.in_channels, **kwargs)
+        model = create_model(cfg.model.name, in_channels=cfg.data.in_channels * (2 * cfg.data.context + 1), **kwargs)
     model.check_input_size(cfg.data.size, cfg.data.size)
 
 
@@ -260,7 +260,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
             f"split {data.split.id} leaves {len(train_records)} training and {len(val_records)} validation "
             f"slices; the dataset at {data.root} is too small for these fractions"
         )
-    common = {"size": d.size, "in_channels": d.in_channels, "normalization": d.normalization}
+    common = {"size": d.size, "in_channels": d.in_channels, "normalization": d.normalization, "context": d.context}
     train_ds = SliceDataset(
         train_records, augment=augment_from_config(d), seed=cfg.train.seed, arrays=load_arrays(train_records, d.size), **common
     )
@@ -277,7 +277,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
         **loader_options(cfg, device),
     )
 
-    model = create_model(cfg.model.name, in_channels=d.in_channels, **model_kwargs_for(cfg))
+    model = create_model(cfg.model.name, in_channels=d.in_channels * (2 * d.context + 1), **model_kwargs_for(cfg))
     model.check_input_size(d.size, d.size)
     model.channels_last_everywhere = cfg.train.channels_last
     model.to(device)
@@ -299,7 +299,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
 
     meta = {
         "model": dict(model.config),
-        "preprocessing": preprocessing_dict(d.size, d.in_channels, d.normalization),
+        "preprocessing": preprocessing_dict(d.size, d.in_channels, d.normalization, d.context),
         "config": cfg.to_dict(),
         "split": data.split.to_dict(),
         "data_root": str(data.root),
