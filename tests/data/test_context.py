@@ -169,3 +169,21 @@ def test_a_context_model_exports_to_onnx_with_its_stacked_input(context_run: Pat
 
     report = export_onnx(context_run, tmp_path / "ctx.onnx")
     assert report["input"]["shape"] == ["batch", 9, 32, 32] and report["max_abs_diff"] < 1e-4
+
+
+def test_predict_says_when_a_context_model_gets_a_single_slice(context_run: Path, tiny_phantoms: Path,
+                                                                tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from brainseg.cli import main as cli_main
+
+    folder = sorted(p for p in tiny_phantoms.iterdir() if p.is_dir())[0]
+    one = tmp_path / "one.tif"
+    shutil.copy(sorted(f for f in folder.glob("*.tif") if not f.name.endswith("_mask.tif"))[0], one)
+    for src, out, noted in ((one, tmp_path / "o1", True), (folder, tmp_path / "o2", False)):
+        rc = cli_main(["predict", "-c", str(context_run), str(src), "--out", str(out), "--device", "cpu", "--quiet",
+                       "--overlays", "none"])
+        assert rc == 0
+        notes = json.loads((out / "predict.json").read_text())["notes"]
+        assert any("2.5-D" in n and "single slice" in n for n in notes) == noted

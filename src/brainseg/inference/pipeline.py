@@ -324,6 +324,13 @@ def predict_path(
                     announce(f"case {case.name} failed: {info['failed'][-1]['error']}")
                 continue
             n = len(data.images)
+            if n == 1 and getattr(predictor, "context", 0) and not any("2.5-D" in x for x in info["notes"]):
+                note = (f"the model is 2.5-D (it reads {predictor.context} neighbouring slice(s) on each side); "
+                        f"{case.name} is a single slice, so it stands in for its own neighbours: give whole "
+                        "volumes for the input the model was trained on")
+                info["notes"].append(note)
+                if announce:
+                    announce(note)
             pred = binarize(probs, pp)
             plan = plan_case(out, case, n)
             info["files_written"] += _write_case(out, case, data, plan, pred, overlays)
