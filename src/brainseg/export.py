@@ -2,7 +2,9 @@
 
 The ONNX model takes the *preprocessed* input, float32 ``image`` of shape (batch, C, S, S) with the
 checkpoint's size S, channels C and normalisation (all stored in the model's metadata as JSON
-under ``brainseg.preprocessing``), and returns ``logits`` (batch, 1, S, S): apply a sigmoid for
+under ``brainseg.preprocessing``; for a 2.5-D model, ``context`` k > 0 there, C is in_channels ×
+(2k + 1): each slice preprocessed with its k neighbours on each side, stacked along the channels
+in slice order, `brainseg.data.preprocess.stack_context`), and returns ``logits`` (batch, 1, S, S): apply a sigmoid for
 the tumour probability, then the threshold in ``brainseg.threshold``. The batch size is dynamic.
 
 Nothing is written unless ONNX Runtime's logits match PyTorch's on the same inputs, on two batch

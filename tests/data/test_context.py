@@ -187,3 +187,14 @@ def test_predict_says_when_a_context_model_gets_a_single_slice(context_run: Path
         assert rc == 0
         notes = json.loads((out / "predict.json").read_text())["notes"]
         assert any("2.5-D" in n and "single slice" in n for n in notes) == noted
+
+
+def test_pretrained_encoder_weights_and_context_are_refused_before_any_data_is_read(tmp_path: Path) -> None:
+    from brainseg.config import RunConfig
+    from brainseg.training.run import check_model_settings
+
+    cfg = RunConfig()
+    cfg.data.context = 1
+    cfg.model.kwargs = {"encoder_weights": str(tmp_path / "resnet.pt")}
+    with pytest.raises(BrainsegError, match="data.context=1 gives the network 9"):
+        check_model_settings(cfg)

@@ -158,10 +158,25 @@ def test_a_model_with_folds_missing_is_listed_after_the_complete_ones_and_not_ra
     md = build_report(d, n_boot=N_BOOT)["report_md"].read_text()
     headline = next(ln for ln in md.splitlines() if ln.startswith("> "))
     assert "Best: PSPNet" in headline and "Not ranked yet: UNet (1 of 2 folds, 6 patients)." in headline
-    assert "| 2 | UNet (1 of 2 folds) |" in md and "| UNet (1 of 2 folds) | " in md.split("Boundary and lesions")[1]
+    assert "| – | UNet (1 of 2 folds) |" in md and "| UNet (1 of 2 folds) | " in md.split("Boundary and lesions")[1]
     assert "PSPNet has the highest mean per-patient Dice" in md and "UNet is not ranked yet" in md
     assert "than every other model" not in md  # the ranking leaves the incomplete UNet out
+    from brainseg.reporting.comparison import read_table
+    from brainseg.reporting.report import leaderboard_text
+
+    text = leaderboard_text(read_table(d / "leaderboard.csv"))  # what `brainseg report` prints
+    assert " 1  PSPNet " in text and " –  UNet (1 fold)" in text
     # with no complete model at all, the leader is named as such
     shutil.rmtree(d / "runs" / "pspnet" / "fold1")
     md = build_report(d, n_boot=N_BOOT)["report_md"].read_text()
     assert "Leading so far: UNet" in next(ln for ln in md.splitlines() if ln.startswith("> "))
+
+
+def test_a_claim_on_fewer_patients_than_the_others_says_how_many() -> None:
+    from brainseg.reporting.significance import pair_claim
+
+    sig = [{"model_a": "unet", "model_b": "attention_unet", "better": "unet", "n": 54},
+           {"model_a": "unet", "model_b": "segnet", "better": "unet", "n": 33},
+           {"model_a": "segnet", "model_b": "attention_unet", "better": "attention_unet", "n": 33}]
+    assert [pair_claim(r, sig) for r in sig] == [
+        "UNet > Attention UNet", "UNet > SegNet (on 33 patients)", "Attention UNet > SegNet (on 33 patients)"]

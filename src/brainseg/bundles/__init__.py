@@ -74,12 +74,13 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * inter / total
 
 
-def fp16_check(ckpt: dict[str, Any], images: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+def fp16_check(ckpt: dict[str, Any], images: np.ndarray | Sequence[np.ndarray], threshold: float = 0.5) -> dict[str, Any]:
     """Compare float32 predictions with those of the same weights rounded to float16.
 
     Args:
         ckpt: a loaded checkpoint (float32 weights).
-        images: uint8 slices (N, H, W, C) to predict.
+        images: uint8 slices (N, H, W, C) to predict, or a list of such volumes (each in slice
+            order: a 2.5-D model reads each slice's neighbours), predicted one by one.
         threshold: mask threshold.
 
     Returns:
@@ -88,8 +89,10 @@ def fp16_check(ckpt: dict[str, Any], images: np.ndarray, threshold: float = 0.5)
     from brainseg.inference.predictor import Predictor
 
     half = dict(ckpt, state_dict=_half(ckpt["state_dict"]))
-    p32 = Predictor([ckpt], device="cpu").predict(images)
-    p16 = Predictor([half], device="cpu").predict(images)
+    volumes = [images] if isinstance(images, np.ndarray) else list(images)
+    full, rounded = Predictor([ckpt], device="cpu"), Predictor([half], device="cpu")
+    p32 = np.concatenate([full.predict(v) for v in volumes]) if volumes else np.zeros((0, 1, 1), np.float32)
+    p16 = np.concatenate([rounded.predict(v) for v in volumes]) if volumes else np.zeros((0, 1, 1), np.float32)
     diff = float(np.abs(p32 - p16).max()) if p32.size else 0.0
     dice = _dice(p32 >= threshold, p16 >= threshold)
     passed = diff <= FP16_TOLERANCE["max_abs_probability"] and dice >= FP16_TOLERANCE["mask_dice"]
@@ -183,7 +186,7 @@ def make_bundle(
         The metadata written.
     """
     from brainseg import __version__
-    from brainseg.data.lgg import read_image
+    from brainseg.data.lgg import SLICE_RE, read_image
     from brainseg.training.checkpoint import load_checkpoint, save_checkpoint
 
     dirs = [Path(p) for p in check_patients]
@@ -195,8 +198,15 @@ def make_bundle(
     ckpt = load_checkpoint(checkpoint)
     if eval_overrides:
         ckpt["config"] = {**ckpt["config"], "eval": {**ckpt["config"].get("eval", {}), **eval_overrides}}
-    images = np.stack([read_image(f) for d in dirs for f in sorted(d.glob("*.tif")) if not f.name.endswith("_mask.tif")])
-    fp16 = fp16_check(ckpt, images, float(ckpt["config"]["eval"]["threshold"]))
+    def slice_no(f: Path) -> int:
+        m = SLICE_RE.match(f.name)
+        return int(m["n"]) if m else -1
+
+    # one volume per check patient, in slice order (not the name order _1, _10, _2: a 2.5-D
+    # model reads each slice's neighbours)
+    volumes = [np.stack([read_image(f) for f in sorted((f for f in d.glob("*.tif") if not f.name.endswith("_mask.tif")),
+                                                        key=slice_no)]) for d in dirs]
+    fp16 = fp16_check(ckpt, volumes, float(ckpt["config"]["eval"]["threshold"]))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / WEIGHTS, inference_checkpoint(ckpt, fp16=fp16["passed"]))
@@ -210,7 +220,7 @@ def make_bundle(
         "brainseg_version": __version__,
         "architecture": {"name": ckpt["model"]["name"], "arguments": ckpt["model"], "params": ckpt.get("params")},
         "weights": {"file": WEIGHTS, "dtype": "float16" if fp16["passed"] else "float32",
-                    "fp16_check": {**fp16, "tolerance": FP16_TOLERANCE, "slices": int(len(images))}},
+                    "fp16_check": {**fp16, "tolerance": FP16_TOLERANCE, "slices": sum(len(v) for v in volumes)}},
         "input": input_contract(ckpt["preprocessing"]),
         "preprocessing": ckpt["preprocessing"],
         "eval": cfg["eval"],

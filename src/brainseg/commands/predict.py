@@ -47,7 +47,8 @@ channel rule (--channels): models take 3 channels (pre-contrast, FLAIR, post-con
 
 NIfTI: reoriented from the affine to the model's axial view (rows anterior to posterior, columns
 patient right to left, slices inferior to superior; axes permuted and flipped, never resampled),
-segmented slice by slice, and the mask written back in the file's own orientation and shape (slice
+segmented slice by slice (a 2.5-D model, data.context > 0, reads each slice with its
+neighbours in the volume), and the mask written back in the file's own orientation and shape (slice
 numbers in volumes.csv count in the model's order); a 4-D volume X×Y×Z×3 holds the three
 channels. Intensities that are not uint8 are scaled per channel to 0-255 (volume minimum → 0,
 99.5th percentile of the voxels above it → 255). Voxel sizes (mm² and mL in volumes.csv) come

@@ -60,7 +60,8 @@ class SliceDataset(Dataset):
     """Training/validation samples from cached slices, each tagged with its patient and slice.
 
     `__getitem__(i)` returns a dict:
-        image: float32 tensor (in_channels, size, size), normalised (see `brainseg.data.preprocess`);
+        image: float32 tensor (in_channels × (2·context + 1), size, size), normalised (see
+            `brainseg.data.preprocess`);
         mask: float32 tensor (1, size, size) with values {0, 1};
         patient: patient folder name; slice: slice number; index: i.
 

@@ -69,6 +69,15 @@ def _min_wilcoxon_p(n: int) -> float:
     return min(1.0, 2.0 / 2.0**n) if n > 0 else 1.0
 
 
+def pair_claim(r: Mapping[str, Any], sig: Sequence[Mapping[str, Any]]) -> str:
+    """"UNet > SegNet", with "(on 33 patients)" where the pair has fewer patients in common than
+    the best-paired one (a model whose folds are not all evaluated)."""
+    worse = r["model_b"] if r["better"] == r["model_a"] else r["model_a"]
+    most = max((int(x["n"]) for x in sig), default=0)
+    return f"{display_name(r['better'])} > {display_name(worse)}" + (
+        f" (on {int(r['n'])} patients)" if int(r["n"]) < most else "")
+
+
 def verdict(
     board: Sequence[Mapping[str, Any]], sig: Sequence[Mapping[str, Any]], *, alpha: float = 0.05,
     confidence: float = 0.95,
@@ -122,7 +131,7 @@ def verdict(
             f"(Holm-corrected Wilcoxon, α = {alpha}), so the data do not single out one best model. "
         )
     if real:
-        pairs = [f"{display_name(r['better'])} > {display_name(r['model_b'] if r['better'] == r['model_a'] else r['model_a'])}" for r in real]
+        pairs = [pair_claim(r, sig) for r in real]
         text += f"Real differences: {join_words(pairs)}. "
     else:
         text += "No difference between models is significant. "

@@ -15,7 +15,7 @@ from brainseg.reporting.comparison import Comparison
 from brainseg.reporting.formatting import display_name, fmt, fmt_p, join_words, to_number
 from brainseg.reporting.html import Block, Bullets, Heading, Para, Table
 from brainseg.reporting.leaderboard import board_label
-from brainseg.reporting.significance import verdict
+from brainseg.reporting.significance import pair_claim, verdict
 
 __all__ = [
     "LEAKY_REFERENCE",
@@ -71,8 +71,7 @@ def established_text(board: Sequence[Mapping[str, Any]], sig: Sequence[Mapping[s
     tied = [r for r in sig if not r["significant"]]
 
     def pair(r: Mapping[str, Any]) -> str:
-        worse = r["model_b"] if r["better"] == r["model_a"] else r["model_a"]
-        return f"{display_name(r['better'])} > {display_name(worse)}"
+        return pair_claim(r, sig)
 
     text = f"What these results establish, on {n} patients from {design}: "
     if real:

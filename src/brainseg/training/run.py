@@ -158,6 +158,11 @@ def check_model_settings(cfg: RunConfig) -> None:
     from brainseg.models import create_model
 
     kwargs = {k: v for k, v in model_kwargs_for(cfg).items() if k != "encoder_weights"}
+    if cfg.data.context and model_kwargs_for(cfg).get("encoder_weights"):
+        raise BrainsegError(
+            f"model.kwargs.encoder_weights: a pretrained encoder's first layer takes {cfg.data.in_channels} channel(s), "
+            f"but data.context={cfg.data.context} gives the network {cfg.data.in_channels * (2 * cfg.data.context + 1)}; "
+            "train a 2.5-D model from scratch (data.context=0 to use the weights)")
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = create_model(cfg.model.name, in_channels=cfg.data.in_channels * (2 * cfg.data.context + 1), **kwargs)
     model.check_input_size(cfg.data.size, cfg.data.size)
