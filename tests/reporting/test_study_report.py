@@ -180,3 +180,15 @@ def test_a_claim_on_fewer_patients_than_the_others_says_how_many() -> None:
            {"model_a": "segnet", "model_b": "attention_unet", "better": "attention_unet", "n": 33}]
     assert [pair_claim(r, sig) for r in sig] == [
         "UNet > Attention UNet", "UNet > SegNet (on 33 patients)", "Attention UNet > SegNet (on 33 patients)"]
+
+
+def test_a_protocol_model_with_no_run_folder_gets_one_note(tmp_path) -> None:
+    d = make_comparison(tmp_path / "cmp", models=("unet",), folds=2, n_patients=8)
+    protocol = json.loads((d / "protocol.json").read_text())
+    protocol["models"].append("pspnet")
+    (d / "protocol.json").write_text(json.dumps(protocol))
+    notes = load_comparison(d).notes
+    assert [n for n in notes if "pspnet" in n] == [f"pspnet: not run yet (no {d / 'runs' / 'pspnet'}); left out."]
+    (d / "runs" / "pspnet" / "fold0").mkdir(parents=True)  # begun: each fold's state is named
+    notes = load_comparison(d).notes
+    assert sum("pspnet fold" in n for n in notes) == 2

@@ -169,7 +169,12 @@ def load_comparison(cmp_dir: str | Path) -> Comparison:
     runs: dict[str, list[RunFiles]] = {}
     for m in models:
         dirs = [(k, d / "runs" / m / f"fold{k}") for k in range(n_folds)] if n_folds else [(None, d / "runs" / m)]
-        loaded = [r for k, rd in dirs if (r := _load_run(m, k, rd, notes)) is not None]
+        mine: list[str] = []
+        loaded = [r for k, rd in dirs if (r := _load_run(m, k, rd, mine)) is not None]
+        # a model with no run folder at all is not run yet: one note, not one per fold
+        if not loaded and not any(rd.exists() for _, rd in dirs):
+            mine = [f"{m}: not run yet (no {d / 'runs' / m}); left out."]
+        notes += mine
         if loaded:
             runs[m] = loaded
             if n_folds and len(loaded) < n_folds:
