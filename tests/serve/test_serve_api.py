@@ -316,3 +316,29 @@ def test_png_patient_zip_gives_png_masks(client, tiny_phantoms) -> None:
     got = np.stack([np.asarray(Image.open(io.BytesIO(z.read(n)))) == 255 for n in masks])
     assert int(got.sum()) == job["figures"]["volume_px"]
     assert got.reshape(len(got), -1).sum(1).tolist() == job["figures"]["slice_area_px"]
+
+
+def test_a_single_slice_upload_to_a_2_5_d_model_is_noted(tiny_phantoms, tmp_path) -> None:
+    import torch
+    from fastapi.testclient import TestClient
+
+    from brainseg.data.preprocess import preprocessing_dict
+    from brainseg.models import create_model
+    from brainseg.serve.app import create_app
+    from brainseg.serve.jobs import JobStore
+    from brainseg.serve.segment import Segmenter
+
+    torch.manual_seed(0)
+    model = create_model("unet", in_channels=9, width=4)  # untrained: only the note is checked
+    ckpt = {"model": dict(model.config), "state_dict": model.state_dict(), "config": {},
+            "preprocessing": preprocessing_dict(32, 3, "unit", context=1)}
+    store = JobStore(tmp_path / "w", Segmenter([ckpt], tta=False), workers=1)
+    one = sorted(f for f in patient_folders(tiny_phantoms)[0].glob("*.tif") if not f.name.endswith("_mask.tif"))[0]
+    with TestClient(create_app(store)) as c:
+        job = wait_done(c, upload(c, one.name, one.read_bytes()).json()["id"])
+        assert job["status"] == "done" and job["n_slices"] == 1
+        assert any("2.5-D" in n and "single slice" in n for n in job["notes"])
+        folder = patient_folders(tiny_phantoms)[0]
+        whole = wait_done(c, upload(c, "p.zip", zip_folder(folder)).json()["id"])
+        assert whole["status"] == "done" and not any("2.5-D" in n for n in whole["notes"])
+    store.shutdown()

@@ -325,9 +325,9 @@ def predict_path(
                 continue
             n = len(data.images)
             if n == 1 and getattr(predictor, "context", 0) and not any("2.5-D" in x for x in info["notes"]):
-                note = (f"the model is 2.5-D (it reads {predictor.context} neighbouring slice(s) on each side); "
-                        f"{case.name} is a single slice, so it stands in for its own neighbours: give whole "
-                        "volumes for the input the model was trained on")
+                from brainseg.inference.predictor import single_slice_note
+
+                note = single_slice_note(predictor.context, case.name)
                 info["notes"].append(note)
                 if announce:
                     announce(note)

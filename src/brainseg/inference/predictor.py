@@ -65,6 +65,12 @@ def match_channels(images: np.ndarray, in_channels: int, rule: str, source: str)
     return images
 
 
+def single_slice_note(context: int, name: str) -> str:
+    """What a 2.5-D model's user is told when a case is one slice (it stands in for its neighbours)."""
+    return (f"the model is 2.5-D (it reads {context} neighbouring slice(s) on each side); {name} is a single slice, "
+            "so it stands in for its own neighbours: give whole volumes for the input the model was trained on")
+
+
 class Predictor:
     """Mean sigmoid probability of one or more checkpoints, optionally with flip TTA.
 

@@ -148,6 +148,13 @@ class JobStore:
         def progress(f: float) -> None:
             job.progress = 0.95 * f
 
+        context = max(m.context for m in self.segmenter.members)
+        if context and len(job.data.images) == 1:
+            import dataclasses
+
+            from brainseg.inference.predictor import single_slice_note
+
+            job.data = dataclasses.replace(job.data, notes=(*job.data.notes, single_slice_note(context, job.case.name)))
         try:
             result = self.segmenter.segment(job.data.images, job.data.spacing, job.case.name, progress)
             job.seconds["segment"] = round(time.perf_counter() - t0, 3)
