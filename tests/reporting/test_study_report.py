@@ -192,3 +192,16 @@ def test_a_protocol_model_with_no_run_folder_gets_one_note(tmp_path) -> None:
     (d / "runs" / "pspnet" / "fold0").mkdir(parents=True)  # begun: each fold's state is named
     notes = load_comparison(d).notes
     assert sum("pspnet fold" in n for n in notes) == 2
+
+
+def test_the_robustness_section_names_the_models_not_yet_perturbed(tmp_path) -> None:
+    from fake_comparison import add_robustness
+
+    d = make_comparison(tmp_path / "cmp", models=("unet", "segnet", "pspnet"), folds=2, n_patients=8)
+    add_robustness(d, models=("segnet",))
+    md = build_report(d, n_boot=N_BOOT)["report_md"].read_text()
+    section = md.split("## Robustness")[1].split("\n## ")[0]
+    assert "Not yet run under the perturbations: UNet, PSPNet (" in section
+    add_robustness(d, models=("segnet", "unet", "pspnet"))
+    md = build_report(d, n_boot=N_BOOT)["report_md"].read_text()
+    assert "Not yet run under the perturbations" not in md

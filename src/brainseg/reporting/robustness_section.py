@@ -12,7 +12,7 @@ from pathlib import Path
 
 from brainseg.reporting.comparison import read_table
 from brainseg.reporting.formatting import display_name, fmt, to_number
-from brainseg.reporting.html import Block, Figure, Heading, Table
+from brainseg.reporting.html import Block, Figure, Heading, Para, Table
 
 
 def _f(v: object, d: int = 3) -> str:
@@ -40,6 +40,7 @@ def robustness_blocks(
         return [], None
     from brainseg.reporting.plots import plot_robustness
 
+    compared = list(labels)
     labels = {**{str(r["model"]): display_name(str(r["model"])) for r in rows}, **labels}
     colors = dict(colors)
     from brainseg.reporting.plots import model_colors
@@ -54,8 +55,15 @@ def robustness_blocks(
         vals = {str(r["model"]): r["dice_patient"] for r in rows
                 if (str(r["perturbation"]), r["severity"], str(r.get("parameter", ""))) == (p, sev, par)}
         table_rows.append([p, _f(sev, 0) if not math.isnan(sev) else "–", par or "–"] + [_f(vals.get(m)) for m in models])
-    blocks: list[Block] = [
-        Heading("Robustness"),
+    # the compared models (labels' keys, in the board's order) that have no rows here yet
+    absent = [labels[m] for m in compared if m not in models]
+    blocks: list[Block] = [Heading("Robustness")]
+    if absent:
+        blocks.append(Para(
+            f"Not yet run under the perturbations: {', '.join(absent)} (`brainseg compare … --robustness quick` on a "
+            "machine with their checkpoints adds them; a model whose result files are committed is trained again "
+            "for them, checked epoch for epoch).", "note"))
+    blocks += [
         Figure(fig, "Per-patient Dice on the test patients as each perturbation grows stronger, one line per model.",
                "robustness"),
         Table(["Perturbation", "Severity", "Parameter"] + [labels[m] for m in models], table_rows, align="lll" + "r" * len(models),
