@@ -165,7 +165,7 @@ def test_a_model_with_folds_missing_is_listed_after_the_complete_ones_and_not_ra
     from brainseg.reporting.report import leaderboard_text
 
     text = leaderboard_text(read_table(d / "leaderboard.csv"))  # what `brainseg report` prints
-    assert " 1  PSPNet " in text and " –  UNet (1 fold)" in text
+    assert " 1  PSPNet " in text and " –  UNet (1 fold) " in text
     # with no complete model at all, the leader is named as such
     shutil.rmtree(d / "runs" / "pspnet" / "fold1")
     md = build_report(d, n_boot=N_BOOT)["report_md"].read_text()

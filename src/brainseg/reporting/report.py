@@ -163,11 +163,11 @@ def _partial(r: Mapping[str, Any]) -> bool:
 
 def leaderboard_text(board: Sequence[Mapping[str, Any]], confidence: float = 0.95) -> str:
     """A compact fixed-width leaderboard for the terminal (`confidence`: the intervals' level)."""
-    head = f"{'#':>2}  {'model':<16}{f'Dice per patient [{confidence:.0%} CI]':<28}{'IoU':>7}{'recall':>8}{'precision':>10}{'loss':>8}{'params':>10}{'train':>9}"
+    head = f"{'#':>2}  {'model':<22}{f'Dice per patient [{confidence:.0%} CI]':<28}{'IoU':>7}{'recall':>8}{'precision':>10}{'loss':>8}{'params':>10}{'train':>9}"
     lines = [head, "-" * len(head)]
     for r in board:
         lines.append(
-            f"{'–' if _partial(r) else int(r['rank']):>2}  {_text_label(r):<16}{fmt_ci(r, 'dice_patient'):<28}{_f(r.get('iou_patient')):>7}"
+            f"{'–' if _partial(r) else int(r['rank']):>2}  {_text_label(r):<21} {fmt_ci(r, 'dice_patient'):<28}{_f(r.get('iou_patient')):>7}"
             f"{_f(r.get('recall_patient')):>8}{_f(r.get('precision_patient')):>10}{_f(r.get('loss')):>8}"
             f"{fmt_count(r.get('params')):>10}{fmt_seconds(r.get('train_seconds')):>9}"
         )
