@@ -186,7 +186,8 @@ def make_bundle(
         The metadata written.
     """
     from brainseg import __version__
-    from brainseg.data.lgg import SLICE_RE, read_image
+    from brainseg.inference.inputs import discover_inputs
+    from brainseg.inference.readers import read_case
     from brainseg.training.checkpoint import load_checkpoint, save_checkpoint
 
     dirs = [Path(p) for p in check_patients]
@@ -198,14 +199,9 @@ def make_bundle(
     ckpt = load_checkpoint(checkpoint)
     if eval_overrides:
         ckpt["config"] = {**ckpt["config"], "eval": {**ckpt["config"].get("eval", {}), **eval_overrides}}
-    def slice_no(f: Path) -> int:
-        m = SLICE_RE.match(f.name)
-        return int(m["n"]) if m else -1
-
-    # one volume per check patient, in slice order (not the name order _1, _10, _2: a 2.5-D
-    # model reads each slice's neighbours)
-    volumes = [np.stack([read_image(f) for f in sorted((f for f in d.glob("*.tif") if not f.name.endswith("_mask.tif")),
-                                                        key=slice_no)]) for d in dirs]
+    # one volume per check patient, read as `predict` reads a patient folder: in slice order (not
+    # the name order _1, _10, _2: a 2.5-D model reads each slice's neighbours)
+    volumes = [read_case(discover_inputs(d).cases[0]).images for d in dirs]
     fp16 = fp16_check(ckpt, volumes, float(ckpt["config"]["eval"]["threshold"]))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
