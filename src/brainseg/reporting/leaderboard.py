@@ -215,11 +215,17 @@ def leaderboard(cmp: Comparison, *, n_boot: int = 2000, confidence: float = 0.95
     return ranked
 
 
+def is_partial(row: Mapping[str, Any]) -> bool:
+    """The row's `partial` flag, in memory (bool) or read back from leaderboard.csv (1.0, or NaN
+    where the comparison has no folds)."""
+    return to_number(row.get("partial")) == 1.0
+
+
 def complete_rows(board: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The board's models with every fold evaluated (all of them when none is `partial`)."""
-    return [r for r in board if not r.get("partial")]
+    return [r for r in board if not is_partial(r)]
 
 
 def board_label(row: Mapping[str, Any], n_folds: int) -> str:
     """The model's name, with "(k of n folds)" when its folds are not all evaluated."""
-    return f"{row['label']} ({row.get('n_folds', 0)} of {n_folds} folds)" if row.get("partial") else str(row["label"])
+    return f"{row['label']} ({row.get('n_folds', 0)} of {n_folds} folds)" if is_partial(row) else str(row["label"])

@@ -38,6 +38,7 @@ from brainseg.reporting.leaderboard import (
     BOARD_METRICS,
     board_label,
     complete_rows,
+    is_partial,
     leaderboard,
     leaderboard_columns,
     per_patient_values,
@@ -93,7 +94,7 @@ def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: f
         head.append(f"HD95 median ({(surface_policy or {}).get('distance_unit', 'px')})")
     rows = []
     for r in board:
-        row = ["–" if r.get("partial") else str(r["rank"]), board_label(r, n_folds), fmt_ci(r, "dice_patient"), _f(r.get("dice_patient_median"))]
+        row = ["–" if is_partial(r) else str(r["rank"]), board_label(r, n_folds), fmt_ci(r, "dice_patient"), _f(r.get("dice_patient_median"))]
         row += [fmt_ci(r, f"{m}_patient") for m in ("iou", "recall", "precision")]
         row.append(_f(r.get("loss")))
         if has_hd95:
@@ -110,8 +111,8 @@ def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: f
         caption=(f"Per patient volume: mean over {board[0]['n_patients'] if board else 0} test patients{pooled} "
                  f"[{confidence:.0%} bootstrap CI over patients]; loss = training loss ({loss_name or 'n/a'}) on the test split. "
                  "Ranked by Dice" + ("; a model with folds not yet evaluated (–) is listed after the complete ones, "
-                                    "unranked, as its patients are fewer." if any(r.get("partial") for r in board)
-                                    and not all(r.get("partial") for r in board) else ".")),
+                                    "unranked, as its patients are fewer." if any(map(is_partial, board))
+                                    and not all(map(is_partial, board)) else ".")),
     )
     t2 = Table(
         ["Model", "Dice / slice", "IoU / slice", "Recall / slice", "Precision / slice",
@@ -149,16 +150,10 @@ def leaderboard_markdown(board: Sequence[Mapping[str, Any]], n_folds: int, confi
 def _text_label(r: Mapping[str, Any]) -> str:
     """The model's name, "(3 folds)" after it when its folds are not all evaluated (as read back
     from leaderboard.csv, which does not hold the planned number)."""
-    if not _partial(r):
+    if not is_partial(r):
         return str(r["label"])
     k = int(to_number(r.get("n_folds")))
     return f"{r['label']} ({k} fold{'' if k == 1 else 's'})"
-
-
-def _partial(r: Mapping[str, Any]) -> bool:
-    """The row's `partial` flag, in memory (bool) or read back from leaderboard.csv (1.0, or NaN
-    where the comparison has no folds)."""
-    return to_number(r.get("partial")) == 1.0
 
 
 def leaderboard_text(board: Sequence[Mapping[str, Any]], confidence: float = 0.95) -> str:
@@ -167,7 +162,7 @@ def leaderboard_text(board: Sequence[Mapping[str, Any]], confidence: float = 0.9
     lines = [head, "-" * len(head)]
     for r in board:
         lines.append(
-            f"{'–' if _partial(r) else int(r['rank']):>2}  {_text_label(r):<21} {fmt_ci(r, 'dice_patient'):<28}{_f(r.get('iou_patient')):>7}"
+            f"{'–' if is_partial(r) else int(r['rank']):>2}  {_text_label(r):<21} {fmt_ci(r, 'dice_patient'):<28}{_f(r.get('iou_patient')):>7}"
             f"{_f(r.get('recall_patient')):>8}{_f(r.get('precision_patient')):>10}{_f(r.get('loss')):>8}"
             f"{fmt_count(r.get('params')):>10}{fmt_seconds(r.get('train_seconds')):>9}"
         )
@@ -366,7 +361,7 @@ def _device(cmp: Comparison) -> str:
 
 def _partial_note(board: Sequence[Mapping[str, Any]], n_folds: int) -> str:
     """" Not ranked yet: SegNet (2 of 5 folds, 22 patients)." for the models whose folds are not all in."""
-    part = [r for r in board if r.get("partial")]
+    part = [r for r in board if is_partial(r)]
     if not part or len(part) == len(board):
         return ""
     names = ", ".join(f"{r['label']} ({r.get('n_folds', 0)} of {n_folds} folds, {r['n_patients']} patients)" for r in part)

@@ -8,7 +8,7 @@ from typing import Any
 
 from brainseg.reporting.comparison import Comparison
 from brainseg.reporting.formatting import display_name, fmt_p, join_words
-from brainseg.reporting.leaderboard import complete_rows, per_patient_values
+from brainseg.reporting.leaderboard import complete_rows, is_partial, per_patient_values
 
 __all__ = ["SIGNIFICANCE_COLUMNS", "significance", "significance_sentence", "verdict"]
 
@@ -89,7 +89,7 @@ def verdict(
     if not board:
         return "No model has results."
     # models with folds not yet evaluated are scored on fewer patients: the ranking is over the rest
-    part = [r for r in board if r.get("partial")] if complete_rows(board) else []
+    part = [r for r in board if is_partial(r)] if complete_rows(board) else []
     board = complete_rows(board) or list(board)
     ranked = {str(r["model"]) for r in board}
     best = board[0]

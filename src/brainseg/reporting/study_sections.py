@@ -14,7 +14,7 @@ from typing import Any
 from brainseg.reporting.comparison import Comparison
 from brainseg.reporting.formatting import display_name, fmt, fmt_p, join_words, to_number
 from brainseg.reporting.html import Block, Bullets, Heading, Para, Table
-from brainseg.reporting.leaderboard import board_label
+from brainseg.reporting.leaderboard import board_label, is_partial
 from brainseg.reporting.significance import pair_claim, verdict
 
 __all__ = [
@@ -114,7 +114,7 @@ def surface_table(board: Sequence[Mapping[str, Any]], policy: Mapping[str, Any] 
 
 def _rank(row: Mapping[str, Any], n_folds: int) -> str:
     """"#2", or "2 of 5 folds" for a model whose folds are not all evaluated (not ranked yet)."""
-    return f"{row.get('n_folds', 0)} of {n_folds} folds" if row.get("partial") else f"#{row['rank']}"
+    return f"{row.get('n_folds', 0)} of {n_folds} folds" if is_partial(row) else f"#{row['rank']}"
 
 
 def beside_blocks(cmp: Comparison, board: Sequence[Mapping[str, Any]]) -> list[Block]:
