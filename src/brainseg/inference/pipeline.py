@@ -310,6 +310,7 @@ def predict_path(
         cases = tqdm(cases, desc="predicting", unit="case", leave=False, mininterval=1.0, file=sys.stderr)
     t0 = time.perf_counter()
     first_error: BaseException | None = None
+    single_noted = False  # a 2.5-D model given a one-slice case: said once per call
     try:
         for case in cases:
             try:
@@ -324,9 +325,10 @@ def predict_path(
                     announce(f"case {case.name} failed: {info['failed'][-1]['error']}")
                 continue
             n = len(data.images)
-            if n == 1 and getattr(predictor, "context", 0) and not any("2.5-D" in x for x in info["notes"]):
+            if n == 1 and predictor.context and not single_noted:
                 from brainseg.inference.predictor import single_slice_note
 
+                single_noted = True
                 note = single_slice_note(predictor.context, case.name)
                 info["notes"].append(note)
                 if announce:
