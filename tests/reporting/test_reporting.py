@@ -140,6 +140,8 @@ def test_significance_matches_scipy(single):
     d, written = single
     sig = _csv(written["significance_csv"])
     assert len(sig) == 3
+    md_lines = written["report_md"].read_text().splitlines()
+    assert any("Median Δ" in line for line in md_lines)
     ranked = [r["model"] for r in _csv(written["leaderboard_csv"])]
     scipy_p: dict[tuple[str, str], float] = {}
     for s in sig:
@@ -150,6 +152,10 @@ def test_significance_matches_scipy(single):
         res = sps.wilcoxon([a[k] for k in keys], [b[k] for k in keys])
         assert float(s["p"]) == pytest.approx(res.pvalue, rel=1e-5)
         assert float(s["mean_diff"]) == pytest.approx(np.mean([a[k] - b[k] for k in keys]), rel=1e-4)
+        # the report's table shows the median difference beside the mean's interval
+        median = float(np.median([a[k] - b[k] for k in keys]))
+        row = next(line for line in md_lines if line.startswith(f"| {display_name(s['model_a'])} vs {display_name(s['model_b'])} |"))
+        assert row.split("|")[5].strip() == f"{median:+.3f}"
         scipy_p[(s["model_a"], s["model_b"])] = res.pvalue
     # Holm's step-down adjustment by hand from SciPy's p-values: the i-th smallest of m is
     # max over j ≤ i of min(1, (m − j)·p_(j)); a pair is real when that is below α = 0.05.

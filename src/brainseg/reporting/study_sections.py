@@ -47,14 +47,20 @@ def significance_blocks(
     rows = [
         [f"{r['label_a']} vs {r['label_b']}", str(r["n"]), f"{r['mean_diff']:+.3f}",
          f"{r['ci_low']:+.3f} to {r['ci_high']:+.3f}" if not math.isnan(r["ci_low"]) else "–",
+         f"{r['median_diff']:+.3f}" if not math.isnan(r.get("median_diff", math.nan)) else "–",
          fmt_p(r["p"]), fmt_p(r["p_holm"]),
          (display_name(r["better"]) + " better") if r["significant"] else "not distinguishable"]
         for r in sig
     ]
     blocks.append(Table(
-        ["Pair (A vs B)", "Patients", "Mean Δ Dice (A − B)", f"{confidence:.0%} CI of Δ", "p (Wilcoxon)", "p (Holm)", "Verdict"],
-        rows, align="lrrrrrl",
-        caption=f"Paired Wilcoxon signed-rank tests on per-patient Dice, Holm-corrected over {len(sig)} pairs (α = {alpha})",
+        ["Pair (A vs B)", "Patients", "Mean Δ Dice (A − B)", f"{confidence:.0%} CI of mean Δ", "Median Δ",
+         "p (Wilcoxon)", "p (Holm)", "Verdict"],
+        rows, align="lrrrrrrl",
+        caption=f"Paired Wilcoxon signed-rank tests on per-patient Dice, Holm-corrected over {len(sig)} pairs (α = {alpha}). "
+                "The interval is a bootstrap over patients of the mean difference; the signed-rank test asks whether "
+                "one model scores higher patient by patient. A few patients with large differences can put 0 inside "
+                "the mean's interval while most patients favour one model (or the reverse), so the two can disagree: "
+                "the verdict follows the test",
     ))
     blocks.append(Bullets([r["statement"] for r in sig]))
     return blocks
