@@ -121,7 +121,7 @@ _PROBABILITY = Rule(lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")
 RULES: dict[str, Rule] = {
     "data.size": _at_least(1, " (pixels; each model also needs a multiple of its size divisor)"),
     "data.in_channels": _one_of(1, 3),
-    "data.normalization": _one_of("unit", "zscore"),
+    "data.normalization": _one_of("unit", "zscore", "rank"),
     "data.gamma_max": _at_least(1, " (gamma is drawn in [1/gamma_max, gamma_max])"),
     "data.bias_field": _at_least(0, " (0: off)"),
     "data.seq_dropout": _PROBABILITY,

@@ -81,6 +81,34 @@ def test_zscore_normalisation_over_brain_pixels() -> None:
     assert np.isfinite(flat).all() and (flat == 0).all()
 
 
+def test_rank_normalisation_matches_scipy_ranks_through_the_normal_quantile() -> None:
+    rng = np.random.default_rng(5)
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[5:35, 8:30] = rng.integers(0, 60, (30, 22, 3), dtype=np.uint8)  # many ties, some zeros in the brain
+    img[5:35, 8:30, 0] |= 1  # at least one channel non-zero: the whole block is brain
+    x = normalize(img, "rank")
+    brain = (img != 0).any(axis=2)
+    n = int(brain.sum())
+    for c in range(3):
+        vals = img[:, :, c][brain].astype(np.float64)
+        u = (stats.rankdata(vals, method="average") - 0.5) / n  # mid-rank of each value among the brain's
+        np.testing.assert_allclose(x[c][brain], stats.norm.ppf(u), atol=1e-5)
+        assert (x[c][~brain] == 0).all()
+    assert (normalize(np.zeros((8, 8, 3), np.uint8), "rank") == 0).all()  # no brain: zeros, no NaN
+    flat = normalize(np.full((8, 8, 3), 9, np.uint8), "rank")
+    assert np.isfinite(flat).all() and np.allclose(flat, 0.0, atol=1e-6)  # all values tied: the median, 0
+
+
+def test_rank_normalisation_ignores_increasing_intensity_changes_that_zscore_follows() -> None:
+    rng = np.random.default_rng(6)
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[4:28, 4:28] = rng.integers(1, 16, (24, 24, 3), dtype=np.uint8)
+    # an increasing map that keeps distinct values distinct: v → v² (1..15 → 1..225), a gamma of 2
+    squared = (img.astype(np.int64) ** 2).astype(np.uint8)
+    np.testing.assert_array_equal(normalize(squared, "rank"), normalize(img, "rank"))
+    assert not np.allclose(normalize(squared, "zscore"), normalize(img, "zscore"), atol=0.05)
+
+
 def test_normalisation_is_stated_and_checked() -> None:
     d = preprocessing_dict(128, 3, "zscore")
     assert d["normalization"] == "zscore" and d["mask_resize"] == "nearest" and d["size"] == 128
