@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     written = build_report(args.dir, alpha=args.alpha, n_boot=args.n_boot, seed=args.seed)
     print(leaderboard_text(read_table(written["leaderboard_csv"])))
     print()
+    width = max(map(len, written), default=0) + 2
     for name, path in written.items():
-        print(f"{name:<24}{path}")
+        print(f"{name:<{width}}{path}")
     return 0

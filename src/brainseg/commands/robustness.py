@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"note: the report of {comparison} reads {comparison / 'robustness'}; results went to {out}, "
                   "so it was not rebuilt", file=sys.stderr)
+    width = max(map(len, summary["files"]), default=0) + 2
     for name, path in summary["files"].items():
-        print(f"{name:<24}{path}")
+        print(f"{name:<{width}}{path}")
     return 0
