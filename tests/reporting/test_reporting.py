@@ -155,7 +155,7 @@ def test_significance_matches_scipy(single):
         # the report's table shows the median difference beside the mean's interval
         median = float(np.median([a[k] - b[k] for k in keys]))
         row = next(line for line in md_lines if line.startswith(f"| {display_name(s['model_a'])} vs {display_name(s['model_b'])} |"))
-        assert row.split("|")[5].strip() == f"{median:+.3f}"
+        assert row.split("|")[5].strip() == f"{median:+.3f}" and f"; median {median:+.3f})" in s["statement"]
         scipy_p[(s["model_a"], s["model_b"])] = res.pvalue
     # Holm's step-down adjustment by hand from SciPy's p-values: the i-th smallest of m is
     # max over j ≤ i of min(1, (m − j)·p_(j)); a pair is real when that is below α = 0.05.

@@ -47,7 +47,8 @@ SIGNIFICANCE_COLUMNS = (
 
 
 def significance_sentence(row: Mapping[str, Any], *, confidence: float = 0.95) -> str:
-    """E.g. "Attention UNet vs SegNet: +0.031 Dice (95% CI +0.010 to +0.052), p_holm = 0.004 — a real difference".
+    """E.g. "Attention UNet vs SegNet: +0.031 Dice (95% CI +0.010 to +0.052; median +0.020), p_holm = 0.004 — a
+    real difference" (the mean difference, its interval, and the median difference when the row has it).
 
     The interval is labelled with `confidence`, the level it was computed at.
     """
@@ -55,8 +56,10 @@ def significance_sentence(row: Mapping[str, Any], *, confidence: float = 0.95) -
     diff, lo, hi = row["mean_diff"], row.get("ci_low", float("nan")), row.get("ci_high", float("nan"))
     p = row["p_holm"]
     head = f"{a} vs {b}: {diff:+.3f} Dice"
+    median = row.get("median_diff")
     if lo is not None and not math.isnan(lo):
-        head += f" ({confidence:.0%} CI {lo:+.3f} to {hi:+.3f})"
+        head += f" ({confidence:.0%} CI {lo:+.3f} to {hi:+.3f}"
+        head += f"; median {median:+.3f})" if median is not None and not math.isnan(median) else ")"
     head += f", p_holm {'<' if p < 0.001 else '='} {fmt_p(p).lstrip('< ')} over {row['n']} patients"
     if row["significant"]:
         better = display_name(row["better"]) if row["better"] not in ("none", None) else a
