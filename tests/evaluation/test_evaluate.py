@@ -109,3 +109,51 @@ def test_missing_run_is_one_clear_line(tmp_path: Path, capsys) -> None:
     assert main(["evaluate", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def second_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another architecture trained on the tiny_run's split (same data and seed): an ensemble partner."""
+    from brainseg.training.run import train_run
+    from helpers_runs import tiny_cfg
+
+    run = tmp_path_factory.mktemp("second_run") / "run"
+    train_run(tiny_cfg(tiny_phantoms, model="segnet"), run, progress=False)
+    return run
+
+
+def test_several_runs_of_one_split_are_scored_as_their_mean_probability(tiny_run: Path, second_run: Path,
+                                                                       tmp_path: Path) -> None:
+    out = tmp_path / "ens"
+    assert main(["evaluate", str(tiny_run), str(second_run), "--out", str(out), "--device", "cpu"]) == 0
+    summary = read_json(out / "summary.json")
+    assert summary["model"] == "ensemble: unet + segnet" and len(summary["ensemble"]) == 2
+    assert summary["settings_hash"] is None  # no single run's result: compare must never reuse it
+    index = index_dataset(read_json(tiny_run / "config.json")["data"]["root"])
+    by = index.by_patient()
+    singles = [Predictor([r / "checkpoint_best.pt"], device="cpu") for r in (tiny_run, second_run)]
+    rows = read_csv(out / "per_patient.csv")
+    assert sorted(r["patient"] for r in rows) == sorted(read_json(tiny_run / "splits.json")["splits"][0]["test"])
+    for row in rows:
+        images, masks = load_patient(by[row["patient"]])
+        mean = (singles[0].predict(images) + singles[1].predict(images)) / 2  # by hand, member by member
+        pred, truth = (mean >= 0.5).ravel(), (masks > 0).ravel()
+        assert int(row["tp"]) == int((pred & truth).sum()) and int(row["fp"]) == int((pred & ~truth).sum())
+        if truth.any() or pred.any():
+            assert float(row["dice"]) == pytest.approx(f1_score(truth, pred), rel=1e-5)
+
+
+def test_an_ensemble_needs_out_and_one_split(tiny_run: Path, second_run: Path, tiny_phantoms: Path,
+                                            tmp_path: Path, capsys) -> None:
+    from brainseg.training.run import train_run
+    from helpers_runs import tiny_cfg
+
+    assert main(["evaluate", str(tiny_run), str(second_run)]) == 2
+    assert "--out" in capsys.readouterr().err
+    cfg = tiny_cfg(tiny_phantoms, epochs=1)
+    cfg.data.seed = 7  # another split of the same patients
+    other = tmp_path / "other_split"
+    train_run(cfg, other, progress=False)
+    assert main(["evaluate", str(tiny_run), str(other), "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "different splits" in err and str(other) in err and "Traceback" not in err

@@ -11,12 +11,15 @@ DESCRIPTION = (
     "Evaluate a run's best (or last) checkpoint on its split. Writes per_slice.csv, per_patient.csv "
     "(with HD95, ASSD, surface Dice, volume errors and lesion-wise detection in native pixels), "
     "detection.csv and summary.json to RUNDIR/eval_<split>/ (or --out), with the threshold, "
-    "post-processing and empty-mask policy used."
+    "post-processing and empty-mask policy used. Several RUNDIRs trained on the same split (the models of "
+    "one fold) are scored as an ensemble, their mean probability, into --out."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", metavar="RUNDIR", help="a run folder made by `brainseg train`")
+    p.add_argument("run_dir", metavar="RUNDIR", nargs="+",
+                   help="a run folder made by `brainseg train`; several: an ensemble of runs with the same split "
+                        "(mean probability; the first run's eval settings; needs --out)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                    help="which patients (default test); 'all': every patient in --data, e.g. an external test "
                         "set (patients the model trained on are flagged)")
@@ -67,14 +70,18 @@ def print_summary(s: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from brainseg.errors import BrainsegError
     from brainseg.evaluation.evaluate import evaluate_run
     from brainseg.fileio import ensure_writable_folder
 
-    if Path(args.run_dir).is_dir():  # find out it cannot write before the work, not after
-        ensure_writable_folder(args.out or Path(args.run_dir) / f"eval_{args.split}")
+    dirs = list(args.run_dir)
+    if len(dirs) > 1 and not args.out:
+        raise BrainsegError(f"{len(dirs)} run folders make an ensemble: give --out DIR for its results")
+    if Path(dirs[0]).is_dir():  # find out it cannot write before the work, not after
+        ensure_writable_folder(args.out or Path(dirs[0]) / f"eval_{args.split}")
 
     summary = evaluate_run(
-        args.run_dir,
+        dirs if len(dirs) > 1 else dirs[0],
         split=args.split,
         data_root=args.data,
         checkpoint=args.checkpoint,

@@ -187,8 +187,27 @@ def write_results(
     return summary
 
 
+def _ensemble_runs(run_dirs: list[Path], checkpoint: str, data_root: str | None, split: str,
+                   overrides: dict[str, Any]) -> list[Any]:
+    """Load every member of an ensemble; they must be tested on the same patients of the same data."""
+    from brainseg.evaluation.session import EvalRun
+
+    runs = [EvalRun.load(d, checkpoint, data_root, split=split, eval_overrides=overrides) for d in run_dirs]
+    first = runs[0]
+    for r in runs[1:]:
+        if r.root != first.root:
+            raise BrainsegError(f"the ensemble's runs read different data: {first.run_dir} {first.root}, "
+                                f"{r.run_dir} {r.root} (give --data to score them on one dataset)")
+        if split != "all" and r.ckpt["split"]["id"] != first.ckpt["split"]["id"]:
+            raise BrainsegError(
+                f"the ensemble's runs were trained on different splits ({first.run_dir}: {first.ckpt['split']['id']}, "
+                f"{r.run_dir}: {r.ckpt['split']['id']}): its {split} patients would not be unseen by every member; "
+                "ensemble the runs of one fold, or score an external set with --split all")
+    return runs
+
+
 def evaluate_run(
-    run_dir: str | Path,
+    run_dir: str | Path | list[str | Path],
     *,
     split: str = "test",
     data_root: str | None = None,
@@ -205,32 +224,48 @@ def evaluate_run(
     Results go to `<run_dir>/eval_<split>/` unless `out_dir` is given. The run's own `eval`
     settings apply (threshold, TTA, post-processing, …) except where `eval_overrides` or `tta`
     (None: the run's) say otherwise.
+
+    Several run folders make an ensemble: the mean probability of their checkpoints (each with
+    its own preprocessing), scored with the first run's eval settings and loss on the split they
+    share — the runs must have been trained on the same split (e.g. the models of one fold), so
+    every tested patient is unseen by every member. `out_dir` is then required.
     """
     from brainseg.environment import environment
-    from brainseg.evaluation.session import EvalRun
     from brainseg.losses import build_loss
     from brainseg.protocol import result_settings, settings_hash
 
-    run = EvalRun.load(run_dir, checkpoint, data_root, split=split,
-                       eval_overrides={**(eval_overrides or {}), "tta": tta})
+    dirs = [Path(d) for d in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
+    if not dirs:
+        raise BrainsegError("no run folder given")
+    if len(dirs) > 1 and out_dir is None:
+        raise BrainsegError("an ensemble of several runs needs --out (its results are not any one run's)")
+    runs = _ensemble_runs(dirs, checkpoint, data_root, split, {**(eval_overrides or {}), "tta": tta})
+    run = runs[0]
     cfg, ckpt = run.cfg, run.ckpt
-    predictor = run.predictor(device=device, batch_size=batch_size)
+    if len(runs) == 1:
+        predictor = run.predictor(device=device, batch_size=batch_size)
+    else:
+        from brainseg.inference.predictor import Predictor
+
+        predictor = Predictor([r.ckpt for r in runs], device=device, tta=cfg.eval.tta, batch_size=batch_size)
+    names = [r.cfg.model.name for r in runs]
     acc, extra = evaluate_patients(
         predictor, run.index, run.patients, cfg.eval, loss_fn=build_loss(cfg.train.loss), progress=progress,
-        desc=f"evaluating {cfg.model.name} on {split}", surface=True,
+        desc=f"evaluating {' + '.join(names)} on {split}", surface=True,
     )
     out = Path(out_dir) if out_dir else run.run_dir / f"eval_{split}"
     info = {
-        "model": cfg.model.name,
+        "model": names[0] if len(runs) == 1 else "ensemble: " + " + ".join(names),
         "model_config": ckpt["model"],
         "run_dir": str(run.run_dir),
         "checkpoint": ckpt["path"],
         "checkpoint_epoch": ckpt.get("epoch"),
         "split": split,
         "split_id": ckpt["split"]["id"],
-        "settings_hash": settings_hash(result_settings(cfg), ckpt["split"]["id"]),  # what compare's reuse checks
+        # what compare's reuse checks; an ensemble is no single run's result
+        "settings_hash": settings_hash(result_settings(cfg), ckpt["split"]["id"]) if len(runs) == 1 else None,
         "data_root": str(run.root),
-        "params": ckpt.get("params"),
+        "params": sum(int(r.ckpt.get("params") or 0) for r in runs) if len(runs) > 1 else ckpt.get("params"),
         "loss_name": cfg.train.loss,
         "loss": extra["loss"],
         "tta": cfg.eval.tta,
@@ -238,18 +273,22 @@ def evaluate_run(
         "environment": environment(predictor.device),
         "inference_ms_per_slice": round(predictor.ms_per_slice, 3),
         "eval_config": asdict(cfg.eval),
-        "flops": _flops(predictor, ckpt),
+        "flops": _flops(predictor, [r.ckpt for r in runs]),
     }
+    if len(runs) > 1:
+        info["ensemble"] = [{"run_dir": str(r.run_dir), **m} for r, m in zip(runs, predictor.describe())]
+        info["loss_note"] = f"loss of the first member ({names[0]}) alone, without TTA"
     return write_results(out, acc, run.index, cfg.eval, info, surface=extra["surface"])
 
 
-def _flops(predictor: Any, ckpt: dict[str, Any]) -> int | None:
-    """Forward FLOPs per slice of the loaded model at its training size (None if not countable)."""
+def _flops(predictor: Any, ckpts: list[dict[str, Any]]) -> int | None:
+    """Forward FLOPs per slice of the loaded model(s) at their training size, summed over an
+    ensemble's members (None if not countable)."""
     from brainseg.data.preprocess import model_channels
     from brainseg.models import count_flops
 
-    prep = ckpt["preprocessing"]
     try:
-        return count_flops(predictor.models[0], int(prep["size"]), model_channels(prep))
+        return sum(count_flops(m, int(c["preprocessing"]["size"]), model_channels(c["preprocessing"]))
+                   for m, c in zip(predictor.models, ckpts))
     except Exception:  # FLOP counting is informative only; it must not fail an evaluation
         return None
