@@ -124,8 +124,9 @@ NORMALIZATION_RULES = {  # as brainseg.data.preprocess defines them (applied by 
     "unit": "x / 255 per uint8 pixel, values in [0, 1]",
     "zscore": "per slice and channel, (x − mean) / std over the brain pixels (where any channel is "
               "non-zero); the background stays 0",
-    "rank": "per slice and channel, each brain pixel's mid-rank among the brain's values mapped through the "
-            "inverse standard normal CDF (depends only on the order of intensities); the background stays 0",
+    "rank": "per slice and channel, u = (pixels below + half the pixels equal) / all pixels of the slice, "
+            "clipped to [0.5/n, 1 − 0.5/n], then the inverse standard normal CDF of u; a channel whose "
+            "pixels are all equal becomes 0",
 }
 
 

@@ -18,12 +18,14 @@ Pipeline for one slice (H×W×C uint8, channels pre-contrast T1, FLAIR, post-con
      as the pixels where at least one selected channel is non-zero; the background (all channels
      zero) stays exactly 0. The std is floored at 1e-6·255 so a flat slice does not divide by zero;
      a slice with no non-zero pixel becomes all zeros.
-   - ``"rank"``: per slice and per channel, each brain pixel's mid-rank among the brain's values
+   - ``"rank"``: per slice and per channel, each pixel's mid-rank among all the slice's pixels
      (u = (number below + half the number equal) / n, in (0, 1)), mapped through the inverse
-     standard normal CDF, so the brain's values follow a standard normal like z-scores do; the
-     background stays exactly 0 and an empty slice becomes all zeros. It depends only on the order
-     of the intensities: any increasing intensity change that keeps distinct values distinct
-     (gamma, contrast, gain) leaves the input unchanged, where z-scores follow gamma's curve.
+     standard normal CDF; a slice whose pixels are all equal (an empty or zeroed channel) becomes
+     0. It depends only on the order of the intensities: an increasing intensity change (gamma,
+     contrast, gain) moves a pixel only where it merges distinct values (uint8 rounding of dark
+     values). Ranks are taken over every pixel, not only the "brain" above, because the faint
+     background noise of MR slices (values 1–11 in kaggle_3m) is what a gamma curve rounds to 0:
+     a brain defined by non-zero pixels would shrink, and every rank with it.
 
 4. 2.5-D context (`context` = k > 0, off by default): each slice's input is followed and preceded
    by its k neighbours in the volume, each preprocessed as above and stacked along the channels in
@@ -138,12 +140,12 @@ def normalize(img: np.ndarray, normalization: str = "unit") -> np.ndarray:
     if normalization == "unit":
         x *= 1.0 / 255.0
         return x
+    if normalization == "rank":
+        return _rank_normal(hwc)
     brain = (hwc != 0).any(axis=2)
     n = int(brain.sum())
     if n == 0:
         return np.zeros_like(x)
-    if normalization == "rank":
-        return _rank_normal(hwc, brain, n)
     vals = x[:, brain]  # (C, n)
     mean = vals.mean(axis=1)
     std = np.maximum(vals.std(axis=1), 1e-6 * 255.0)
@@ -153,20 +155,22 @@ def normalize(img: np.ndarray, normalization: str = "unit") -> np.ndarray:
     return x
 
 
-def _rank_normal(hwc: np.ndarray, brain: np.ndarray, n: int) -> np.ndarray:
-    """The "rank" normalisation of a uint8 H×W×C slice with a non-empty brain: float32 C×H×W.
+def _rank_normal(hwc: np.ndarray) -> np.ndarray:
+    """The "rank" normalisation of a uint8 H×W×C slice: float32 C×H×W (see the module docstring).
 
     uint8 values make it a 256-entry lookup table per channel (a histogram's cumulative sum), so
     it costs no sort."""
     from scipy.special import ndtri
 
-    out = np.zeros((hwc.shape[2], *hwc.shape[:2]), dtype=np.float32)
+    n = hwc.shape[0] * hwc.shape[1]
+    out = np.empty((hwc.shape[2], *hwc.shape[:2]), dtype=np.float32)
     for c in range(hwc.shape[2]):
         channel = hwc[:, :, c]
-        counts = np.bincount(channel[brain], minlength=256).astype(np.float64)
+        counts = np.bincount(channel.ravel(), minlength=256).astype(np.float64)
         u = (np.cumsum(counts) - 0.5 * counts) / n  # mid-rank: below + half of the equal ones
         lut = ndtri(np.clip(u, 0.5 / n, 1.0 - 0.5 / n)).astype(np.float32)
-        out[c] = np.where(brain, lut[channel], np.float32(0.0))
+        lut[counts == n] = 0.0  # every pixel equal: exactly the median, 0
+        out[c] = lut[channel]
     return out
 
 
