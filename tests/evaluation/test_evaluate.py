@@ -118,20 +118,29 @@ def second_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) ->
     from helpers_runs import tiny_cfg
 
     run = tmp_path_factory.mktemp("second_run") / "run"
-    train_run(tiny_cfg(tiny_phantoms, model="segnet"), run, progress=False)
+    cfg = tiny_cfg(tiny_phantoms, model="segnet")
+    cfg.data.size, cfg.data.normalization = 64, "zscore"  # its own preprocessing, applied to its own input
+    cfg.eval.threshold, cfg.eval.tta = 0.3, True  # its own eval settings, which the ensemble does not use
+    train_run(cfg, run, progress=False)
     return run
 
 
 def test_several_runs_of_one_split_are_scored_as_their_mean_probability(tiny_run: Path, second_run: Path,
-                                                                       tmp_path: Path) -> None:
+                                                                       tmp_path: Path, capsys) -> None:
     out = tmp_path / "ens"
     assert main(["evaluate", str(tiny_run), str(second_run), "--out", str(out), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "own eval settings" in captured.err and "threshold 0.3" in captured.err and "tta True" in captured.err
+    assert "loss of the first member" in captured.out
     summary = read_json(out / "summary.json")
     assert summary["model"] == "ensemble: unet + segnet" and len(summary["ensemble"]) == 2
+    assert summary["threshold"] == 0.5 and summary["tta"] is False  # the first run's eval settings
+    assert [m["preprocessing"]["size"] for m in summary["ensemble"]] == [32, 64]
     assert summary["settings_hash"] is None  # no single run's result: compare must never reuse it
     index = index_dataset(read_json(tiny_run / "config.json")["data"]["root"])
     by = index.by_patient()
-    singles = [Predictor([r / "checkpoint_best.pt"], device="cpu") for r in (tiny_run, second_run)]
+    # each member alone, no TTA (the first run's setting), each with its own size and normalisation
+    singles = [Predictor([r / "checkpoint_best.pt"], device="cpu", tta=False) for r in (tiny_run, second_run)]
     rows = read_csv(out / "per_patient.csv")
     assert sorted(r["patient"] for r in rows) == sorted(read_json(tiny_run / "splits.json")["splits"][0]["test"])
     for row in rows:
@@ -150,6 +159,11 @@ def test_an_ensemble_needs_out_and_one_split(tiny_run: Path, second_run: Path, t
 
     assert main(["evaluate", str(tiny_run), str(second_run)]) == 2
     assert "--out" in capsys.readouterr().err
+    # results written where they would pass for a member's own
+    assert main(["evaluate", str(tiny_run), str(second_run), "--out", str(second_run / "eval_test")]) == 2
+    assert "inside the member run" in capsys.readouterr().err
+    assert main(["evaluate", str(tiny_run), str(tiny_run), "--out", str(tmp_path / "twice")]) == 2
+    assert "given twice" in capsys.readouterr().err
     cfg = tiny_cfg(tiny_phantoms, epochs=1)
     cfg.data.seed = 7  # another split of the same patients
     other = tmp_path / "other_split"

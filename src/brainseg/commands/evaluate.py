@@ -54,7 +54,7 @@ def print_summary(s: dict[str, Any]) -> None:
     for name in ("dice", "iou", "precision", "recall"):
         r = m[name]
         print(f"  {name:<12}{r['per_patient']['mean']:>14.4f}{r['per_slice']['mean']:>12.4f}{r['micro']:>10.4f}")
-    print(f"  loss ({s['loss_name']}) {s['loss']:.4f}")
+    print(f"  loss ({s['loss_name']}) {s['loss']:.4f}" + (f"  ({s['loss_note']})" if s.get("loss_note") else ""))
     sf = s.get("surface")
     if sf:
         unit = s.get("surface_metrics_policy", {}).get("distance_unit", "px")

@@ -192,9 +192,21 @@ def _ensemble_runs(run_dirs: list[Path], checkpoint: str, data_root: str | None,
     """Load every member of an ensemble; they must be tested on the same patients of the same data."""
     from brainseg.evaluation.session import EvalRun
 
+    seen: set[Path] = set()
+    for d in run_dirs:
+        if d.resolve() in seen:
+            raise BrainsegError(f"{d} is given twice: an ensemble's runs must be different runs")
+        seen.add(d.resolve())
     runs = [EvalRun.load(d, checkpoint, data_root, split=split, eval_overrides=overrides) for d in run_dirs]
     first = runs[0]
+    mine = asdict(first.cfg.eval)
     for r in runs[1:]:
+        other = asdict(r.cfg.eval)
+        differ = [f"{k} {other[k]!r}" for k in mine if other.get(k) != mine[k]]
+        if differ:
+            print(f"note: {r.run_dir} has its own eval settings ({', '.join(differ)}); the ensemble is scored "
+                  f"with the first run's ({', '.join(f'{k} {mine[k]!r}' for k in mine if other.get(k) != mine[k])})",
+                  file=sys.stderr, flush=True)
         if r.root != first.root:
             raise BrainsegError(f"the ensemble's runs read different data: {first.run_dir} {first.root}, "
                                 f"{r.run_dir} {r.root} (give --data to score them on one dataset)")
@@ -237,8 +249,14 @@ def evaluate_run(
     dirs = [Path(d) for d in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
     if not dirs:
         raise BrainsegError("no run folder given")
-    if len(dirs) > 1 and out_dir is None:
-        raise BrainsegError("an ensemble of several runs needs --out (its results are not any one run's)")
+    if len(dirs) > 1:
+        if out_dir is None:
+            raise BrainsegError("an ensemble of several runs needs --out (its results are not any one run's)")
+        target = Path(out_dir).resolve()
+        for d in dirs:  # e.g. --out RUN/eval_test would pass the ensemble off as that run's own result
+            if target == d.resolve() or d.resolve() in target.parents:
+                raise BrainsegError(f"--out {out_dir} is inside the member run {d}: an ensemble's results go "
+                                    "outside its runs' folders")
     runs = _ensemble_runs(dirs, checkpoint, data_root, split, {**(eval_overrides or {}), "tta": tta})
     run = runs[0]
     cfg, ckpt = run.cfg, run.ckpt
@@ -265,7 +283,8 @@ def evaluate_run(
         # what compare's reuse checks; an ensemble is no single run's result
         "settings_hash": settings_hash(result_settings(cfg), ckpt["split"]["id"]) if len(runs) == 1 else None,
         "data_root": str(run.root),
-        "params": sum(int(r.ckpt.get("params") or 0) for r in runs) if len(runs) > 1 else ckpt.get("params"),
+        "params": (sum(int(r.ckpt["params"]) for r in runs) if all(r.ckpt.get("params") for r in runs) else None)
+        if len(runs) > 1 else ckpt.get("params"),
         "loss_name": cfg.train.loss,
         "loss": extra["loss"],
         "tta": cfg.eval.tta,

@@ -57,9 +57,10 @@ def significance_sentence(row: Mapping[str, Any], *, confidence: float = 0.95) -
     p = row["p_holm"]
     head = f"{a} vs {b}: {diff:+.3f} Dice"
     median = row.get("median_diff")
-    if lo is not None and not math.isnan(lo):
-        head += f" ({confidence:.0%} CI {lo:+.3f} to {hi:+.3f}"
-        head += f"; median {median:+.3f})" if median is not None and not math.isnan(median) else ")"
+    parts = [f"{confidence:.0%} CI {lo:+.3f} to {hi:+.3f}"] if lo is not None and not math.isnan(lo) else []
+    parts += [f"median {median:+.3f}"] if median is not None and not math.isnan(median) else []
+    if parts:
+        head += f" ({'; '.join(parts)})"
     head += f", p_holm {'<' if p < 0.001 else '='} {fmt_p(p).lstrip('< ')} over {row['n']} patients"
     if row["significant"]:
         better = display_name(row["better"]) if row["better"] not in ("none", None) else a
