@@ -290,3 +290,21 @@ def test_robustness_model_by_model_as_each_finishes(tiny_phantoms: Path, tmp_pat
     for m in ("unet", "segnet"):  # the remade weights are the evaluated ones: same clean Dice
         committed = read_json(out / "runs" / m / "eval_test" / "summary.json")["metrics"]["dice"]["per_patient"]["mean"]
         assert rob["clean_dice_patient"][m] == pytest.approx(committed, abs=1e-9)
+
+
+def test_an_ensembles_results_in_a_runs_eval_folder_are_not_taken_for_the_runs(
+    tiny_phantoms: Path, tmp_path: Path, capsys
+) -> None:
+    import json
+
+    out = tmp_path / "study"
+    args = ["compare", "--data", str(tiny_phantoms), "--models", "unet", "--out", str(out), *TINY]
+    assert main(args) == 0
+    summary = out / "runs" / "unet" / "eval_test" / "summary.json"
+    s = read_json(summary)  # as `brainseg evaluate RUN_A RUN_B` writes it: no single run's hash
+    s.update(settings_hash=None, model="ensemble: unet + segnet", ensemble=[{"run_dir": "a"}, {"run_dir": "b"}])
+    summary.write_text(json.dumps(s))
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "ensemble" in err and str(summary.parent) in err and "Traceback" not in err

@@ -276,6 +276,9 @@ def committed_results(run_dir: Path, cfg: RunConfig, split_id: str) -> bool:
 
     if not all((run_dir / f).is_file() for f in RESULT_FILES):
         return False
+    if "ensemble" in read_json(run_dir / "eval_test" / "summary.json"):
+        raise BrainsegError(f"{run_dir / 'eval_test'} holds an ensemble's results (`brainseg evaluate` of several "
+                            f"runs), not this run's: move them elsewhere to evaluate {cfg.model.name} here")
     want = settings_hash(result_settings(cfg), split_id)
     recorded = {f: read_json(run_dir / f).get("settings_hash") for f in ("train_summary.json", "eval_test/summary.json")}
     if all(h == want for h in recorded.values()):
