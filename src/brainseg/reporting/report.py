@@ -132,7 +132,9 @@ def board_tables(board: Sequence[Mapping[str, Any]], n_folds: int, confidence: f
         ["Model", "Parameters", "FLOPs / slice", "Training time", "Epochs", "Inference ms / slice"],
         [[board_label(r, n_folds), fmt_count(r.get("params")), fmt_count(r.get("flops")), fmt_seconds(r.get("train_seconds")),
           _epochs(r), _ms(r.get("inference_ms_per_slice"))] for r in board],
-        caption="Cost" + (f" (training time summed over {n_folds} folds; epochs and inference time averaged)" if n_folds else ""),
+        caption="Cost" + (f" (training time summed over {n_folds} folds; epochs and inference time averaged)" if n_folds else "")
+        + ". Parameters as trained (a training-only head such as PSPNet's auxiliary one included); FLOPs of one "
+          "forward pass at inference",
     )
     t5 = surface_table(board, surface_policy, n_folds)
     return [t1, t2, t3, t4] + ([t5] if t5 else [])
