@@ -188,24 +188,33 @@ def write_results(
 
 
 def _ensemble_runs(run_dirs: list[Path], checkpoint: str, data_root: str | None, split: str,
-                   overrides: dict[str, Any]) -> list[Any]:
-    """Load every member of an ensemble; they must be tested on the same patients of the same data."""
+                   overrides: dict[str, Any], out_dir: str | Path | None) -> list[Any]:
+    """Load the run, or every member of an ensemble; members must be different runs tested on the same
+    patients of the same data, with results going outside their folders."""
     from brainseg.evaluation.session import EvalRun
 
-    seen: set[Path] = set()
-    for d in run_dirs:
-        if d.resolve() in seen:
-            raise BrainsegError(f"{d} is given twice: an ensemble's runs must be different runs")
-        seen.add(d.resolve())
+    if len(run_dirs) > 1:
+        if out_dir is None:
+            raise BrainsegError("an ensemble of several runs needs --out (its results are not any one run's)")
+        target = Path(out_dir).resolve()
+        seen: set[Path] = set()
+        for d in run_dirs:
+            here = d.resolve()
+            if here in seen:
+                raise BrainsegError(f"{d} is given twice: an ensemble's runs must be different runs")
+            seen.add(here)
+            if target == here or here in target.parents:  # --out RUN/eval_test: passed off as RUN's own result
+                raise BrainsegError(f"--out {out_dir} is inside the member run {d}: an ensemble's results go "
+                                    "outside its runs' folders")
     runs = [EvalRun.load(d, checkpoint, data_root, split=split, eval_overrides=overrides) for d in run_dirs]
     first = runs[0]
     mine = asdict(first.cfg.eval)
     for r in runs[1:]:
         other = asdict(r.cfg.eval)
-        differ = [f"{k} {other[k]!r}" for k in mine if other.get(k) != mine[k]]
+        differ = [k for k in mine if other.get(k) != mine[k]]
         if differ:
-            print(f"note: {r.run_dir} has its own eval settings ({', '.join(differ)}); the ensemble is scored "
-                  f"with the first run's ({', '.join(f'{k} {mine[k]!r}' for k in mine if other.get(k) != mine[k])})",
+            print(f"note: {r.run_dir} has its own eval settings ({', '.join(f'{k} {other.get(k)!r}' for k in differ)}); "
+                  f"the ensemble is scored with the first run's ({', '.join(f'{k} {mine[k]!r}' for k in differ)})",
                   file=sys.stderr, flush=True)
         if r.root != first.root:
             raise BrainsegError(f"the ensemble's runs read different data: {first.run_dir} {first.root}, "
@@ -243,29 +252,18 @@ def evaluate_run(
     every tested patient is unseen by every member. `out_dir` is then required.
     """
     from brainseg.environment import environment
+    from brainseg.inference.predictor import Predictor
     from brainseg.losses import build_loss
     from brainseg.protocol import result_settings, settings_hash
 
     dirs = [Path(d) for d in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
     if not dirs:
         raise BrainsegError("no run folder given")
-    if len(dirs) > 1:
-        if out_dir is None:
-            raise BrainsegError("an ensemble of several runs needs --out (its results are not any one run's)")
-        target = Path(out_dir).resolve()
-        for d in dirs:  # e.g. --out RUN/eval_test would pass the ensemble off as that run's own result
-            if target == d.resolve() or d.resolve() in target.parents:
-                raise BrainsegError(f"--out {out_dir} is inside the member run {d}: an ensemble's results go "
-                                    "outside its runs' folders")
-    runs = _ensemble_runs(dirs, checkpoint, data_root, split, {**(eval_overrides or {}), "tta": tta})
+    runs = _ensemble_runs(dirs, checkpoint, data_root, split, {**(eval_overrides or {}), "tta": tta}, out_dir)
     run = runs[0]
     cfg, ckpt = run.cfg, run.ckpt
-    if len(runs) == 1:
-        predictor = run.predictor(device=device, batch_size=batch_size)
-    else:
-        from brainseg.inference.predictor import Predictor
-
-        predictor = Predictor([r.ckpt for r in runs], device=device, tta=cfg.eval.tta, batch_size=batch_size)
+    # the members' mean probability (one member: that run alone), with the first run's TTA setting
+    predictor = Predictor([r.ckpt for r in runs], device=device, tta=cfg.eval.tta, batch_size=batch_size)
     names = [r.cfg.model.name for r in runs]
     acc, extra = evaluate_patients(
         predictor, run.index, run.patients, cfg.eval, loss_fn=build_loss(cfg.train.loss), progress=progress,
