@@ -167,9 +167,9 @@ def _rank_normal(hwc: np.ndarray) -> np.ndarray:
     for c in range(hwc.shape[2]):
         channel = hwc[:, :, c]
         counts = np.bincount(channel.ravel(), minlength=256).astype(np.float64)
-        u = (np.cumsum(counts) - 0.5 * counts) / n  # mid-rank: below + half of the equal ones
+        # mid-rank: below + half of the equal ones (every pixel equal: u = 0.5 exactly, ndtri 0)
+        u = (np.cumsum(counts) - 0.5 * counts) / n
         lut = ndtri(np.clip(u, 0.5 / n, 1.0 - 0.5 / n)).astype(np.float32)
-        lut[counts == n] = 0.0  # every pixel equal: exactly the median, 0
         out[c] = lut[channel]
     return out
 
