@@ -308,3 +308,41 @@ def test_an_ensembles_results_in_a_runs_eval_folder_are_not_taken_for_the_runs(
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "ensemble" in err and str(summary.parent) in err and "Traceback" not in err
+
+
+def test_a_remake_that_leaves_the_committed_curve_stops_after_that_epoch(
+    tiny_phantoms: Path, tmp_path: Path, capsys
+) -> None:
+    """Another machine cannot repeat a committed run bit for bit: the remake for robustness stops
+    at the first epoch that differs (not after the whole training), its checkpoints are not used,
+    the model's other folds are not tried, and a re-run does not resume the diverged remake."""
+    out = tmp_path / "study"
+    args = ["compare", "--data", str(tiny_phantoms), "--models", "unet", "--out", str(out), "--folds", "2",
+            *TINY, "--epochs", "3"]
+    assert main(args) == 0
+    runs = [out / "runs" / "unet" / f"fold{k}" for k in range(2)]
+    for r in runs:
+        for pt in r.glob("*.pt"):
+            pt.unlink()
+        # as if trained elsewhere: epoch 2's validation Dice is not what this machine computes
+        rows = read_csv(r / "history.csv")
+        rows[1]["val_dice"] = str(float(rows[1]["val_dice"]) + 0.125)
+        lines = [",".join(rows[0])] + [",".join(str(v) for v in row.values()) for row in rows]
+        (r / "history.csv").write_text("\n".join(lines) + "\n")
+    files = {p: p.read_bytes() for r in runs for p in (r / n for n in RESULT_NAMES)}
+    capsys.readouterr()
+    assert main([*args, "--robustness", "quick"]) == 0
+    err = capsys.readouterr().err
+    assert "did not repeat the committed run at epoch 2 (committed: train loss" in err, err
+    assert "fold 2/2: checkpoints not here, and an earlier fold was not repeated" in err
+    assert "no checkpoints here, so no robustness run" in err
+    remade = runs[0] / ".remake"
+    assert [r["epoch"] for r in read_csv(remade / "history.csv")] == ["1", "2"]  # epoch 3 never trained
+    assert not (runs[0] / "checkpoint_best.pt").exists() and not (runs[1] / ".remake").exists()
+    assert not (out / "robustness").exists()
+    assert {p: p.read_bytes() for p in files} == files
+    # again: the diverged remake is refused as it stands, not resumed
+    assert main([*args, "--robustness", "quick"]) == 0
+    err = capsys.readouterr().err
+    assert "did not repeat the committed run" in err and "training again for them" not in err, err
+    assert len(read_csv(remade / "history.csv")) == 2

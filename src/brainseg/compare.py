@@ -139,6 +139,7 @@ def _compare_locked(
 
     dirs = run_dirs(out, models, folds)
     status: dict[str, str] = {}  # example files per model (evaluation.examples.write_examples)
+    unrepeatable: set[str] = set()  # models whose committed runs this machine could not repeat
     for i, model in enumerate(models, 1):
         for k, run_dir in enumerate(dirs[model]):
             label = f"[{i}/{len(models)}] {model}" + (f" fold {k + 1}/{folds}" if folds else "")
@@ -149,7 +150,11 @@ def _compare_locked(
             if committed_results(run_dir, mcfg, split_id):
                 if (robustness is not None and not robustness_done(out, model)
                         and not (run_dir / "checkpoint_best.pt").is_file() and dist_utils.world_size() == 1):
-                    remake_checkpoints(run_dir, mcfg, label, announce)
+                    if model in unrepeatable:  # this machine already left another fold's curve
+                        announce(f"{label}: checkpoints not here, and an earlier fold was not repeated on this "
+                                 "machine: not training it again")
+                    elif not remake_checkpoints(run_dir, mcfg, label, announce):
+                        unrepeatable.add(model)
                 else:
                     announce(f"{label}: result files present and matching the protocol, skipping training and "
                              f"evaluation ({run_dir})")
@@ -202,34 +207,63 @@ def robustness_done(out: Path, model: str) -> bool:
     return path.is_file() and model in (read_json(path).get("models") or {})
 
 
+class _NotRepeated(Exception):
+    """A remade run left the committed curve (carries the first differing pair of rows)."""
+
+
 def remake_checkpoints(run_dir: Path, cfg: RunConfig, label: str, announce: Callable[[str], None]) -> bool:
     """Train a fold whose result files are committed again, for its checkpoints (a study finished
     on several machines keeps no weights), in run_dir/.remake; training is deterministic under the
     protocol, so the epochs must repeat the committed history.csv (losses and validation Dice to 5
-    digits) before its checkpoints join the run. The committed result files are left as they are.
-    Returns whether the checkpoints were taken."""
+    digits) before its checkpoints join the run. Each epoch is checked as it ends, so a machine that
+    cannot repeat the run (another CPU's float rounding) learns it after one epoch, not after the
+    whole training. The committed result files are left as they are. Returns whether the
+    checkpoints were taken."""
     import itertools
     import os
     import shutil
 
     from brainseg.training.run import train_run
 
-    tmp = run_dir / ".remake"
-    resume = (tmp / "checkpoint_last.pt").is_file()
-    announce(f"{label}: result files present, checkpoints not here: training again for them → {tmp}")
-    train_run(cfg, tmp, resume=resume)
-
     def curve(path: Path) -> list[tuple[str, ...]]:
+        if not path.is_file():
+            return []
         return [(r["epoch"], *(f"{float(r[k]):.5g}" for k in ("train_loss", "val_loss", "val_dice")))
                 for r in read_csv(path)]
 
-    committed, again = curve(run_dir / "history.csv"), curve(tmp / "history.csv")
-    if committed != again:
-        first = next((a, b) for a, b in itertools.zip_longest(committed, again, fillvalue=()) if a != b)
-        announce(f"{label}: training again did not repeat the committed run (epoch, train loss, val loss, val Dice: "
-                 f"{first[0]} committed, {first[1]} now; another machine or library version?): its checkpoints are "
-                 f"left in {tmp}, not used")
+    committed = curve(run_dir / "history.csv")
+    tmp = run_dir / ".remake"
+
+    def check(_row: dict[str, Any] | None = None) -> None:
+        """The remade epochs so far (as written to its history.csv) against the committed ones."""
+        again = curve(tmp / "history.csv")
+        pairs = itertools.zip_longest(committed[:len(again)], again, fillvalue=())
+        first = next(((a, b) for a, b in pairs if a != b), None)
+        if first is not None:
+            raise _NotRepeated(first)
+
+    def refuse(first: tuple[tuple[str, ...], tuple[str, ...]]) -> bool:
+        def show(row: tuple[str, ...]) -> str:
+            return "no such epoch" if not row else "train loss {1}, val loss {2}, val Dice {3}".format(*row)
+
+        epoch = (first[0] or first[1])[0]
+        announce(f"{label}: training again did not repeat the committed run at epoch {epoch} (committed: "
+                 f"{show(first[0])}; now: {show(first[1])}; another machine or library version?), so it stopped "
+                 f"there: its checkpoints are left in {tmp}, not used")
         return False
+
+    resume = (tmp / "checkpoint_last.pt").is_file()
+    try:
+        if resume:
+            check()  # a remake left by an earlier call: only resumed while it still follows the curve
+        announce(f"{label}: result files present, checkpoints not here: training again for them → {tmp}")
+        train_run(cfg, tmp, resume=resume, on_epoch=check)
+        check()
+        n = len(curve(tmp / "history.csv"))
+        if n < len(committed):  # it stopped (early stopping, time limit) where the committed run went on
+            raise _NotRepeated((committed[n], ()))
+    except _NotRepeated as exc:
+        return refuse(exc.args[0])
     for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
         os.replace(tmp / name, run_dir / name)
     shutil.rmtree(tmp)

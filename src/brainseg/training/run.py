@@ -191,9 +191,13 @@ def resumed_config(cfg: RunConfig, run_cfg: dict[str, Any], epochs_done: int, wh
 
 
 def train_run(
-    cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+    cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train one model as `cfg` says, in `run_dir`; with `resume`, continue from checkpoint_last.pt.
+
+    `on_epoch` (single-process runs) sees each saved epoch's history row; an exception it raises
+    stops training and propagates (the run stays resumable from its last epoch).
 
     The run folder is locked while this runs (`brainseg.locks`): a second process gets a clear
     error. With `resume`, `cfg` must match the run's own result-changing settings (see
@@ -212,10 +216,11 @@ def train_run(
     # torchrun: rank 0 alone writes the folder, so it alone holds the lock (the group is not up yet).
     main = int(os.environ.get("RANK", "0")) == 0
     with folder_lock(run_dir, "run folder") if main else contextlib.nullcontext():
-        return _train_locked(cfg, run_dir, resume=resume, progress=progress)
+        return _train_locked(cfg, run_dir, resume=resume, progress=progress, on_epoch=on_epoch)
 
 
-def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
+def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool,
+                  on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     from brainseg.data.dataset import SliceDataset, load_arrays
     from brainseg.data.preprocess import preprocessing_dict
     from brainseg.losses import build_loss
@@ -330,6 +335,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
         progress=progress,
         channels_last=cfg.train.channels_last,
         time_limit_s=60.0 * cfg.train.time_limit_minutes,
+        on_epoch=on_epoch,
     )
     if ckpt is not None:
         trainer.load_state(ckpt)

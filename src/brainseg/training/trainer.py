@@ -140,6 +140,9 @@ class Trainer:
         run_dir: where checkpoint_best.pt / checkpoint_last.pt / history.csv go (rank 0 only).
         meta: what every checkpoint carries besides training state (model config,
             preprocessing, run config, split).
+        on_epoch: called on rank 0 with each epoch's history row once the epoch is saved; an
+            exception it raises stops training there (single-process runs only: other ranks
+            would wait for rank 0).
     """
 
     def __init__(
@@ -163,9 +166,10 @@ class Trainer:
         progress: bool = True,
         channels_last: bool = False,
         time_limit_s: float = 0.0,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
-        self.time_limit_s = time_limit_s
+        self.time_limit_s, self.on_epoch = time_limit_s, on_epoch
         self.train_loader, self.val_fn = train_loader, val_fn
         self.device, self.epochs, self.run_dir, self.meta = device, epochs, Path(run_dir), meta
         self.amp_dtype, self.grad_clip, self.patience, self.aux_weight = amp_dtype, grad_clip, patience, aux_weight
@@ -255,6 +259,8 @@ class Trainer:
                         file=sys.stderr,
                         flush=True,
                     )
+                if self.on_epoch is not None:  # after the epoch is saved: an exception here stops training
+                    self.on_epoch(st.history[-1])
             dist_utils.barrier()
         return st
 
