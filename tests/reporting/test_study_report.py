@@ -205,3 +205,26 @@ def test_the_robustness_section_names_the_models_not_yet_perturbed(tmp_path) -> 
     add_robustness(d, models=("segnet", "unet", "pspnet"))
     md = build_report(d, n_boot=N_BOOT)["report_md"].read_text()
     assert "Not yet run under the perturbations" not in md
+
+
+def test_the_robustness_section_says_which_models_were_perturbed_as_other_runs(tmp_path) -> None:
+    """A clean robustness Dice that is not the comparison's own (folds trained again on a machine
+    that could not repeat them) is named, with both figures; one that matches is not."""
+    from fake_comparison import add_robustness
+
+    from brainseg.fileio import read_csv, write_csv_atomic
+
+    d = make_comparison(tmp_path / "cmp", models=("unet", "segnet"), folds=2, n_patients=8)
+    add_robustness(d, models=("unet", "segnet"))
+    board = {r["model"]: float(r["dice_patient"]) for r in read_csv(build_report(d, n_boot=N_BOOT)["leaderboard_csv"])}
+    path = d / "robustness" / "robustness.csv"
+    rows = read_csv(path)
+    clean = {"unet": board["unet"] + 0.0002, "segnet": board["segnet"] - 0.0412}  # within / beyond rounding
+    for r in rows:
+        if r["perturbation"] == "none":
+            r["dice_patient"] = str(clean[r["model"]])
+    write_csv_atomic(path, rows, list(rows[0]))
+    section = build_report(d, n_boot=N_BOOT)["report_md"].read_text().split("## Robustness")[1].split("\n## ")[0]
+    note = next(ln for ln in section.splitlines() if "Perturbed as other runs" in ln)
+    assert f"SegNet (clean per-patient Dice {clean['segnet']:.3f} there, {board['segnet']:.3f} above)" in note
+    assert "UNet" not in note

@@ -309,7 +309,8 @@ def build_report(
     elif ex is not None:
         notes.append("examples/ holds no model's predictions for its slices: the example figure is left out.")
 
-    rob_blocks, rob_fig = robustness_blocks(out, labels, colors, fig_dir, notes)
+    rob_blocks, rob_fig = robustness_blocks(out, labels, colors, fig_dir, notes,
+                                            {str(r["model"]): to_number(r.get("dice_patient")) for r in board})
     if rob_fig is not None:
         written["figure_robustness"] = rob_fig
 

@@ -15,16 +15,25 @@ from brainseg.reporting.formatting import display_name, fmt, to_number
 from brainseg.reporting.html import Block, Figure, Heading, Para, Table
 
 
+#: A clean robustness Dice further than this from the comparison's own is another model's.
+OTHER_RUNS_TOLERANCE = 5e-4
+
+
 def _f(v: object, d: int = 3) -> str:
     return fmt(v, d)
 
 
 def robustness_blocks(
-    cmp_dir: Path, labels: Mapping[str, str], colors: Mapping[str, str], fig_dir: Path, notes: list[str]
+    cmp_dir: Path, labels: Mapping[str, str], colors: Mapping[str, str], fig_dir: Path, notes: list[str],
+    study_dice: Mapping[str, float] | None = None,
 ) -> tuple[list[Block], Path | None]:
     """The report's robustness section from `<cmp_dir>/robustness/` (none when absent), and its figure.
 
-    Problems with the files become entries in `notes`; they never stop the report.
+    `study_dice` (model → the comparison's own per-patient Dice) tells which models were perturbed
+    as other runs than the comparison's: a clean Dice that differs from it means other weights (a
+    fold trained again on a machine that could not repeat the committed run), which the section
+    says, with both figures. Problems with the files become entries in `notes`; they never stop
+    the report.
     """
     rdir = cmp_dir / "robustness"
     path = rdir / "robustness.csv"
@@ -58,6 +67,17 @@ def robustness_blocks(
     # the compared models (labels' keys, in the board's order) that have no rows here yet
     absent = [labels[m] for m in compared if m not in models]
     blocks: list[Block] = [Heading("Robustness")]
+    from brainseg.reporting.plots import CLEAN_NAMES
+
+    clean = {str(r["model"]): r["dice_patient"] for r in rows if str(r["perturbation"]) in CLEAN_NAMES}
+    other = [(m, d, (study_dice or {})[m]) for m, d in clean.items()
+             if m in (study_dice or {}) and abs(d - (study_dice or {})[m]) > OTHER_RUNS_TOLERANCE]
+    if other:
+        blocks.append(Para(
+            "Perturbed as other runs than the ones compared above — the same protocol and folds trained again, "
+            "on a machine that could not repeat the committed runs bit for bit: "
+            + "; ".join(f"{labels.get(m, m)} (clean per-patient Dice {_f(d)} there, {_f(s)} above)" for m, d, s in other)
+            + ". Their drops are measured against their own clean Dice.", "note"))
     if absent:
         blocks.append(Para(
             f"Not yet run under the perturbations: {', '.join(absent)} (`brainseg compare … --robustness quick` on a "
