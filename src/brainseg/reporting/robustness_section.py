@@ -14,7 +14,6 @@ from brainseg.reporting.comparison import read_table
 from brainseg.reporting.formatting import display_name, fmt, to_number
 from brainseg.reporting.html import Block, Figure, Heading, Para, Table
 
-
 #: A clean robustness Dice further than this from the comparison's own is another model's.
 OTHER_RUNS_TOLERANCE = 5e-4
 
