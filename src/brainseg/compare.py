@@ -250,7 +250,7 @@ def remake_checkpoints(run_dir: Path, cfg: RunConfig, label: str, announce: Call
         announce(f"{label}: training again did not repeat the committed run at epoch {epoch} (committed: "
                  f"{show(first[0])}; now: {show(first[1])}; another machine or library version?), so it stopped "
                  f"there: its checkpoints are left in {tmp}, not used. To perturb runs trained on this machine instead, run "
-                 f"the study into a copy of {run_dir.parent.parent.parent} without runs/{cfg.model.name} and bring back "
+                 f"the study into a copy of its folder without runs/{cfg.model.name} and bring back "
                  "its robustness/ folder (the report names such runs and gives both clean Dice figures)")
         return False
 
