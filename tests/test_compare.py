@@ -346,3 +346,23 @@ def test_a_remake_that_leaves_the_committed_curve_stops_after_that_epoch(
     err = capsys.readouterr().err
     assert "did not repeat the committed run" in err and "training again for them" not in err, err
     assert len(read_csv(remade / "history.csv")) == 2
+
+
+def test_a_remake_that_ends_before_the_committed_run_is_named_as_such(tiny_phantoms: Path, tmp_path: Path,
+                                                                       capsys) -> None:
+    """Every remade epoch matches but the committed run went on (a time limit that ends at another
+    epoch on another machine): refused with that reason, not as a different curve."""
+    out = tmp_path / "single"
+    args = ["compare", "--data", str(tiny_phantoms), "--models", "unet", "--out", str(out), *TINY, "--epochs", "2"]
+    assert main(args) == 0
+    run = out / "runs" / "unet"
+    for pt in run.glob("*.pt"):
+        pt.unlink()
+    text = (run / "history.csv").read_text()
+    last = text.strip().splitlines()[-1].split(",")
+    (run / "history.csv").write_text(text + ",".join(["3", *last[1:]]) + "\n")
+    capsys.readouterr()
+    assert main([*args, "--robustness", "quick"]) == 0
+    err = capsys.readouterr().err
+    assert "stopped after epoch 2, where the committed run went on to epoch 3" in err, err
+    assert "did not repeat" not in err and not (run / "checkpoint_best.pt").exists()

@@ -211,14 +211,19 @@ class _NotRepeated(Exception):
     """A remade run left the committed curve (carries the first differing pair of rows)."""
 
 
+class _CaughtUp(Exception):
+    """A remade run has repeated every committed epoch."""
+
+
 def remake_checkpoints(run_dir: Path, cfg: RunConfig, label: str, announce: Callable[[str], None]) -> bool:
     """Train a fold whose result files are committed again, for its checkpoints (a study finished
     on several machines keeps no weights), in run_dir/.remake; training is deterministic under the
     protocol, so the epochs must repeat the committed history.csv (losses and validation Dice to 5
     digits) before its checkpoints join the run. Each epoch is checked as it ends, so a machine that
     cannot repeat the run (another CPU's float rounding) learns it after one epoch, not after the
-    whole training. The committed result files are left as they are. Returns whether the
-    checkpoints were taken."""
+    whole training; the remake ends once it has repeated every committed epoch (a run the time
+    limit stopped early included). The committed result files are left as they are. Returns
+    whether the checkpoints were taken."""
     import itertools
     import os
     import shutil
@@ -241,29 +246,38 @@ def remake_checkpoints(run_dir: Path, cfg: RunConfig, label: str, announce: Call
         first = next(((a, b) for a, b in pairs if a != b), None)
         if first is not None:
             raise _NotRepeated(first)
+        if committed and len(again) == len(committed):
+            raise _CaughtUp
 
     def refuse(first: tuple[tuple[str, ...], tuple[str, ...]]) -> bool:
         def show(row: tuple[str, ...]) -> str:
             return "no such epoch" if not row else "train loss {1}, val loss {2}, val Dice {3}".format(*row)
 
-        epoch = (first[0] or first[1])[0]
-        announce(f"{label}: training again did not repeat the committed run at epoch {epoch} (committed: "
-                 f"{show(first[0])}; now: {show(first[1])}; another machine or library version?), so it stopped "
-                 f"there: its checkpoints are left in {tmp}, not used. To perturb runs trained on this machine instead, run "
-                 f"the study into a copy of its folder without runs/{cfg.model.name} and bring back "
-                 "its robustness/ folder (the report names such runs and gives both clean Dice figures)")
+        if first[1]:
+            why = (f"did not repeat the committed run at epoch {first[1][0]} (committed: {show(first[0])}; now: "
+                   f"{show(first[1])}; another CPU, thread count or library version?), so it stopped there")
+        else:  # every remade epoch matched, but training ended before the committed run did
+            why = (f"stopped after epoch {len(curve(tmp / 'history.csv'))}, where the committed run went on to epoch "
+                   f"{len(committed)} (train.time_limit_minutes ends a run at another epoch on a slower machine)")
+        announce(f"{label}: training again {why}: its checkpoints are left in {tmp}, not used (delete that folder to "
+                 f"try again). To perturb runs trained on this machine instead, run the study into a copy of its "
+                 f"folder without runs/{cfg.model.name} and bring back its robustness/ folder (the report names "
+                 "such runs and gives both clean Dice figures)")
         return False
 
     resume = (tmp / "checkpoint_last.pt").is_file()
     try:
-        if resume:
-            check()  # a remake left by an earlier call: only resumed while it still follows the curve
-        announce(f"{label}: result files present, checkpoints not here: training again for them → {tmp}")
-        train_run(cfg, tmp, resume=resume, on_epoch=check)
-        check()
-        n = len(curve(tmp / "history.csv"))
-        if n < len(committed):  # it stopped (early stopping, time limit) where the committed run went on
-            raise _NotRepeated((committed[n], ()))
+        try:
+            if resume:
+                check()  # a remake left by an earlier call: only resumed while it still follows the curve
+            announce(f"{label}: result files present, checkpoints not here: training again for them → {tmp}")
+            train_run(cfg, tmp, resume=resume, on_epoch=check)
+            check()
+        except _CaughtUp:
+            pass
+        else:
+            n = len(curve(tmp / "history.csv"))
+            raise _NotRepeated(((committed[n:] or [()])[0], ()))  # it ended before the committed run did
     except _NotRepeated as exc:
         return refuse(exc.args[0])
     for name in ("checkpoint_best.pt", "checkpoint_last.pt"):

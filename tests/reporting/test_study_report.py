@@ -225,6 +225,6 @@ def test_the_robustness_section_says_which_models_were_perturbed_as_other_runs(t
             r["dice_patient"] = str(clean[r["model"]])
     write_csv_atomic(path, rows, list(rows[0]))
     section = build_report(d, n_boot=N_BOOT)["report_md"].read_text().split("## Robustness")[1].split("\n## ")[0]
-    note = next(ln for ln in section.splitlines() if "Perturbed as other runs" in ln)
-    assert f"SegNet (clean per-patient Dice {clean['segnet']:.3f} there, {board['segnet']:.3f} above)" in note
+    note = next(ln for ln in section.splitlines() if "score otherwise here than in the comparison" in ln)
+    assert f"SegNet (clean per-patient Dice {clean['segnet']:.4f} here, {board['segnet']:.4f} above)" in note
     assert "UNet" not in note

@@ -68,14 +68,16 @@ def robustness_blocks(
     blocks: list[Block] = [Heading("Robustness")]
     from brainseg.reporting.plots import CLEAN_NAMES
 
-    clean = {str(r["model"]): r["dice_patient"] for r in rows if str(r["perturbation"]) in CLEAN_NAMES}
+    clean = {str(r["model"]): r["dice_patient"] for r in rows if str(r["perturbation"]).lower() in CLEAN_NAMES}
     other = [(m, d, (study_dice or {})[m]) for m, d in clean.items()
              if m in (study_dice or {}) and abs(d - (study_dice or {})[m]) > OTHER_RUNS_TOLERANCE]
     if other:
         blocks.append(Para(
-            "Perturbed as other runs than the ones compared above — the same protocol and folds trained again, "
-            "on a machine that could not repeat the committed runs bit for bit: "
-            + "; ".join(f"{labels.get(m, m)} (clean per-patient Dice {_f(d)} there, {_f(s)} above)" for m, d, s in other)
+            "Unperturbed, these models score otherwise here than in the comparison above, so they were perturbed "
+            "as other weights or under other evaluation settings (e.g. folds trained again on a machine that could "
+            "not repeat the committed runs, or another checkpoint): "
+            + "; ".join(f"{labels.get(m, m)} (clean per-patient Dice {_f(d, 4)} here, {_f(s, 4)} above)"
+                        for m, d, s in other)
             + ". Their drops are measured against their own clean Dice.", "note"))
     if absent:
         blocks.append(Para(

@@ -250,6 +250,8 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
     distributed = dist_utils.init_from_env(device.type)
     device = dist_utils.local_device(device)
     rank, world = dist_utils.rank(), dist_utils.world_size()
+    if on_epoch is not None and world > 1:  # rank 0 alone would stop; the others would wait for it
+        raise BrainsegError("an on_epoch hook needs a single-process run, not one of several (torchrun) processes")
     configure_run(cfg.train.seed, cfg.train.threads, device, cfg.train.deterministic)
     env = environment(device)
     if ckpt is not None and dist_utils.is_main():
