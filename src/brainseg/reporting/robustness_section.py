@@ -29,9 +29,9 @@ def robustness_blocks(
     """The report's robustness section from `<cmp_dir>/robustness/` (none when absent), and its figure.
 
     `study_dice` (model → the comparison's own per-patient Dice) tells which models were perturbed
-    as other runs than the comparison's: a clean Dice that differs from it means other weights (a
-    fold trained again on a machine that could not repeat the committed run), which the section
-    says, with both figures. Problems with the files become entries in `notes`; they never stop
+    as other weights or under other evaluation settings than the comparison's (e.g. a fold trained
+    again on a machine that could not repeat the committed run): their clean Dice differs from it,
+    which the section says, with both figures. Problems with the files become entries in `notes`; they never stop
     the report.
     """
     rdir = cmp_dir / "robustness"
@@ -69,8 +69,8 @@ def robustness_blocks(
     from brainseg.reporting.plots import CLEAN_NAMES
 
     clean = {str(r["model"]): r["dice_patient"] for r in rows if str(r["perturbation"]).lower() in CLEAN_NAMES}
-    other = [(m, d, (study_dice or {})[m]) for m, d in clean.items()
-             if m in (study_dice or {}) and abs(d - (study_dice or {})[m]) > OTHER_RUNS_TOLERANCE]
+    study = study_dice or {}
+    other = [(m, d, study[m]) for m, d in clean.items() if m in study and abs(d - study[m]) > OTHER_RUNS_TOLERANCE]
     if other:
         blocks.append(Para(
             "Unperturbed, these models score otherwise here than in the comparison above, so they were perturbed "
