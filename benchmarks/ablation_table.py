@@ -9,6 +9,11 @@ and the training minutes summed over folds.
 
     python benchmarks/ablation_table.py base=runs/abl_base seq=runs/abl_seq --data DIR [--md docs/ablation.md]
 
+A LABEL=DIR may also be a folder of `brainseg evaluate` outputs, one per fold (`DIR/fold<k>/
+per_patient.csv`): an evaluation of the folds' last checkpoints, or of an ensemble of runs trained
+on the same folds (`brainseg evaluate RUN_A/fold<k> RUN_B/fold<k> --out DIR/fold<k>`). Its train
+minutes are not known there and print as "–".
+
 Optional: `--robustness` reads `robustness/robustness.csv` of each folder (written by
 `brainseg robustness CMPDIR`) and adds the Dice drop under the named perturbations.
 """
@@ -16,6 +21,7 @@ Optional: `--robustness` reads `robustness/robustness.csv` of each folder (writt
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -36,6 +42,29 @@ def train_minutes(cmp_dir: Path, model: str) -> float:
     return total / 60.0
 
 
+def evaluated_values(folder: Path) -> tuple[dict[str, float], int]:
+    """Per-patient Dice pooled over `folder/fold<k>/per_patient.csv` (evaluate outputs), and the fold count."""
+    files = sorted(folder.glob("fold*/per_patient.csv"))
+    vals: dict[str, float] = {}
+    for f in files:
+        with f.open(newline="", encoding="utf-8") as fh:
+            for rec in csv.DictReader(fh):
+                if rec["patient"] in vals:
+                    raise SystemExit(f"{f}: patient {rec['patient']} is in two folds")
+                vals[rec["patient"]] = float(rec["dice"])
+    return vals, len(files)
+
+
+def lever_values(folder: str, model: str) -> tuple[dict[str, float], int, float]:
+    """(patient → Dice, folds, train minutes) of a comparison folder or a folder of per-fold evaluations."""
+    path = Path(folder)
+    if not (path / "protocol.json").is_file() and any(path.glob("fold*/per_patient.csv")):
+        vals, n_folds = evaluated_values(path)
+        return vals, n_folds, float("nan")
+    cmp = load_comparison(folder)
+    return per_patient_values(cmp, "dice").get(model) or {}, cmp.n_folds, train_minutes(path, model)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("levers", nargs="+", metavar="LABEL=CMPDIR")
@@ -48,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, base = [], None
     for spec in args.levers:
         label, _, folder = spec.partition("=")
-        cmp = load_comparison(folder)
-        vals = per_patient_values(cmp, "dice").get(args.model)
+        vals, n_folds, minutes = lever_values(folder, args.model)
         if not vals:
             print(f"{folder}: no results for {args.model}", file=sys.stderr)
             continue
@@ -57,11 +85,21 @@ def main(argv: list[str] | None = None) -> int:
         v = np.array([vals[p] for p in patients])
         mean, lo, hi = bootstrap_ci(v)
         row = {
-            "lever": label, "n": len(v), "folds": cmp.n_folds, "mean": mean, "lo": lo, "hi": hi,
-            "median": float(np.median(v)), "below05": int((v < 0.5).sum()), "below07": int((v < 0.7).sum()),
+            "lever": label,
+            "n": len(v),
+            "folds": n_folds,
+            "mean": mean,
+            "lo": lo,
+            "hi": hi,
+            "median": float(np.median(v)),
+            "below05": int((v < 0.5).sum()),
+            "below07": int((v < 0.7).sum()),
             "copies": float(np.mean([vals[p] for p in patients if p in copies])) if copies else float("nan"),
-            "others": float(np.mean([vals[p] for p in patients if p not in copies])) if copies else float("nan"),
-            "minutes": train_minutes(Path(folder), args.model), "vals": vals,
+            "others": float(np.mean([vals[p] for p in patients if p not in copies]))
+            if copies
+            else float("nan"),
+            "minutes": minutes,
+            "vals": vals,
         }
         if base is None:
             base = row
@@ -74,15 +112,17 @@ def main(argv: list[str] | None = None) -> int:
             row["p"] = paired_wilcoxon(a, b)["p_value"]
         rows.append(row)
 
-    head = ("| lever | patients (folds) | per-patient Dice [95% CI] | median | < 0.5 / < 0.7 | FLAIR-copy / others "
-            "| Δ vs first (Wilcoxon p) | train min |")
+    head = (
+        "| lever | patients (folds) | per-patient Dice [95% CI] | median | < 0.5 / < 0.7 | FLAIR-copy / others "
+        "| Δ vs first (Wilcoxon p) | train min |"
+    )
     lines = [head, "|" + "---|" * 8]
     for r in rows:
         p = "" if np.isnan(r["p"]) else f" (p {r['p']:.3f})"
         lines.append(
             f"| {r['lever']} | {r['n']} ({r['folds']}) | {r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] | "
             f"{r['median']:.3f} | {r['below05']} / {r['below07']} | {r['copies']:.3f} / {r['others']:.3f} | "
-            f"{r['delta']:+.3f}{p} | {r['minutes']:.0f} |"
+            f"{r['delta']:+.3f}{p} | {'–' if np.isnan(r['minutes']) else format(r['minutes'], '.0f')} |"
         )
     text = "\n".join(lines)
     print(text)

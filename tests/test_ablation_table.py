@@ -1,0 +1,54 @@
+"""benchmarks/ablation_table.py pools per-fold `brainseg evaluate` outputs as it pools comparisons."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("ablation_table", REPO / "benchmarks" / "ablation_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_folds(root: Path, folds: list[dict[str, float]]) -> Path:
+    for k, vals in enumerate(folds):
+        d = root / f"fold{k}"
+        d.mkdir(parents=True)
+        lines = ["patient,institution,dice,recall"] + [f"{p},XX,{v},0.5" for p, v in vals.items()]
+        (d / "per_patient.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def test_folds_of_evaluations_are_pooled_and_paired(tmp_path, capsys):
+    mod = _load()
+    a = _write_folds(tmp_path / "a", [{"P1": 0.8, "P2": 0.4}, {"P3": 0.6}])
+    b = _write_folds(tmp_path / "b", [{"P1": 0.9, "P2": 0.5}, {"P3": 0.7}])
+    assert mod.evaluated_values(a) == ({"P1": 0.8, "P2": 0.4, "P3": 0.6}, 2)
+    assert mod.main([f"a={a}", f"b={b}"]) == 0
+    rows = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| a ") or line.startswith("| b ")
+    ]
+    # a: mean (0.8 + 0.4 + 0.6) / 3 = 0.600, median 0.600, one patient < 0.5, two < 0.7;
+    # b is 0.1 higher for every patient; no train minutes in evaluate outputs.
+    assert (
+        rows[0].startswith("| a | 3 (2) | 0.600 [")
+        and "| 0.600 | 1 / 2 |" in rows[0]
+        and rows[0].endswith("| – |")
+    )
+    assert rows[1].startswith("| b | 3 (2) | 0.700 [") and "+0.100" in rows[1]
+
+
+def test_a_patient_in_two_folds_is_refused(tmp_path):
+    mod = _load()
+    a = _write_folds(tmp_path / "a", [{"P1": 0.8}, {"P1": 0.6}])
+    with pytest.raises(SystemExit, match="P1 is in two folds"):
+        mod.evaluated_values(a)
