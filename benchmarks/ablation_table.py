@@ -14,6 +14,10 @@ per_patient.csv`): an evaluation of the folds' last checkpoints, or of an ensemb
 on the same folds (`brainseg evaluate RUN_A/fold<k> RUN_B/fold<k> --out DIR/fold<k>`). Its train
 minutes are not known there and print as "–".
 
+LABEL=DIR1,DIR2,… averages replicates (the same lever trained with other seeds, on the same folds):
+each patient's Dice is its mean over the replicates, the minutes are the replicates' mean. Two seeds
+of one lever against two of another compare the levers with less of one training's noise.
+
 Optional: `--robustness` reads `robustness/robustness.csv` of each folder (written by
 `brainseg robustness CMPDIR`) and adds the Dice drop under the named perturbations.
 """
@@ -65,6 +69,14 @@ def lever_values(folder: str, model: str) -> tuple[dict[str, float], int, float]
     return per_patient_values(cmp, "dice").get(model) or {}, cmp.n_folds, train_minutes(path, model)
 
 
+def replicate_values(folders: str, model: str) -> tuple[dict[str, float], int, float]:
+    """`lever_values` of comma-separated replicates, each patient's Dice averaged over them."""
+    parts = [lever_values(f, model) for f in folders.split(",")]
+    common = set(parts[0][0]).intersection(*(set(v) for v, _, _ in parts[1:]))
+    vals = {p: float(np.mean([v[p] for v, _, _ in parts])) for p in sorted(common)}
+    return vals, parts[0][1], float(np.mean([m for _, _, m in parts]))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("levers", nargs="+", metavar="LABEL=CMPDIR")
@@ -77,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, base = [], None
     for spec in args.levers:
         label, _, folder = spec.partition("=")
-        vals, n_folds, minutes = lever_values(folder, args.model)
+        vals, n_folds, minutes = replicate_values(folder, args.model)
         if not vals:
             print(f"{folder}: no results for {args.model}", file=sys.stderr)
             continue

@@ -52,3 +52,12 @@ def test_a_patient_in_two_folds_is_refused(tmp_path):
     a = _write_folds(tmp_path / "a", [{"P1": 0.8}, {"P1": 0.6}])
     with pytest.raises(SystemExit, match="P1 is in two folds"):
         mod.evaluated_values(a)
+
+
+def test_replicates_are_averaged_per_patient(tmp_path):
+    mod = _load()
+    a = _write_folds(tmp_path / "a", [{"P1": 0.8, "P2": 0.4}, {"P3": 0.6}])
+    b = _write_folds(tmp_path / "b", [{"P1": 0.6, "P2": 0.6}, {"P3": 0.7}])
+    vals, folds, minutes = mod.replicate_values(f"{a},{b}", "unet")
+    # (0.8 + 0.6) / 2, (0.4 + 0.6) / 2, (0.6 + 0.7) / 2
+    assert vals == pytest.approx({"P1": 0.7, "P2": 0.5, "P3": 0.65}) and folds == 2
