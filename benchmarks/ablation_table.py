@@ -18,8 +18,8 @@ LABEL=DIR1,DIR2,… averages replicates (the same lever trained with other seeds
 each patient's Dice is its mean over the replicates, the minutes are the replicates' mean. Two seeds
 of one lever against two of another compare the levers with less of one training's noise.
 
-Optional: `--robustness` reads `robustness/robustness.csv` of each folder (written by
-`brainseg robustness CMPDIR`) and adds the Dice drop under the named perturbations.
+Robustness under perturbations is not in this table: `brainseg robustness CMPDIR` writes its own
+(`robustness/robustness.csv`, and the report's section).
 """
 
 from __future__ import annotations
