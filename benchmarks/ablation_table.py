@@ -79,7 +79,7 @@ def replicate_values(folders: str, model: str) -> tuple[dict[str, float], int, f
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("levers", nargs="+", metavar="LABEL=CMPDIR")
+    ap.add_argument("levers", nargs="+", metavar="LABEL=DIR[,DIR...]")
     ap.add_argument("--model", default="unet")
     ap.add_argument("--data", help="dataset folder, to find the FLAIR-copy patients")
     ap.add_argument("--md", help="also write the table to this Markdown file")
