@@ -25,7 +25,6 @@ Robustness under perturbations is not in this table: `brainseg robustness CMPDIR
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ import numpy as np
 from brainseg.data.lgg import index_dataset
 from brainseg.data.sequences import flair_copy_patients
 from brainseg.metrics.stats import bootstrap_ci, paired_wilcoxon
-from brainseg.reporting.comparison import load_comparison
+from brainseg.reporting.comparison import load_comparison, read_table
 from brainseg.reporting.leaderboard import per_patient_values
 
 
@@ -51,11 +50,11 @@ def evaluated_values(folder: Path) -> tuple[dict[str, float], int]:
     files = sorted(folder.glob("fold*/per_patient.csv"))
     vals: dict[str, float] = {}
     for f in files:
-        with f.open(newline="", encoding="utf-8") as fh:
-            for rec in csv.DictReader(fh):
-                if rec["patient"] in vals:
-                    raise SystemExit(f"{f}: patient {rec['patient']} is in two folds")
-                vals[rec["patient"]] = float(rec["dice"])
+        for rec in read_table(f, ("patient", "dice")):
+            patient = str(rec["patient"])
+            if patient in vals:
+                raise SystemExit(f"{f}: patient {patient} is in two folds")
+            vals[patient] = float(rec["dice"])
     return vals, len(files)
 
 
