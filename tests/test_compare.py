@@ -366,3 +366,41 @@ def test_a_remake_that_ends_before_the_committed_run_is_named_as_such(tiny_phant
     err = capsys.readouterr().err
     assert "stopped after epoch 2, where the committed run went on to epoch 3" in err, err
     assert "did not repeat" not in err and not (run / "checkpoint_best.pt").exists()
+
+
+def test_a_study_run_a_fold_at_a_time(tiny_phantoms: Path, tmp_path: Path, capsys) -> None:
+    """`compare --fold K` trains and evaluates only fold K; the report follows the last fold, and the
+    folds are the same runs a comparison of every fold at once makes."""
+    out = tmp_path / "byfold"
+    base = ["compare", "--data", str(tiny_phantoms), "--models", "unet", "--out", str(out), "--folds", "2", *TINY]
+    assert main([*base, "--fold", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 2 folds finished" in err
+    assert (out / "runs" / "unet" / "fold1" / "eval_test" / "per_patient.csv").is_file()
+    assert not (out / "runs" / "unet" / "fold0").exists()
+    assert not (out / "report.html").exists() and not (out / "leaderboard.csv").exists()
+    kept = (out / "runs" / "unet" / "fold1" / "checkpoint_best.pt").stat().st_mtime_ns
+    assert main([*base, "--fold", "0"]) == 0
+    assert (out / "runs" / "unet" / "fold1" / "checkpoint_best.pt").stat().st_mtime_ns == kept
+    assert (out / "report.html").is_file()
+    whole = tmp_path / "whole"
+    assert main(["compare", "--data", str(tiny_phantoms), "--models", "unet", "--out", str(whole), "--folds", "2",
+                 *TINY]) == 0
+    splits = read_json(out / "splits.json")["splits"]
+    assert read_json(whole / "splits.json")["splits"] == splits
+    for k in range(2):
+        a = read_csv(out / "runs" / "unet" / f"fold{k}" / "eval_test" / "per_patient.csv")
+        b = read_csv(whole / "runs" / "unet" / f"fold{k}" / "eval_test" / "per_patient.csv")
+        assert {r["patient"] for r in a} == set(splits[k]["test"])
+        assert [(r["patient"], r["dice"]) for r in a] == [(r["patient"], r["dice"]) for r in b]
+    timings = ("train_seconds", "epoch_seconds_median", "inference_ms_per_slice")
+    [a], [b] = ([{k: v for k, v in r.items() if k not in timings} for r in read_csv(d / "leaderboard.csv")]
+                for d in (out, whole))
+    assert a == b
+    capsys.readouterr()
+    assert main([*base, "--fold", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "fold 2 asked for, but only 2 split(s) were drawn" in err and "Traceback" not in err
+    assert main(["compare", "--data", str(tiny_phantoms), "--models", "unet", "--out", str(tmp_path / "one"),
+                 "--fold", "0", *TINY]) == 2
+    assert "no folds" in capsys.readouterr().err

@@ -61,8 +61,13 @@ def compare(
     n_examples: int = 2,
     report: bool = True,
     robustness: list[int] | None = None,
+    only_fold: int | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) the comparison of `models` with shared settings `cfg` in folder `out`.
+
+    `only_fold` (k-fold or several splits only) trains and evaluates that fold of each model and
+    nothing else, so that a study too long for one sitting is run a fold at a time; examples,
+    robustness and the report wait until every fold of a model is finished.
 
     As soon as all of a model's runs are finished, its example slices are written (and, with
     `robustness`, severities of every perturbation, `[]` for all, it is run under them into
@@ -84,14 +89,14 @@ def compare(
 
         with folder_lock(out, "comparison folder"):
             return _compare_locked(cfg, out, models, command=command, announce=announce,
-                                   n_examples=n_examples, report=report, robustness=robustness)
+                                   n_examples=n_examples, report=report, robustness=robustness, only_fold=only_fold)
     return _compare_locked(cfg, out, models, command=command, announce=announce, n_examples=n_examples,
-                           report=report, robustness=robustness)
+                           report=report, robustness=robustness, only_fold=only_fold)
 
 
 def _compare_locked(
     cfg: RunConfig, out: Path, models: list[str], *, command: str, announce: Callable[[str], None],
-    n_examples: int, report: bool, robustness: list[int] | None,
+    n_examples: int, report: bool, robustness: list[int] | None, only_fold: int | None = None,
 ) -> dict[str, Any]:
     from brainseg.data import splits as S
     from brainseg.evaluation.evaluate import evaluate_run
@@ -112,6 +117,12 @@ def _compare_locked(
     all_splits = S.load_splits(cfg.data.split_file, patients=data.index.patients)
     # k-fold, leave-each-institution-out, or a user's file with several splits: one run per split.
     folds = len(all_splits) if len(all_splits) > 1 else 0
+    if only_fold is not None and not 0 <= only_fold < folds:
+        raise BrainsegError(
+            f"--fold {only_fold}: this comparison has {folds or 'no'} folds"
+            + (f" (0 to {folds - 1})" if folds else "; --fold needs --folds K, --holdout-institution all or a "
+               "split file with several splits"))
+    cfg.data.fold = 0  # which fold is a run's setting (runs/<model>/fold<k>), not the comparison's
     summary = data.index.summary()
     protocol = {
         "models": models,
@@ -142,6 +153,8 @@ def _compare_locked(
     unrepeatable: set[str] = set()  # models whose committed runs this machine could not repeat
     for i, model in enumerate(models, 1):
         for k, run_dir in enumerate(dirs[model]):
+            if only_fold is not None and k != only_fold:
+                continue
             label = f"[{i}/{len(models)}] {model}" + (f" fold {k + 1}/{folds}" if folds else "")
             mcfg = RunConfig.from_dict(cfg.to_dict())
             mcfg.model.name = model
@@ -173,6 +186,14 @@ def _compare_locked(
                 d = s["metrics"]["dice"]["per_patient"]["mean"]
                 announce(f"{label}: test Dice per patient {d:.4f} ({s['n_patients']} patients)")
             dist_utils.barrier()
+        if only_fold is not None:
+            done = sum((d / "eval_test" / "summary.json").is_file() for d in dirs[model])
+            if done < len(dirs[model]):
+                announce(f"[{i}/{len(models)}] {model}: {done} of {len(dirs[model])} folds finished; its examples"
+                         + (", robustness" if robustness is not None else "") + " and the report wait for the rest "
+                         "(run the other folds, or the comparison without --fold)")
+                report = False
+                continue
         if dist_utils.is_main():  # while this model's checkpoints are here
             from brainseg.evaluation.examples import write_examples
 

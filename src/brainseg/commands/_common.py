@@ -30,7 +30,9 @@ TRAIN_FLAGS: dict[str, str] = {
 }
 
 
-def add_training_arguments(p: argparse.ArgumentParser) -> None:
+def add_training_arguments(
+    p: argparse.ArgumentParser, fold_help: str = "which fold to train (with --folds or --split-file)"
+) -> None:
     p.add_argument("--data", metavar="DIR", help="dataset folder in the kaggle_3m layout (default: built-in phantoms)")
     p.add_argument("--config", metavar="FILE", help="YAML or TOML settings file; flags override it")
     p.add_argument("--size", type=int, help="train/infer at SIZE×SIZE (default 128; 256 is LGG's native size)")
@@ -43,7 +45,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, help="early stopping after N epochs without validation gain (0: off)")
     p.add_argument("--split-file", metavar="FILE", help="use this splits.json instead of drawing one")
     p.add_argument("--folds", type=int, help="k-fold cross-validation over patients")
-    p.add_argument("--fold", type=int, help="which fold to train (with --folds or --split-file)")
+    p.add_argument("--fold", type=int, help=fold_help)
     p.add_argument("--holdout-institution", metavar="CODE",
                    help="leave-one-institution-out: test on this institution's patients (e.g. HT), train on the rest; "
                         "'all' runs one split per institution (with compare; train takes --fold)")

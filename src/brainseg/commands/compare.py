@@ -36,7 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "here; a model whose results are there is skipped, and one whose fold results are committed but "
                         "whose checkpoints are not here is trained again for them, checked epoch for epoch against "
                         "its committed history.csv (default off)")
-    add_training_arguments(p)
+    add_training_arguments(
+        p, fold_help="train and evaluate only this fold of each model (with --folds, --holdout-institution all or "
+                     "a split file of several splits), to run a long study a fold at a time; the examples, "
+                     "robustness and report follow once every fold is finished (default: every fold)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     command = "brainseg " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])
     robustness = {"off": None, "quick": [1, 3, 5], "full": []}[args.robustness]
-    result = compare(cfg, args.out, models, command=command, n_examples=args.examples, robustness=robustness)
+    result = compare(cfg, args.out, models, command=command, n_examples=args.examples, robustness=robustness,
+                     only_fold=args.fold)
     rep = result.get("report", {})
     if rep:
         board = rep.get("leaderboard_md")
