@@ -117,11 +117,9 @@ def _compare_locked(
     all_splits = S.load_splits(cfg.data.split_file, patients=data.index.patients)
     # k-fold, leave-each-institution-out, or a user's file with several splits: one run per split.
     folds = len(all_splits) if len(all_splits) > 1 else 0
-    if only_fold is not None and not 0 <= only_fold < folds:
-        raise BrainsegError(
-            f"--fold {only_fold}: this comparison has {folds or 'no'} folds"
-            + (f" (0 to {folds - 1})" if folds else "; --fold needs --folds K, --holdout-institution all or a "
-               "split file with several splits"))
+    if only_fold is not None and not folds:  # a fold out of range was refused by load_run_data
+        raise BrainsegError(f"--fold {only_fold}: this comparison has no folds; --fold needs --folds K, "
+                            "--holdout-institution all or a split file with several splits")
     cfg.data.fold = 0  # which fold is a run's setting (runs/<model>/fold<k>), not the comparison's
     summary = data.index.summary()
     protocol = {
