@@ -82,16 +82,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="unet")
     ap.add_argument("--data", help="dataset folder, to find the FLAIR-copy patients")
     ap.add_argument("--md", help="also write the table to this Markdown file")
+    ap.add_argument(
+        "--common",
+        action="store_true",
+        help="score every row on the patients all rows share (e.g. a lever run on some of the folds "
+        "against full cross-validations); the folds column stays each folder's own count",
+    )
     args = ap.parse_args(argv)
 
     copies = flair_copy_patients(index_dataset(args.data)) if args.data else set()
-    rows, base = [], None
+    levers = []
     for spec in args.levers:
         label, _, folder = spec.partition("=")
         vals, n_folds, minutes = replicate_values(folder, args.model)
         if not vals:
             print(f"{folder}: no results for {args.model}", file=sys.stderr)
             continue
+        levers.append((label, vals, n_folds, minutes))
+    if args.common and levers:
+        shared = set(levers[0][1]).intersection(*(set(v) for _, v, _, _ in levers[1:]))
+        if not shared:
+            raise SystemExit("--common: the rows share no patient")
+        levers = [(label, {p: v[p] for p in shared}, n, m) for label, v, n, m in levers]
+    rows, base = [], None
+    for label, vals, n_folds, minutes in levers:
         patients = sorted(vals)
         v = np.array([vals[p] for p in patients])
         mean, lo, hi = bootstrap_ci(v)

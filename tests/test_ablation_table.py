@@ -61,3 +61,26 @@ def test_replicates_are_averaged_per_patient(tmp_path):
     vals, folds, minutes = mod.replicate_values(f"{a},{b}", "unet")
     # (0.8 + 0.6) / 2, (0.4 + 0.6) / 2, (0.6 + 0.7) / 2
     assert vals == pytest.approx({"P1": 0.7, "P2": 0.5, "P3": 0.65}) and folds == 2
+
+
+def test_common_scores_every_row_on_the_shared_patients(tmp_path, capsys):
+    mod = _load()
+    full = _write_folds(tmp_path / "full", [{"P1": 0.8, "P2": 0.4}, {"P3": 0.9}])
+    part = _write_folds(tmp_path / "part", [{"P1": 0.9, "P2": 0.6}])
+    assert mod.main([f"full={full}", f"part={part}", "--common"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| full ", "| part "))]
+    # full on P1, P2 only: (0.8 + 0.4) / 2 = 0.600, one patient < 0.5 and < 0.7 (0.700 over all
+    # three without --common);
+    # part: 0.750, +0.150 paired over the same two patients
+    assert rows[0].startswith("| full | 2 (2) | 0.600 [") and "| 1 / 1 |" in rows[0]
+    assert rows[1].startswith("| part | 2 (1) | 0.750 [") and "+0.150" in rows[1]
+    assert mod.main([f"full={full}", f"part={part}"]) == 0
+    assert "| full | 3 (2) | 0.700 [" in capsys.readouterr().out
+
+
+def test_common_refuses_rows_without_a_shared_patient(tmp_path):
+    mod = _load()
+    a = _write_folds(tmp_path / "a", [{"P1": 0.8}])
+    b = _write_folds(tmp_path / "b", [{"P2": 0.6}])
+    with pytest.raises(SystemExit, match="share no patient"):
+        mod.main([f"a={a}", f"b={b}", "--common"])
