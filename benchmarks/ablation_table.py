@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "--common",
         action="store_true",
         help="score every row on the patients all rows share (e.g. a lever run on some of the folds "
-        "against full cross-validations); the folds column stays each folder's own count",
+        "against full cross-validations); the folds and train-minutes columns stay each folder's own",
     )
     args = ap.parse_args(argv)
 
