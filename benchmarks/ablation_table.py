@@ -68,10 +68,15 @@ def lever_values(folder: str, model: str) -> tuple[dict[str, float], int, float]
     return per_patient_values(cmp, "dice").get(model) or {}, cmp.n_folds, train_minutes(path, model)
 
 
+def shared_patients(values: list[dict[str, float]]) -> set[str]:
+    """The patients every one of `values` (patient → Dice) holds."""
+    return set(values[0]).intersection(*values[1:])
+
+
 def replicate_values(folders: str, model: str) -> tuple[dict[str, float], int, float]:
     """`lever_values` of comma-separated replicates, each patient's Dice averaged over them."""
     parts = [lever_values(f, model) for f in folders.split(",")]
-    common = set(parts[0][0]).intersection(*(set(v) for v, _, _ in parts[1:]))
+    common = shared_patients([v for v, _, _ in parts])
     vals = {p: float(np.mean([v[p] for v, _, _ in parts])) for p in sorted(common)}
     return vals, parts[0][1], float(np.mean([m for _, _, m in parts]))
 
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         levers.append((label, vals, n_folds, minutes))
     if args.common and levers:
-        shared = set(levers[0][1]).intersection(*(set(v) for _, v, _, _ in levers[1:]))
+        shared = shared_patients([v for _, v, _, _ in levers])
         if not shared:
             raise SystemExit("--common: the rows share no patient")
         levers = [(label, {p: v[p] for p in shared}, n, m) for label, v, n, m in levers]
