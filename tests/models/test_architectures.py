@@ -33,6 +33,47 @@ def test_unet_levels_widths_and_upsampling():
     assert not any(isinstance(m, (nn.Sigmoid, nn.Softmax)) for m in model.modules())
 
 
+def test_unet_deep_supervision_heads_watch_the_half_and_quarter_decoder_levels():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = create_model("unet", width=4, deep_supervision=True)
+    plain = create_model("unet", width=4)
+    # two 1×1 heads on the decoder levels of width 8 (1/2) and 16 (1/4): 8+1 and 16+1 parameters
+    assert count_parameters(model) - count_parameters(plain) == (8 + 1) + (16 + 1)
+    assert model.config["deep_supervision"] is True and "deep_supervision" not in plain.config
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    y = model(x)
+    # recompute by hand from the model's own blocks: the decoder's 1/2 and 1/4 outputs, each
+    # through its head and upsampled bilinearly to 32×32
+    feats = model.encoder(x)
+    h, levels = feats[-1], []
+    for block, skip in zip(model.decoder.blocks, reversed(feats[:-1])):
+        h = block(h, skip)
+        levels.append(h)
+    assert [lv.shape[-1] for lv in levels] == [4, 8, 16, 32]
+    want_half = F.interpolate(model.ds_heads[0](levels[2]), size=(32, 32), mode="bilinear", align_corners=False)
+    want_quarter = F.interpolate(model.ds_heads[1](levels[1]), size=(32, 32), mode="bilinear", align_corners=False)
+    # batch norm in training mode normalises by the batch: the same batch gives the same values
+    torch.testing.assert_close(y["out"], model.head(levels[3]))
+    torch.testing.assert_close(y["aux"][0], want_half)
+    torch.testing.assert_close(y["aux"][1], want_quarter)
+    # at inference only the main logits, and they are the plain U-Net's path
+    model.eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("ds_heads")})
+    plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x))
+
+
+def test_attention_unet_does_not_offer_deep_supervision():
+    from brainseg.errors import BrainsegError
+
+    with pytest.raises(BrainsegError, match="deep_supervision"):
+        create_model("attention_unet", width=4, deep_supervision=True)
+
+
 def test_attention_unet_gates_every_skip_and_exposes_its_maps():
     model = create_model("attention_unet", width=4).eval()
     assert model.attention_maps() == []

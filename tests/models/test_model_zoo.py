@@ -34,6 +34,7 @@ SIZE = 64
 VARIANTS = {
     "deeplabv3plus": [{"output_stride": 8}],
     "pspnet": [{"aux": True}],
+    "unet": [{"deep_supervision": True}],
 }
 
 
@@ -165,11 +166,13 @@ def test_gradients_reach_every_parameter(name, extra):
     x = torch.randn(2, 3, SIZE, SIZE)
     target = (torch.rand(2, 1, SIZE, SIZE) > 0.7).float()
     y = model(x)
-    if isinstance(y, dict):  # PSPNet with aux=True: the trainer's weighting
-        assert set(y) == {"out", "aux"} and y["aux"].shape == y["out"].shape
-        loss = F.binary_cross_entropy_with_logits(
-            y["out"], target
-        ) + 0.4 * F.binary_cross_entropy_with_logits(y["aux"], target)
+    if isinstance(y, dict):  # PSPNet with aux=True, U-Net with deep supervision: the trainer's weighting
+        assert set(y) == {"out", "aux"}
+        aux = y["aux"] if isinstance(y["aux"], list) else [y["aux"]]
+        assert all(a.shape == y["out"].shape for a in aux)
+        loss = F.binary_cross_entropy_with_logits(y["out"], target) + sum(
+            0.4 / 2**k * F.binary_cross_entropy_with_logits(a, target) for k, a in enumerate(aux)
+        )
     else:
         loss = F.binary_cross_entropy_with_logits(y, target)
     loss.backward()

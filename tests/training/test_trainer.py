@@ -199,3 +199,34 @@ def test_time_limit_stops_after_the_epoch_that_reaches_it(tiny_phantoms: Path, t
     assert len(read_csv(tmp_path / "run" / "history.csv")) == 1
     assert summary["finished"] and summary["epochs_run"] == 1
     assert (tmp_path / "run" / "checkpoint_best.pt").is_file()
+
+
+def test_deep_supervision_loss_weighs_the_kth_auxiliary_output_by_aux_weight_over_2_to_the_k() -> None:
+    """The trainer's loss for {"out", "aux": [a0, a1]}: L(out) + 0.4·L(a0) + 0.2·L(a1), by hand."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    out, a0, a1 = torch.full((1, 1, 2, 2), 2.0), torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), -1.0)
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+
+    class Fixed(nn.Module):
+        def __init__(self, y):
+            super().__init__()
+            self.y = y
+
+        def forward(self, x):
+            return self.y
+
+    def bce(z):  # mean over 4 pixels, two of them tumour: −(2·log σ(z) + 2·log(1 − σ(z))) / 4
+        s = 1 / (1 + math.exp(-z))
+        return -(2 * math.log(s) + 2 * math.log(1 - s)) / 4
+
+    for y, want in (
+        ({"out": out, "aux": [a0, a1]}, bce(2.0) + 0.4 * bce(0.0) + 0.2 * bce(-1.0)),
+        ({"out": out, "aux": a0}, bce(2.0) + 0.4 * bce(0.0)),  # PSPNet's single head
+        (out, bce(2.0)),
+    ):
+        trainer = Trainer.__new__(Trainer)  # only what _forward_loss reads
+        trainer.model, trainer.loss_fn, trainer.aux_weight = Fixed(y), F.binary_cross_entropy_with_logits, 0.4
+        trainer.device, trainer.amp_dtype = torch.device("cpu"), None
+        assert trainer._forward_loss(torch.zeros(1, 3, 2, 2), target).item() == pytest.approx(want, rel=1e-6)

@@ -68,6 +68,12 @@ class AttentionUNet(UNet):
     cpu_channels_last = True  # CPU train step ×0.75 vs NCHW at batch 16 (models_speed.py --layouts)
     decoder_class = AttentionUNetDecoder  # the U-Net's encoder, levels and head; gated skips
 
+    def __init__(
+        self, in_channels: int = 3, out_channels: int = 1, width: int | None = None,
+        encoder_weights: str | None = None,
+    ) -> None:  # the U-Net's deep supervision is not offered: the gated decoder has no levels hook
+        super().__init__(in_channels, out_channels, width, encoder_weights)
+
     def build(self, in_channels: int, out_channels: int, width: int) -> dict[str, Any]:
         self._attention: list[torch.Tensor] = []
         return super().build(in_channels, out_channels, width)

@@ -133,7 +133,8 @@ class Trainer:
     """Runs epochs of training and per-patient validation, checkpointing after each.
 
     Args:
-        model: returns logits (or {"out", "aux"} in training mode for deep supervision).
+        model: returns logits (or, in training mode, {"out": logits, "aux": logits or a list of
+            them, finest first} for deep supervision: the k-th auxiliary loss weighs aux_weight / 2^k).
         loss_fn: maps (logits, target) to a scalar.
         val_fn: maps the (unwrapped) model to {"val_loss", "val_dice", "val_dice_slice"};
             `val_dice` is the per-patient mean Dice used for model selection.
@@ -267,8 +268,12 @@ class Trainer:
     def _forward_loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             out = self.model(images)
-        if isinstance(out, dict):  # deep supervision (PSPNet's auxiliary head)
-            return self.loss_fn(out["out"].float(), masks) + self.aux_weight * self.loss_fn(out["aux"].float(), masks)
+        if isinstance(out, dict):  # deep supervision: PSPNet's auxiliary head, the U-Net's decoder heads
+            aux = out["aux"] if isinstance(out["aux"], (list, tuple)) else [out["aux"]]
+            loss = self.loss_fn(out["out"].float(), masks)
+            for k, a in enumerate(aux):  # the k-th auxiliary output (finest first) weighs aux_weight / 2^k
+                loss = loss + self.aux_weight / 2**k * self.loss_fn(a.float(), masks)
+            return loss
         return self.loss_fn(out.float(), masks)
 
     def train_step(self, batch: dict[str, Any], epoch: int = 0) -> torch.Tensor:
