@@ -38,6 +38,7 @@ class DataConfig:
     bias_field: float = 0.0  # augmentation: max amplitude of a smooth quadratic bias field; 0 → off
     seq_dropout: float = 0.0  # augmentation: probability of copying FLAIR into pre/post-contrast (as LGG does)
     context: int = 0  # 2.5-D: k neighbouring slices on each side as extra input channels; 0 → off
+    mask_targets: str = "binary"  # training targets at model size: binary (nearest) or soft (tumour fraction per pixel)
     tumour_weight: float = 0.0  # >0: sample tumour slices this many times more often
     split_file: str | None = None  # a user's own splits.json; None → drawn from the seed
     val_fraction: float = 0.15
@@ -122,6 +123,7 @@ RULES: dict[str, Rule] = {
     "data.size": _at_least(1, " (pixels; each model also needs a multiple of its size divisor)"),
     "data.in_channels": _one_of(1, 3),
     "data.normalization": _one_of("unit", "zscore", "rank"),
+    "data.mask_targets": _one_of("binary", "soft"),
     "data.gamma_max": _at_least(1, " (gamma is drawn in [1/gamma_max, gamma_max])"),
     "data.bias_field": _at_least(0, " (0: off)"),
     "data.seq_dropout": _PROBABILITY,

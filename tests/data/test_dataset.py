@@ -58,3 +58,36 @@ def test_cache_is_uint8_and_checked(tiny_dataset: Path) -> None:
         SliceDataset(records[:5], size=24, arrays=(images, masks))
     with pytest.raises(BrainsegError, match="normalization"):
         SliceDataset(records, size=24, normalization="minmax", arrays=(images, masks))
+
+
+def test_soft_mask_is_centred_and_keeps_the_tumour_area() -> None:
+    """Soft targets (data.mask_targets=soft) against properties the nearest-neighbour target lacks."""
+    from brainseg.data.dataset import soft_mask
+
+    yy, xx = np.mgrid[:256, :256]
+    disc = ((yy - 127.5) ** 2 + (xx - 127.5) ** 2 <= 40.0**2).astype(np.uint8)  # centred on the image
+    soft = soft_mask(disc, 128).astype(np.float64) / 255.0
+    # the image's centre is the target's centre: a disc symmetric under both flips stays symmetric
+    np.testing.assert_allclose(soft, soft[::-1, ::-1], atol=1 / 255)
+    near = resize_mask(disc, 128).astype(np.float64)
+    assert np.abs(near - near[::-1, ::-1]).max() == 1.0  # half a native pixel off centre
+    # every native tumour pixel is kept as a fraction: area π·40² native = π·40²/4 model pixels
+    assert soft.sum() == pytest.approx(np.pi * 40.0**2 / 4, rel=0.01)
+    assert ((soft > 0) & (soft < 1)).any()  # partial pixels at the border
+    assert soft_mask(np.ones((256, 256), np.uint8), 128).min() == 255
+    assert soft_mask(np.zeros((256, 256), np.uint8), 128).max() == 0
+
+
+def test_soft_mask_items_are_fractions_and_threshold_to_the_binary_target(tiny_dataset: Path) -> None:
+    records = index_dataset(tiny_dataset).records
+    binary = SliceDataset(records, size=16, augment=False)
+    soft = SliceDataset(records, size=16, augment=False, arrays=load_arrays(records, 16, soft_masks=True),
+                        soft_masks=True)
+    assert (soft.has_tumour | ~binary.has_tumour).all()  # a slice with a nearest-sampled tumour pixel has a fraction
+    fractions = torch.cat([soft[i]["mask"].flatten() for i in range(len(soft))])
+    assert fractions.min() >= 0 and fractions.max() <= 1 and ((fractions > 0) & (fractions < 1)).any()
+    for i in range(len(soft)):
+        b, s = binary[i]["mask"].numpy()[0], soft[i]["mask"].numpy()[0]
+        assert s.shape == b.shape and s.dtype == np.float32
+        if b.sum() >= 20:  # a tumour of some size: the two targets mark nearly the same pixels
+            assert 2 * ((s >= 0.5) & (b > 0)).sum() / ((s >= 0.5).sum() + b.sum()) > 0.8

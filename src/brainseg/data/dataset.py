@@ -23,15 +23,26 @@ from brainseg.data.transforms import Augment
 from brainseg.errors import BrainsegError, DataError
 
 
-def _load_one(record: SliceRecord, size: int) -> tuple[np.ndarray, np.ndarray]:
+def soft_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """An H×W mask at size×size as the tumour fraction of each pixel, ×255 (uint8 0–255).
+
+    The mask is resized exactly as the image is (`resize_image`: bilinear, antialiased when
+    shrinking), so the target is centred on the image's pixels; `resize_mask`'s nearest neighbour
+    at an even factor samples half a native pixel off centre and keeps no partial pixels (a
+    perfect 128-pixel binary target scores 0.964 per-patient Dice at native size on the LGG
+    development patients, the fractions 0.993: `benchmarks/resolution_ceiling.py`)."""
+    return resize_image((np.asarray(mask) > 0).astype(np.uint8) * 255, size)
+
+
+def _load_one(record: SliceRecord, size: int, soft: bool = False) -> tuple[np.ndarray, np.ndarray]:
     image, mask = read_slice(record)
     if mask is None:
         raise DataError(f"image {record.image} has no mask; training and evaluation need one", record.patient)
-    return resize_image(image, size), resize_mask(mask, size)
+    return resize_image(image, size), (soft_mask(mask, size) if soft else resize_mask(mask, size))
 
 
 def load_arrays(
-    records: Sequence[SliceRecord], size: int, *, workers: int | None = None
+    records: Sequence[SliceRecord], size: int, *, workers: int | None = None, soft_masks: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode and resize every slice once: the in-memory uint8 cache.
 
@@ -39,9 +50,11 @@ def load_arrays(
         records: slices to load (order is kept).
         size: output height and width (bilinear for images, nearest for masks).
         workers: decoding threads; default min(8, CPU count).
+        soft_masks: masks as tumour fractions ×255 (`soft_mask`) instead of nearest-neighbour {0, 1}.
 
     Returns:
-        images uint8 (N, size, size, 3) and masks uint8 (N, size, size) with values {0, 1}.
+        images uint8 (N, size, size, 3) and masks uint8 (N, size, size) with values {0, 1}
+        (or 0–255 with `soft_masks`).
     """
     n = len(records)
     images = np.empty((n, size, size, 3), np.uint8)
@@ -50,7 +63,7 @@ def load_arrays(
         return images, masks
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, (img, mask) in enumerate(pool.map(lambda r: _load_one(r, size), records)):
+        for i, (img, mask) in enumerate(pool.map(lambda r: _load_one(r, size, soft_masks), records)):
             images[i] = img
             masks[i] = mask
     return images, masks
@@ -62,7 +75,8 @@ class SliceDataset(Dataset):
     `__getitem__(i)` returns a dict:
         image: float32 tensor (in_channels × (2·context + 1), size, size), normalised (see
             `brainseg.data.preprocess`);
-        mask: float32 tensor (1, size, size) with values {0, 1};
+        mask: float32 tensor (1, size, size) with values {0, 1} (tumour fractions in [0, 1] with
+            `soft_masks`);
         patient: patient folder name; slice: slice number; index: i.
 
     Augmentation of item i in epoch e is drawn from `numpy.random.default_rng([seed, e, i])`, so it
@@ -83,6 +97,8 @@ class SliceDataset(Dataset):
             repeated at the ends of the volume), each augmented with the draws of item i — so the
             same flip, rotation, zoom, intensity change and sequence dropout — and normalised,
             stacked along the channels; the mask is item i's own.
+        soft_masks: the cached masks are tumour fractions ×255 (`load_arrays(..., soft_masks=True)`);
+            items then carry them divided by 255.
     """
 
     def __init__(
@@ -96,6 +112,7 @@ class SliceDataset(Dataset):
         seed: int = 0,
         arrays: tuple[np.ndarray, np.ndarray] | None = None,
         context: int = 0,
+        soft_masks: bool = False,
     ) -> None:
         if normalization not in NORMALIZATIONS:
             raise BrainsegError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
@@ -118,6 +135,7 @@ class SliceDataset(Dataset):
             raise BrainsegError(f"cached arrays must be uint8, got {images.dtype} and {masks.dtype}")
         self.images = images
         self.masks = masks
+        self.soft_masks = bool(soft_masks)
         self.has_tumour: np.ndarray = masks.reshape(n, -1).any(axis=1)
         self.patients = [r.patient for r in self.records]
         self.slices = [r.slice for r in self.records]
@@ -163,6 +181,8 @@ class SliceDataset(Dataset):
                 parts.append(normalize(select_channels(img, self.in_channels), self.normalization))
             x = np.concatenate(parts)
         y = np.ascontiguousarray(mask, dtype=np.float32)[None]
+        if self.soft_masks:
+            y *= 1.0 / 255.0
         return {
             "image": torch.from_numpy(x),
             "mask": torch.from_numpy(y),

@@ -273,8 +273,10 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
             f"slices; the dataset at {data.root} is too small for these fractions"
         )
     common = {"size": d.size, "in_channels": d.in_channels, "normalization": d.normalization, "context": d.context}
+    soft = d.mask_targets == "soft"  # training targets only: validation scores binary masks
     train_ds = SliceDataset(
-        train_records, augment=augment_from_config(d), seed=cfg.train.seed, arrays=load_arrays(train_records, d.size), **common
+        train_records, augment=augment_from_config(d), seed=cfg.train.seed,
+        arrays=load_arrays(train_records, d.size, soft_masks=soft), soft_masks=soft, **common
     )
     val_ds = SliceDataset(val_records, augment=False, arrays=load_arrays(val_records, d.size), **common)
 
