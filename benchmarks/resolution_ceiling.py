@@ -4,15 +4,16 @@ A model trained at 128×128 predicts probabilities at 128×128; evaluation (`bra
 resizes them back to each slice's native size (`resize_probability`, bilinear), thresholds them
 and scores them against the native masks. This benchmark feeds that path the best any model
 could give it — the ground truth itself at the model's size — and prints the per-patient Dice it
-reaches, for two versions of "the truth at model size":
+reaches, for three versions of "the truth at model size":
 
 - ``nearest``: the training target (`resize_mask`, nearest neighbour), as 0/1 probabilities;
-- ``area``: the mask resized like the images (`resize_image`, antialiased bilinear), as the
-  fraction of each model pixel that is tumour;
+- ``area``: the mask resized like the images (`brainseg.data.dataset.soft_mask`, the
+  ``data.mask_targets=soft`` training target), as the fraction of each model pixel that is tumour;
 - ``area ≥ 0.5``: that fraction thresholded at one half (a binary target centred like the image).
 
-Per-patient Dice is computed over each patient's slices as in `brainseg evaluate` (patients
-without tumour are left out: their Dice is 1 for an empty prediction). No model is involved.
+Per-patient Dice is computed over each patient's slices with `brainseg evaluate`'s counts
+(`confusion_counts`, `metrics_from_counts`; patients without tumour are left out: their Dice is 1
+for an empty prediction). No model is involved.
 
     python benchmarks/resolution_ceiling.py --data ../shared/data/lgg/kaggle_3m --sizes 128,160,192
 """
@@ -35,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resolution_ceiling: no dataset at {args.data}: skipped (give --data)", file=sys.stderr)
         return 0
 
+    from brainseg.data.dataset import soft_mask
     from brainseg.data.index_cache import index_dataset_cached
-    from brainseg.data.preprocess import resize_image, resize_mask, resize_probability
+    from brainseg.data.preprocess import resize_mask, resize_probability
     from brainseg.evaluation.evaluate import load_patient
+    from brainseg.metrics.confusion import confusion_counts, metrics_from_counts
 
     sizes = [int(s) for s in args.sizes.split(",")]
     index = index_dataset_cached(args.data)
@@ -51,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for size in sizes:
             near = np.stack([resize_mask(m, size) for m in masks]).astype(np.float32)
-            area = np.stack([resize_image((m > 0).astype(np.uint8) * 255, size) for m in masks]).astype(np.float32)
-            frac = area.reshape(near.shape) / 255.0
+            frac = np.stack([soft_mask(m, size) for m in masks]).astype(np.float32) / 255.0
             for kind, prob in (("nearest", near), ("area", frac), ("area ≥ 0.5", (frac >= 0.5).astype(np.float32))):
                 pred = resize_probability(prob, truth.shape[1:]) >= 0.5
-                dice[size, kind].append(2.0 * (pred & truth).sum() / (pred.sum() + truth.sum()))
+                counts = confusion_counts(pred, truth).sum(axis=0)  # the patient's volume
+                dice[size, kind].append(float(metrics_from_counts(counts)["dice"]))
     n = len(dice[sizes[0], "nearest"])
     print(f"perfect predictions at model size, scored at native size ({n} patients with tumour):")
     print("| size | truth at model size | per-patient Dice mean | min |")
