@@ -33,9 +33,10 @@ import numpy as np
 
 from brainseg.data.lgg import index_dataset
 from brainseg.data.sequences import flair_copy_patients
+from brainseg.errors import BrainsegError
 from brainseg.metrics.stats import bootstrap_ci, paired_wilcoxon
-from brainseg.reporting.comparison import load_comparison, read_table
-from brainseg.reporting.leaderboard import per_patient_values
+from brainseg.reporting.comparison import load_comparison
+from brainseg.reporting.leaderboard import evaluated_fold_values, is_fold_evaluations, per_patient_values
 
 
 def train_minutes(cmp_dir: Path, model: str) -> float:
@@ -47,21 +48,16 @@ def train_minutes(cmp_dir: Path, model: str) -> float:
 
 def evaluated_values(folder: Path) -> tuple[dict[str, float], int]:
     """Per-patient Dice pooled over `folder/fold<k>/per_patient.csv` (evaluate outputs), and the fold count."""
-    files = sorted(folder.glob("fold*/per_patient.csv"))
-    vals: dict[str, float] = {}
-    for f in files:
-        for rec in read_table(f, ("patient", "dice")):
-            patient = str(rec["patient"])
-            if patient in vals:
-                raise SystemExit(f"{f}: patient {patient} is in two folds")
-            vals[patient] = float(rec["dice"])
-    return vals, len(files)
+    try:
+        return evaluated_fold_values(folder)
+    except BrainsegError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def lever_values(folder: str, model: str) -> tuple[dict[str, float], int, float]:
     """(patient → Dice, folds, train minutes) of a comparison folder or a folder of per-fold evaluations."""
     path = Path(folder)
-    if not (path / "protocol.json").is_file() and any(path.glob("fold*/per_patient.csv")):
+    if is_fold_evaluations(path):
         vals, n_folds = evaluated_values(path)
         return vals, n_folds, float("nan")
     cmp = load_comparison(folder)

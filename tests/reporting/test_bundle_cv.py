@@ -30,3 +30,21 @@ def test_cv_figures_pool_every_fold_patient_once(tmp_path: Path) -> None:
     assert out["patients_below_0.5"] == int((v < 0.5).sum()) and out["patients_below_0.7"] == int((v < 0.7).sum())
     with pytest.raises(BrainsegError, match="has no results for pspnet"):
         cv_figures(str(d), "pspnet", None)
+
+
+def test_cv_figures_of_per_fold_evaluations(tmp_path: Path) -> None:
+    """A folder of `evaluate --out DIR/fold<k>` outputs (the last-epoch scores of fold runs) is pooled too."""
+    d = tmp_path / "eval_last"
+    folds = [{"P1": 0.9, "P2": 0.3}, {"P3": 0.6, "P4": 0.8}, {"P5": 1.0}]
+    for k, vals in enumerate(folds):
+        (d / f"fold{k}").mkdir(parents=True)
+        rows = ["patient,institution,dice,recall"] + [f"{p},XX,{v},0.5" for p, v in vals.items()]
+        (d / f"fold{k}" / "per_patient.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = cv_figures(str(d), "unet", None)
+    # by hand: (0.9 + 0.3 + 0.6 + 0.8 + 1.0) / 5 = 0.72, median 0.8, one < 0.5, two < 0.7
+    assert out["folds"] == 3 and out["n_patients"] == 5
+    assert out["dice_per_patient_mean"] == pytest.approx(0.72) and out["dice_per_patient_median"] == pytest.approx(0.8)
+    assert out["patients_below_0.5"] == 1 and out["patients_below_0.7"] == 2
+    (d / "fold2" / "per_patient.csv").write_text("patient,institution,dice\nP1,XX,0.5\n", encoding="utf-8")
+    with pytest.raises(BrainsegError, match=r"fold2.per_patient.csv: patient P1 is in two folds"):
+        cv_figures(str(d), "unet", None)

@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", required=True, help="bundle name, e.g. lgg_unet_cpu")
     p.add_argument("--version", default="1.0.0", help="bundle version (default 1.0.0)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    p.add_argument("--cv", metavar="CMPDIR", help="k-fold comparison folder of the same recipe: its pooled "
+    p.add_argument("--cv", metavar="CMPDIR", help="k-fold comparison folder of the same recipe, or a folder of its "
+                   "fold runs' evaluations (DIR/fold<k>/per_patient.csv from `brainseg evaluate`): its pooled "
                    "per-patient figures go into the metadata")
     p.add_argument("--data", metavar="DIR", help="the dataset of --cv, to report its FLAIR-copy patients apart "
                    "(default: the folder the run was trained on, when it exists here)")
@@ -56,22 +57,29 @@ def eval_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def cv_figures(cmp_dir: str, model: str, data_root: str | None) -> dict[str, Any]:
-    """Pooled per-patient Dice of `model` over the folds of a comparison (mean, median, CI, groups)."""
+    """Pooled per-patient Dice of `model` over the folds of a comparison (mean, median, CI, groups).
+
+    `cmp_dir` is a `brainseg compare` folder, or a folder of one model's per-fold evaluations
+    (`brainseg evaluate RUN/fold<k> --checkpoint last --out DIR/fold<k>`), whose model is taken as given.
+    """
     import numpy as np
 
     from brainseg.errors import BrainsegError
     from brainseg.metrics.stats import bootstrap_ci
     from brainseg.reporting.comparison import load_comparison
-    from brainseg.reporting.leaderboard import per_patient_values
+    from brainseg.reporting.leaderboard import evaluated_fold_values, is_fold_evaluations, per_patient_values
 
-    cmp = load_comparison(cmp_dir)
-    vals = per_patient_values(cmp, "dice").get(model)
+    if is_fold_evaluations(cmp_dir):
+        vals, n_folds = evaluated_fold_values(cmp_dir)
+    else:
+        cmp = load_comparison(cmp_dir)
+        vals, n_folds = per_patient_values(cmp, "dice").get(model) or {}, cmp.n_folds
     if not vals:
         raise BrainsegError(f"{cmp_dir} has no results for {model}")
     v = np.array(list(vals.values()))
     mean, lo, hi = bootstrap_ci(v)
     out: dict[str, Any] = {
-        "folder": str(cmp_dir), "folds": cmp.n_folds, "n_patients": int(v.size),
+        "folder": str(cmp_dir), "folds": n_folds, "n_patients": int(v.size),
         "dice_per_patient_mean": round(mean, 4), "dice_per_patient_median": round(float(np.median(v)), 4),
         "dice_per_patient_ci95": [round(lo, 4), round(hi, 4)],
         "patients_below_0.5": int((v < 0.5).sum()), "patients_below_0.7": int((v < 0.7).sum()),

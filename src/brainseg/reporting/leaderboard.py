@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from brainseg.reporting.comparison import Comparison, RunFiles, first_of
+from brainseg.errors import BrainsegError
+from brainseg.reporting.comparison import Comparison, RunFiles, first_of, read_table
 from brainseg.reporting.formatting import display_name, to_number
 
 __all__ = ["BOARD_METRICS", "SURFACE_BOARD", "surface_columns", "leaderboard", "leaderboard_columns", "per_patient_values", "pooled_patients"]
@@ -49,6 +51,29 @@ def pooled_patients(runs: Sequence[RunFiles]) -> tuple[list[dict[str, Any]], int
 def per_patient_values(cmp: Comparison, metric: str = "dice") -> dict[str, dict[str, float]]:
     """model → {patient: per-patient metric}, pooled over folds (the pairing for the tests)."""
     return {m: {str(r["patient"]): float(r[metric]) for r in pooled_patients(cmp.runs[m])[0]} for m in cmp.models}
+
+
+def is_fold_evaluations(folder: str | Path) -> bool:
+    """Whether `folder` holds `fold<k>/per_patient.csv` evaluate outputs rather than a comparison."""
+    path = Path(folder)
+    return not (path / "protocol.json").is_file() and any(path.glob("fold*/per_patient.csv"))
+
+
+def evaluated_fold_values(folder: str | Path, metric: str = "dice") -> tuple[dict[str, float], int]:
+    """Per-patient `metric` pooled over `folder/fold<k>/per_patient.csv`, and the number of folds.
+
+    Such a folder holds `brainseg evaluate RUN --out folder/fold<k>` outputs of one model's fold runs
+    (e.g. their last checkpoints); every patient must be in exactly one fold.
+    """
+    files = sorted(Path(folder).glob("fold*/per_patient.csv"))
+    vals: dict[str, float] = {}
+    for f in files:
+        for rec in read_table(f, ("patient", metric)):
+            patient = str(rec["patient"])
+            if patient in vals:
+                raise BrainsegError(f"{f}: patient {patient} is in two folds")
+            vals[patient] = float(rec[metric])
+    return vals, len(files)
 
 
 def _nanmean(values: Iterable[float]) -> float:
