@@ -1,6 +1,7 @@
 """Post-processing chosen by cross-validation: thresholds × component rules, one prediction pass.
 
     python benchmarks/postprocess_sweep.py /work/runs/study/runs/unet          # its fold<k>/ runs
+    python benchmarks/postprocess_sweep.py /work/runs/study                    # every model of a comparison
     python benchmarks/postprocess_sweep.py RUN_A RUN_B --thresholds 0.4,0.5 --out sweep.csv
 
 Each fold model predicts its own test patients once (with the run's TTA); every rule is then
@@ -41,18 +42,22 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * inter / total
 
 
-def run_dirs(paths: list[str]) -> list[Path]:
-    out: list[Path] = []
-    for p in map(Path, paths):
-        folds = sorted((f for f in p.glob("fold*") if (f / "checkpoint_best.pt").is_file()
-                        and (f / "eval_test" / "summary.json").is_file()), key=lambda f: int(f.name[4:]))  # finished folds
-        out += folds or [p]
-    return out
+def run_dirs(paths: list[str], checkpoint: str = "best") -> list[Path]:
+    """The run folders behind `paths`, found as `brainseg robustness` finds them (a run, a folder of
+    fold<k>/ runs, or a comparison): every one that holds checkpoint_<checkpoint>.pt."""
+    from brainseg.errors import BrainsegError
+    from brainseg.evaluation.robustness import resolve_targets
+
+    try:
+        targets, _ = resolve_targets(paths, checkpoint=checkpoint)
+    except BrainsegError as e:
+        raise SystemExit(f"postprocess_sweep: {e}") from None
+    return [d for t in targets for d in t.run_dirs]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="run folders, or folders of fold<k>/ runs")
+    ap.add_argument("runs", nargs="+", help="run folders, folders of fold<k>/ runs, or comparisons")
     ap.add_argument("--thresholds", default="0.3,0.4,0.5,0.6")
     ap.add_argument("--rules", default="none,largest,frac0.1,frac0.2,frac0.35,frac0.5")
     ap.add_argument("--checkpoint", default="best", choices=("best", "last"))
@@ -73,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     combos = [(t, r) for t in thresholds for r in rules]
     scores: dict[tuple[float, str], dict[str, float]] = {c: {} for c in combos}
     own: dict[str, tuple[float, str]] = {}
-    for rd in run_dirs(args.runs):
+    runs = run_dirs(args.runs, args.checkpoint)
+    for rd in runs:
         run = EvalRun.load(rd, args.checkpoint, split="test")
         predictor, by = run.predictor(device="cpu"), run.index.by_patient()
         ev = run.cfg.eval
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if base is not None and base not in scores:
         base = None
     n = len(patients)
-    print(f"per-patient Dice of {n} test patients pooled over {len(run_dirs(args.runs))} run(s); "
+    print(f"per-patient Dice of {n} test patients pooled over {len(runs)} run(s); "
           f"paired against the runs' own setting {base}")
     print(f"{'threshold':>9} {'rule':<9} {'mean':>6} {'95% CI':>15} {'median':>7} {'<0.5':>5} {'Δ':>7} {'p':>7}")
     ranked = sorted(combos, key=lambda c: -np.mean([scores[c][p] for p in patients]))
