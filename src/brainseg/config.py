@@ -37,6 +37,7 @@ class DataConfig:
     gamma_max: float = 1.25  # augmentation: per-channel gamma drawn log-uniformly in [1/gamma_max, gamma_max]
     bias_field: float = 0.0  # augmentation: max amplitude of a smooth quadratic bias field; 0 → off
     seq_dropout: float = 0.0  # augmentation: probability of copying FLAIR into pre/post-contrast (as LGG does)
+    intensity_curves: float = 0.0  # augmentation: probability of a random monotone intensity curve per channel
     context: int = 0  # 2.5-D: k neighbouring slices on each side as extra input channels; 0 → off
     mask_targets: str = "binary"  # training targets at model size: binary (nearest) or soft (tumour fraction per pixel)
     tumour_weight: float = 0.0  # >0: sample tumour slices this many times more often
@@ -127,6 +128,7 @@ RULES: dict[str, Rule] = {
     "data.gamma_max": _at_least(1, " (gamma is drawn in [1/gamma_max, gamma_max])"),
     "data.bias_field": _at_least(0, " (0: off)"),
     "data.seq_dropout": _PROBABILITY,
+    "data.intensity_curves": _PROBABILITY,
     "data.context": Rule(lambda v: 0 <= v <= 3, "an integer from 0 to 3 (neighbouring slices on each side; 0: off)"),
     "data.tumour_weight": _at_least(0),
     "data.val_fraction": _FRACTION,

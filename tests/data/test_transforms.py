@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from brainseg.data.transforms import Augment, intensity_lut
+from brainseg.data.transforms import CURVE_POINTS, Augment, curve_points, intensity_lut, random_curve_lut
 from brainseg.errors import BrainsegError
 
 H, W = 64, 80
@@ -193,3 +193,69 @@ def test_new_levers_at_their_defaults_keep_earlier_draws() -> None:
         Augment(seq_dropout=1.5)
     with pytest.raises(BrainsegError, match="bias_field"):
         Augment(bias_field=-0.1)
+
+
+class _Replay:
+    """A stand-in for MONAI's RandomState that replays given uniforms: MONAI draws each interior
+    point as uniform(y_{i-1}, x_{i+1}); this returns a + u[i]·(b − a) for the i-th such draw."""
+
+    def __init__(self, u: np.ndarray, n: int) -> None:
+        self.u, self.n, self.i = u, n, 0
+
+    def rand(self) -> float:  # the probability decision: always transform
+        return 0.0
+
+    def randint(self, a: int, b: int) -> int:  # the number of control points
+        return self.n
+
+    def uniform(self, a: float, b: float) -> float:
+        self.i += 1
+        return a + self.u[self.i] * (b - a)
+
+
+def test_curve_points_follow_monai_rand_histogram_shift() -> None:
+    """The curve is MONAI's RandHistogramShift: replaying its own draws through our uniforms gives its
+    control points, and our lookup table is its intensity mapping of a 0…255 ramp (± uint8 rounding)."""
+    from monai.transforms import RandHistogramShift
+
+    lo, hi = CURVE_POINTS
+    ramp = np.arange(256, dtype=np.float64).reshape(1, 1, 256)  # MONAI maps over the image's min…max
+    for s in range(30):
+        u = np.random.default_rng(s).random(hi)
+        x, y = curve_points(u)
+        t = RandHistogramShift(num_control_points=len(x), prob=1.0)
+
+        t.R = _Replay(u, len(x))
+        t.randomize()
+        np.testing.assert_allclose(t.floating_control_points, y, atol=1e-12)
+        np.testing.assert_array_equal(t.reference_control_points, x)
+        theirs = np.asarray(t(ramp, randomize=False)).ravel()
+        ours = random_curve_lut(u).astype(np.float64)
+        assert np.abs(ours[1:] - theirs[1:]).max() <= 0.5 + 1e-9
+        assert lo <= len(x) <= hi
+
+
+def test_intensity_curves_are_monotone_per_channel_and_keep_the_background() -> None:
+    img, mask = _three_sequences(3)
+    aug = Augment(hflip=0.0, p_affine=0.0, p_intensity=0.0, curves=1.0)
+    counts = set()
+    for s in range(40):
+        out, out_mask = aug(img, mask, np.random.default_rng(s))
+        np.testing.assert_array_equal(out_mask, mask)
+        assert (out[img == 0] == 0).all()
+        for k in range(3):  # a monotone map: the order of the channel's intensities is kept
+            order = np.argsort(img[:, :, k], axis=None, kind="stable")
+            assert (np.diff(out[:, :, k].ravel()[order].astype(int)) >= 0).all()
+        # each channel its own curve: the channels' mappings differ (checked on the input's ranges)
+        counts.add(tuple(int(out[:, :, k].mean()) for k in range(3)))
+    assert len(counts) > 30
+    for u in np.random.default_rng(5).random((4, CURVE_POINTS[1])):
+        lut = random_curve_lut(u)
+        assert lut[0] == 0 and lut[255] == 255 and (np.diff(lut.astype(int)) >= 0).all()
+    # probability 0.3: about 30% of the slices change (binomial, 4 SE)
+    aug = Augment(hflip=0.0, p_affine=0.0, p_intensity=0.0, curves=0.3)
+    n = 400
+    changed = sum(not np.array_equal(aug(img, mask, np.random.default_rng(s))[0], img) for s in range(n))
+    assert abs(changed - 0.3 * n) < 4 * math.sqrt(n * 0.3 * 0.7)
+    with pytest.raises(BrainsegError, match="curves"):
+        Augment(curves=1.2)

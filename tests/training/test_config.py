@@ -94,7 +94,7 @@ def test_rules_name_only_real_settings_and_accept_the_defaults() -> None:
 @pytest.mark.parametrize(
     ("key", "good", "bad"),
     [("train.epochs", 1, 0), ("train.lr", 1e-9, 0.0), ("eval.threshold", 1.0, 1.01), ("data.in_channels", 1, 2),
-     ("data.val_fraction", 0.0, 1.0), ("data.seq_dropout", 1.0, 1.5), ("data.gamma_max", 1.0, 0.99),
+     ("data.val_fraction", 0.0, 1.0), ("data.seq_dropout", 1.0, 1.5), ("data.intensity_curves", 0.0, 1.01), ("data.gamma_max", 1.0, 0.99),
      ("eval.empty_policy", "skip", "none"), ("model.width", None, 0)],
 )
 def test_rules_at_their_edges(key: str, good: object, bad: object) -> None:

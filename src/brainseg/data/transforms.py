@@ -12,6 +12,14 @@ sequence, the dataset's authors copied FLAIR into that channel, so with this pro
 gets FLAIR copied into its pre-contrast, post-contrast or both channels (one of the three, equally
 likely), exactly as such patients look.
 
+A third, *intensity curves* (`curves`), is another family of contrast change than the gamma jitter:
+with this probability every channel passes through its own random monotone piecewise-linear curve
+through (0, 0) and (255, 255) — MONAI's RandHistogramShift (the interior control points drawn one
+after the other, each uniformly between the previous drawn point and the next reference point), with
+4 to 6 control points — a curve can darken or brighten mid-tones, as a gamma does, but also bend the
+intensities in ways no gamma or contrast factor does. The robustness test's gamma curves stay a
+different family from the training curves.
+
 Every call draws the same number of random values whatever it decides, so the result depends
 only on the Generator passed in (the dataset seeds one per slice from seed, epoch and index).
 Draws added for newer levers come after the older ones, so settings that leave the new levers at
@@ -47,6 +55,8 @@ class Augment:
             with max |b| = 1, alpha uniform in [0, bias_field]; 0 → off.
         seq_dropout: probability of copying FLAIR into pre-contrast, post-contrast or both
             (3-channel images only); 0 → off.
+        curves: probability of passing every channel through its own random monotone
+            piecewise-linear intensity curve (`random_curve_lut`); 0 → off.
     """
 
     hflip: float = 0.5
@@ -60,11 +70,12 @@ class Augment:
     p_intensity: float = 0.8
     bias_field: float = 0.0
     seq_dropout: float = 0.0
+    curves: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.bias_field <= 2.0:
             raise BrainsegError(f"augment: bias_field must be an amplitude in [0, 2], got {self.bias_field}")
-        for name in ("hflip", "vflip", "p_affine", "p_intensity", "seq_dropout"):
+        for name in ("hflip", "vflip", "p_affine", "p_intensity", "seq_dropout", "curves"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise BrainsegError(f"augment: {name} must be a probability in [0, 1], got {getattr(self, name)}")
         if not (0 < self.scale[0] <= self.scale[1]):
@@ -95,6 +106,7 @@ class Augment:
         # newer levers' draws (after the older ones, see the module docstring)
         u_new = rng.random(3)  # bias-field amplitude, sequence-dropout decision, its mode
         bias_coef = rng.uniform(-1.0, 1.0, size=len(_QUADRATIC))
+        u_curve = rng.random(1 + 3 * (1 + CURVE_POINTS[1] - 2))  # decision; per channel: count, points
 
         if u[0] < self.hflip:
             image, mask = image[:, ::-1], mask[:, ::-1]
@@ -108,6 +120,10 @@ class Augment:
             image = _intensity(image, np.exp(log_gamma[:c]), gain[:c], shift[:c])
             if self.bias_field > 0:
                 image = _apply_bias(image, self.bias_field * u_new[0], bias_coef)
+        if u_curve[0] < self.curves:
+            per_channel = u_curve[1:].reshape(3, -1)
+            lut = np.stack([random_curve_lut(per_channel[k % 3]) for k in range(c)])
+            image = _apply_lut(image, lut)
         if c == 3 and u_new[1] < self.seq_dropout:
             image = copy_flair(image, SEQ_DROPOUT_MODES[min(int(u_new[2] * 3), 2)])
         return image, mask
@@ -115,6 +131,8 @@ class Augment:
 
 # Channel order of kaggle_3m slices: pre-contrast, FLAIR, post-contrast.
 SEQ_DROPOUT_MODES: tuple[tuple[int, ...], ...] = ((0,), (2,), (0, 2))
+#: (min, max) number of control points of an intensity curve, end points included.
+CURVE_POINTS = (4, 6)
 _QUADRATIC = ((1, 0), (0, 1), (2, 0), (1, 1), (0, 2))  # powers (i, j) of u^i v^j
 
 
@@ -183,8 +201,36 @@ def intensity_lut(gamma: np.ndarray, gain: np.ndarray, shift: np.ndarray) -> np.
     return lut
 
 
+def curve_points(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The control points (reference x, floating y, both in [0, 1]) of one random intensity curve.
+
+    `u` holds uniforms in [0, 1): u[0] picks the number of points n in `CURVE_POINTS`, u[1:n-1] the
+    interior points, drawn as MONAI's RandHistogramShift draws them: y_i uniform in [y_{i-1}, x_{i+1}],
+    so the curve is monotone and keeps its end points.
+    """
+    lo, hi = CURVE_POINTS
+    n = lo + min(int(u[0] * (hi - lo + 1)), hi - lo)
+    x = np.linspace(0.0, 1.0, n)
+    y = x.copy()
+    for i in range(1, n - 1):
+        y[i] = y[i - 1] + u[i] * (x[i + 1] - y[i - 1])
+    return x, y
+
+
+def random_curve_lut(u: np.ndarray) -> np.ndarray:
+    """A uint8 lookup table (256,) of the curve `curve_points(u)` over [0, 255]; 0 stays 0."""
+    x, y = curve_points(u)
+    v = np.arange(256, dtype=np.float64) / 255.0
+    lut = np.rint(np.interp(v, x, y) * 255.0).astype(np.uint8)
+    lut[0] = 0
+    return lut
+
+
 def _intensity(image: np.ndarray, gamma: np.ndarray, gain: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    lut = intensity_lut(gamma, gain, shift)
+    return _apply_lut(image, intensity_lut(gamma, gain, shift))
+
+
+def _apply_lut(image: np.ndarray, lut: np.ndarray) -> np.ndarray:
     out = np.empty_like(image)
     for k in range(image.shape[2]):  # uint8 indices gather straight from a 256-entry table
         out[:, :, k] = lut[k][image[:, :, k]]

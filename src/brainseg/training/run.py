@@ -139,7 +139,12 @@ def augment_from_config(d: Any) -> Any:
 
     if not d.augment:
         return False
-    return Augment(gamma=(1.0 / d.gamma_max, d.gamma_max), bias_field=d.bias_field, seq_dropout=d.seq_dropout)
+    return Augment(
+        gamma=(1.0 / d.gamma_max, d.gamma_max),
+        bias_field=d.bias_field,
+        seq_dropout=d.seq_dropout,
+        curves=d.intensity_curves,
+    )
 
 
 def model_kwargs_for(cfg: RunConfig) -> dict[str, Any]:
