@@ -4,8 +4,10 @@ Each argument is LABEL=CMPDIR, a k-fold comparison folder made by `brainseg comp
 patients and folds (the first is the baseline). For every lever it prints the pooled per-patient
 Dice over all patients (each tested once, by the fold model that never saw it): mean with a 95%
 bootstrap CI, median, patients below 0.5 / 0.7, the mean over patients whose missing sequences were
-filled with FLAIR copies against the rest, the difference to the baseline with a paired Wilcoxon p,
-and the training minutes summed over folds.
+filled with FLAIR copies against the rest, the difference to the baseline with a paired Wilcoxon p
+and how many patients went up and down (where p < 0.05, also which way the signed ranks point: a mean
+lifted by one patient while most patients lose is "ranks lower"), and the training minutes summed
+over folds.
 
     python benchmarks/ablation_table.py base=runs/abl_base seq=runs/abl_seq --data DIR [--md docs/ablation.md]
 
@@ -129,13 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         }
         if base is None:
             base = row
-            row["delta"], row["p"] = 0.0, float("nan")
+            row["delta"], row["p"], row["updown"] = 0.0, float("nan"), ""
         else:
             common = sorted(set(base["vals"]) & set(vals))
             a = np.array([vals[p] for p in common])
             b = np.array([base["vals"][p] for p in common])
             row["delta"] = float(np.mean(a - b))
-            row["p"] = paired_wilcoxon(a, b)["p_value"]
+            test = paired_wilcoxon(a, b)
+            row["p"] = test["p_value"]
+            row["updown"] = f", {int((a > b).sum())} up / {int((a < b).sum())} down"
+            if test["p_value"] < 0.05 and test["r_plus"] != test["r_minus"]:
+                row["updown"] += ", ranks " + ("higher" if test["r_plus"] > test["r_minus"] else "lower")
         rows.append(row)
 
     head = (
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     lines = [head, "|" + "---|" * 8]
     for r in rows:
-        p = "" if np.isnan(r["p"]) else f" (p {r['p']:.3f})"
+        p = "" if np.isnan(r["p"]) else f" (p {r['p']:.3f}{r['updown']})"
         lines.append(
             f"| {r['lever']} | {r['n']} ({r['folds']}) | {r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] | "
             f"{r['median']:.3f} | {r['below05']} / {r['below07']} | {r['copies']:.3f} / {r['others']:.3f} | "

@@ -44,7 +44,20 @@ def test_folds_of_evaluations_are_pooled_and_paired(tmp_path, capsys):
         and "| 0.600 | 1 / 2 |" in rows[0]
         and rows[0].endswith("| – |")
     )
-    assert rows[1].startswith("| b | 3 (2) | 0.700 [") and "+0.100" in rows[1]
+    assert rows[1].startswith("| b | 3 (2) | 0.700 [") and "+0.100 (p 0.250, 3 up / 0 down)" in rows[1]
+
+
+def test_the_direction_of_the_ranks_is_stated_when_it_disagrees_with_the_mean(tmp_path, capsys):
+    """Twelve patients lose 0.01 and one gains 0.5: the mean rises by (0.5 − 12·0.01) / 13 = +0.029, yet
+    the signed ranks point down (r+ = 13, r− = 78; SciPy's two-sided p = 0.0195)."""
+    mod = _load()
+    base = {f"P{i:02d}": 0.4 for i in range(13)}
+    new = {**{f"P{i:02d}": 0.39 for i in range(12)}, "P12": 0.9}
+    a = _write_folds(tmp_path / "a", [base])
+    b = _write_folds(tmp_path / "b", [new])
+    assert mod.main([f"a={a}", f"b={b}"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| b "))
+    assert "+0.029 (p 0.020, 1 up / 12 down, ranks lower)" in row
 
 
 def test_a_patient_in_two_folds_is_refused(tmp_path):
