@@ -36,7 +36,7 @@ import numpy as np
 from brainseg.data.lgg import index_dataset
 from brainseg.data.sequences import flair_copy_patients
 from brainseg.errors import BrainsegError
-from brainseg.metrics.stats import bootstrap_ci, paired_wilcoxon
+from brainseg.metrics.stats import bootstrap_ci, paired_summary
 from brainseg.reporting.comparison import load_comparison
 from brainseg.reporting.leaderboard import evaluated_fold_values, is_fold_evaluations, per_patient_values
 
@@ -131,17 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         if base is None:
             base = row
-            row["delta"], row["p"], row["updown"] = 0.0, float("nan"), ""
+            row["delta_text"] = "+0.000"
         else:
             common = sorted(set(base["vals"]) & set(vals))
             a = np.array([vals[p] for p in common])
             b = np.array([base["vals"][p] for p in common])
-            row["delta"] = float(np.mean(a - b))
-            test = paired_wilcoxon(a, b)
-            row["p"] = test["p_value"]
-            row["updown"] = f", {int((a > b).sum())} up / {int((a < b).sum())} down"
-            if test["p_value"] < 0.05 and test["r_plus"] != test["r_minus"]:
-                row["updown"] += ", ranks " + ("higher" if test["r_plus"] > test["r_minus"] else "lower")
+            row["delta_text"] = paired_summary(a, b)
         rows.append(row)
 
     head = (
@@ -150,11 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     lines = [head, "|" + "---|" * 8]
     for r in rows:
-        p = "" if np.isnan(r["p"]) else f" (p {r['p']:.3f}{r['updown']})"
         lines.append(
             f"| {r['lever']} | {r['n']} ({r['folds']}) | {r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] | "
             f"{r['median']:.3f} | {r['below05']} / {r['below07']} | {r['copies']:.3f} / {r['others']:.3f} | "
-            f"{r['delta']:+.3f}{p} | {'–' if np.isnan(r['minutes']) else format(r['minutes'], '.0f')} |"
+            f"{r['delta_text']} | {'–' if np.isnan(r['minutes']) else format(r['minutes'], '.0f')} |"
         )
     text = "\n".join(lines)
     print(text)

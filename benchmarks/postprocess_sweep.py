@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from brainseg.evaluation.evaluate import load_patient
     from brainseg.evaluation.session import EvalRun
-    from brainseg.metrics.stats import bootstrap_ci, paired_wilcoxon
+    from brainseg.metrics.stats import bootstrap_ci, paired_summary
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,20 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     n = len(patients)
     print(f"per-patient Dice of {n} test patients pooled over {len(runs)} run(s); "
           f"paired against the runs' own setting {base}")
-    print(f"{'threshold':>9} {'rule':<9} {'mean':>6} {'95% CI':>15} {'median':>7} {'<0.5':>5} {'Δ':>7} {'p':>7}")
+    print(f"{'threshold':>9} {'rule':<9} {'mean':>6} {'95% CI':>15} {'median':>7} {'<0.5':>5}   Δ against it (Wilcoxon p, patients up / down)")
     ranked = sorted(combos, key=lambda c: -np.mean([scores[c][p] for p in patients]))
     for c in ranked:
         v = np.array([scores[c][p] for p in patients])
         m, lo, hi = bootstrap_ci(v, seed=0)
         if base is not None:
             b = np.array([scores[base][p] for p in patients])
-            delta, pv = f"{v.mean() - b.mean():+.3f}", paired_wilcoxon(v, b)["p_value"]
-            ptxt = f"{pv:.3f}" if pv == pv else "–"
+            delta = paired_summary(v, b)
         else:
-            delta = ptxt = "–"
+            delta = "–"
         mark = " *" if c == base else ""
         print(f"{c[0]:>9.2f} {c[1]:<9} {m:>6.3f} [{lo:.3f}, {hi:.3f}] {np.median(v):>7.3f} {int((v < 0.5).sum()):>5} "
-              f"{delta:>7} {ptxt:>7}{mark}")
+              f"  {delta}{mark}")
     if args.out:
         with open(args.out, "w", newline="") as f:
             w = csv.writer(f)

@@ -11,7 +11,13 @@ from scipy import stats as sps
 
 from brainseg.errors import BrainsegError
 from brainseg.metrics import stats
-from brainseg.metrics.stats import bootstrap_ci, holm_correction, paired_wilcoxon, pairwise_comparisons
+from brainseg.metrics.stats import (
+    bootstrap_ci,
+    holm_correction,
+    paired_summary,
+    paired_wilcoxon,
+    pairwise_comparisons,
+)
 
 
 def test_bootstrap_contains_mean_and_narrows_with_n() -> None:
@@ -145,3 +151,17 @@ def test_pairwise_comparisons_worse_first_model_and_bad_alpha() -> None:
     assert row["significant"] and row["better"] == "b" and row["mean_diff"] < 0
     with pytest.raises(BrainsegError):
         pairwise_comparisons(per_model, alpha=0.0)
+
+
+def test_paired_summary_states_the_direction_of_the_ranks() -> None:
+    # Twelve pairs lose 0.01, one gains 0.5: mean (0.5 − 0.12) / 13 = +0.029, but r+ = 13 against
+    # r− = 78 (the twelve tied losses share ranks 1–12); SciPy's two-sided p = 0.0195.
+    b = np.full(13, 0.4)
+    a = np.r_[np.full(12, 0.39), 0.9]
+    assert paired_summary(a, b) == "+0.029 (p 0.020, 1 up / 12 down, ranks lower)"
+    # the same pairs the other way round: every sign flips
+    assert paired_summary(b, a) == "-0.029 (p 0.020, 12 up / 1 down, ranks higher)"
+    # p above alpha: no direction claimed; a NaN pair is dropped from the counts too
+    a2, b2 = np.array([0.9, 0.8, 0.7, np.nan]), np.array([0.8, 0.7, 0.75, 0.1])
+    assert paired_summary(a2, b2) == "+0.050 (p 0.500, 2 up / 1 down)"
+    assert paired_summary([0.5], [np.nan]) == "+nan"
