@@ -78,8 +78,9 @@ def paired_wilcoxon(a: Any, b: Any) -> dict[str, float]:
 
     Returns:
         dict with statistic (SciPy's: min of the signed-rank sums), p_value, n (pairs used),
-        mean_difference and median_difference (of a - b), and r_plus / r_minus, the rank sums of
-        the positive and negative differences (r_plus > r_minus: a tends to be larger).
+        mean_difference and median_difference (of a - b), n_up / n_down (pairs with a > b / a < b),
+        and r_plus / r_minus, the rank sums of the positive and negative differences (r_plus >
+        r_minus: a tends to be larger).
     """
     x = np.asarray(a, dtype=np.float64).reshape(-1)
     y = np.asarray(b, dtype=np.float64).reshape(-1)
@@ -93,6 +94,7 @@ def paired_wilcoxon(a: Any, b: Any) -> dict[str, float]:
         "median_difference": float(np.median(d)) if d.size else float("nan"),
     }
     nz = d[d != 0]
+    out["n_up"], out["n_down"] = int((nz > 0).sum()), int((nz < 0).sum())
     if nz.size:
         ranks = sps.rankdata(np.abs(nz))
         out["r_plus"] = float(ranks[nz > 0].sum())
@@ -117,13 +119,9 @@ def paired_summary(a: Any, b: Any, *, alpha: float = 0.05) -> str:
     pairs lose reads "ranks lower", so a significant p is never taken for a gain it is not.
     """
     test = paired_wilcoxon(a, b)
-    x = np.asarray(a, dtype=np.float64).reshape(-1)
-    y = np.asarray(b, dtype=np.float64).reshape(-1)
-    keep = ~(np.isnan(x) | np.isnan(y))
-    up, down = int((x[keep] > y[keep]).sum()), int((x[keep] < y[keep]).sum())
     if not np.isfinite(test["p_value"]):
         return f"{test['mean_difference']:+.3f}"
-    text = f"{test['mean_difference']:+.3f} (p {test['p_value']:.3f}, {up} up / {down} down"
+    text = f"{test['mean_difference']:+.3f} (p {test['p_value']:.3f}, {test['n_up']} up / {test['n_down']} down"
     if test["p_value"] < alpha and test["r_plus"] != test["r_minus"]:
         text += ", ranks " + ("higher" if test["r_plus"] > test["r_minus"] else "lower")
     return text + ")"
