@@ -39,6 +39,7 @@ class DataConfig:
     seq_dropout: float = 0.0  # augmentation: probability of copying FLAIR into pre/post-contrast (as LGG does)
     intensity_curves: float = 0.0  # augmentation: probability of a random monotone intensity curve per channel
     context: int = 0  # 2.5-D: k neighbouring slices on each side as extra input channels; 0 → off
+    sequence_flags: bool = False  # two input planes marking pre-/post-contrast channels that are FLAIR copies
     mask_targets: str = "binary"  # training targets at model size: binary (nearest) or soft (tumour fraction per pixel)
     tumour_weight: float = 0.0  # >0: sample tumour slices this many times more often
     split_file: str | None = None  # a user's own splits.json; None → drawn from the seed

@@ -4,7 +4,8 @@ The ONNX model takes the *preprocessed* input, float32 ``image`` of shape (batch
 checkpoint's size S, channels C and normalisation (all stored in the model's metadata as JSON
 under ``brainseg.preprocessing``; for a 2.5-D model, ``context`` k > 0 there, C is in_channels ×
 (2k + 1): each slice preprocessed with its k neighbours on each side, stacked along the channels
-in slice order, `brainseg.data.preprocess.stack_context`), and returns ``logits`` (batch, 1, S, S): apply a sigmoid for
+in slice order, `brainseg.data.preprocess.stack_context`; with ``sequence_flags`` true there, two constant
+planes follow, `brainseg.data.preprocess.add_sequence_flags`), and returns ``logits`` (batch, 1, S, S): apply a sigmoid for
 the tumour probability, then the threshold in ``brainseg.threshold``. The batch size is dynamic.
 
 Nothing is written unless ONNX Runtime's logits match PyTorch's on the same inputs, on two batch
@@ -85,15 +86,25 @@ def _quiet() -> Iterator[None]:
 def example_inputs(prep: dict[str, Any], batch: int, seed: int = 0) -> np.ndarray:
     """Preprocessed model inputs (batch, C, S, S) float32 from seeded random uint8 slices (read as
     one volume, with neighbours stacked, for a 2.5-D model)."""
-    from brainseg.data.preprocess import preprocess_image, stack_context
+    from brainseg.data.preprocess import (
+        add_sequence_flags,
+        flag_copied_sequences,
+        preprocess_image,
+        stack_context,
+    )
 
     rng = np.random.default_rng(seed)
     size, c = int(prep["size"]), int(prep["in_channels"])
     raw = rng.integers(0, 256, size=(batch, size, size, c), dtype=np.uint8)
     raw[:, : size // 8] = 0  # a background band, as in real slices (matters for z-score normalisation)
-    return stack_context(np.stack([
+    if prep.get("sequence_flags") and batch > 1:
+        raw[1, :, :, 0] = raw[1, :, :, 1]  # one slice with a FLAIR copy, so the flag planes vary
+    x = stack_context(np.stack([
         preprocess_image(img, size=size, in_channels=c, normalization=prep["normalization"]) for img in raw
     ]), int(prep.get("context", 0)))
+    if prep.get("sequence_flags"):
+        x = add_sequence_flags(x, np.stack([flag_copied_sequences(img) for img in raw]))
+    return x
 
 
 def _export_with(model: Any, x: Any, exporter: str, opset: int | None) -> bytes:

@@ -155,7 +155,10 @@ def input_contract(preprocessing: dict[str, Any]) -> dict[str, Any]:
             f"2.5-D: each slice is read with its {preprocessing['context']} neighbouring slice(s) on each side, "
             "so whole volumes in slice order are needed" if preprocessing.get("context") else "none: each slice alone"
         ),
-    }
+    } | ({"sequence_flags": (
+        "two constant input planes after the image channels say whether pre-contrast / post-contrast is an "
+        "exact copy of FLAIR (a missing sequence); they are computed from the slice itself"
+    )} if preprocessing.get("sequence_flags") else {})
 
 
 def make_bundle(

@@ -18,7 +18,15 @@ import torch
 from torch.utils.data import Dataset
 
 from brainseg.data.lgg import SliceRecord, read_slice
-from brainseg.data.preprocess import NORMALIZATIONS, normalize, resize_image, resize_mask, select_channels
+from brainseg.data.preprocess import (
+    NORMALIZATIONS,
+    add_sequence_flags,
+    flag_copied_sequences,
+    normalize,
+    resize_image,
+    resize_mask,
+    select_channels,
+)
 from brainseg.data.transforms import Augment
 from brainseg.errors import BrainsegError, DataError
 
@@ -99,6 +107,10 @@ class SliceDataset(Dataset):
             stacked along the channels; the mask is item i's own.
         soft_masks: the cached masks are tumour fractions ×255 (`load_arrays(..., soft_masks=True)`);
             items then carry them divided by 255.
+        sequence_flags: two constant planes after the other channels (`brainseg.data.preprocess`,
+            step 5) mark item i's pre- and post-contrast channels that are FLAIR copies — in the
+            stored slice (a patient who lacked the sequence; per-channel intensity augmentation
+            may since have made the copy inexact) or made by sequence dropout.
     """
 
     def __init__(
@@ -113,11 +125,15 @@ class SliceDataset(Dataset):
         arrays: tuple[np.ndarray, np.ndarray] | None = None,
         context: int = 0,
         soft_masks: bool = False,
+        sequence_flags: bool = False,
     ) -> None:
         if normalization not in NORMALIZATIONS:
             raise BrainsegError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
         if in_channels not in (1, 3):
             raise BrainsegError(f"in_channels must be 1 or 3, got {in_channels!r}")
+        if sequence_flags and in_channels != 3:
+            raise BrainsegError("sequence_flags need the 3-channel input (pre-contrast, FLAIR, post-contrast)")
+        self.sequence_flags = bool(sequence_flags)
         self.records = list(records)
         self.size = int(size)
         self.in_channels = in_channels
@@ -180,6 +196,9 @@ class SliceDataset(Dataset):
                     img, _ = self.augment(img, self.masks[j], np.random.default_rng([self.seed, self.epoch, i]))
                 parts.append(normalize(select_channels(img, self.in_channels), self.normalization))
             x = np.concatenate(parts)
+        if self.sequence_flags:
+            flags = np.maximum(flag_copied_sequences(self.images[i]), flag_copied_sequences(image))
+            x = add_sequence_flags(x[None], flags[None])[0]
         y = np.ascontiguousarray(mask, dtype=np.float32)[None]
         if self.soft_masks:
             y *= 1.0 / 255.0

@@ -32,6 +32,15 @@ Pipeline for one slice (H×W×C uint8, channels pre-contrast T1, FLAIR, post-con
    slice order (offsets −k … +k), so the model sees in_channels × (2k + 1) channels. At the ends of
    a volume the nearest existing slice is repeated. A model with context therefore needs whole
    volumes in slice order (`stack_context`), as evaluation, `predict` and the viewer give it.
+
+5. Sequence flags (`sequence_flags`, off by default; 3-channel models only): two constant planes
+   follow the channels above, 1.0 where the slice's pre-contrast (first plane) or post-contrast
+   (second plane) channel is an exact copy of its FLAIR channel — how the LGG set fills a missing
+   sequence (`brainseg.data.sequences.copied_sequences`, read on the uint8 slice as given, before
+   resizing) — and 0.0 elsewhere; a slice whose FLAIR is all zero is flagged nowhere. The network
+   is told which sequences are missing instead of having to infer it from identical channels. A
+   2.5-D model gets the flags of the centre slice once, after its stacked neighbours
+   (`add_sequence_flags`). In training the flags also mark the copies sequence dropout makes.
 """
 
 from __future__ import annotations
@@ -186,10 +195,13 @@ def preprocess_image(
     return normalize(resize_image(hwc, size), normalization)
 
 
-def preprocessing_dict(size: int, in_channels: int, normalization: str, context: int = 0) -> dict[str, Any]:
+def preprocessing_dict(
+    size: int, in_channels: int, normalization: str, context: int = 0, sequence_flags: bool = False
+) -> dict[str, Any]:
     """The settings a checkpoint stores so that its inputs can be rebuilt with no other file
-    (`context` is recorded only when it is on, so older checkpoints read the same)."""
-    check_preprocessing({"size": size, "in_channels": in_channels, "normalization": normalization, "context": context})
+    (`context` and `sequence_flags` are recorded only when on, so older checkpoints read the same)."""
+    check_preprocessing({"size": size, "in_channels": in_channels, "normalization": normalization, "context": context,
+                         "sequence_flags": sequence_flags})
     d = {
         "version": PREPROCESSING_VERSION,
         "size": int(size),
@@ -201,15 +213,42 @@ def preprocessing_dict(size: int, in_channels: int, normalization: str, context:
     }
     if context:
         d["context"] = int(context)
+    if sequence_flags:
+        d["sequence_flags"] = True
     return d
 
 
 MAX_CONTEXT = 3
 
 
+#: The channels (pre-contrast, post-contrast) whose FLAIR copies the sequence flags mark, in order.
+FLAGGED_SEQUENCES = ("pre-contrast", "post-contrast")
+
+
 def model_channels(prep: dict[str, Any]) -> int:
-    """The number of input channels of the network: in_channels × (2·context + 1)."""
-    return int(prep["in_channels"]) * (2 * int(prep.get("context", 0)) + 1)
+    """The number of input channels of the network: in_channels × (2·context + 1), plus the two
+    sequence flags where they are on."""
+    flags = len(FLAGGED_SEQUENCES) if prep.get("sequence_flags") else 0
+    return int(prep["in_channels"]) * (2 * int(prep.get("context", 0)) + 1) + flags
+
+
+def flag_copied_sequences(image: np.ndarray, also: tuple[str, ...] = ()) -> np.ndarray:
+    """(2,) float32: 1.0 where the uint8 H×W×3 slice's pre-contrast / post-contrast channel is an
+    exact copy of its FLAIR (or is named in `also`), else 0.0 (see the module docstring)."""
+    from brainseg.data.sequences import copied_sequences
+
+    copied = set(copied_sequences(np.asarray(image))) | set(also)
+    return np.array([name in copied for name in FLAGGED_SEQUENCES], dtype=np.float32)
+
+
+def add_sequence_flags(x: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Model inputs (N, C, S, S) and their slices' flags (N, 2) → (N, C + 2, S, S): each flag a
+    constant plane after the other channels."""
+    flags = np.asarray(flags, dtype=np.float32)
+    if flags.shape != (x.shape[0], len(FLAGGED_SEQUENCES)):
+        raise BrainsegError(f"sequence flags have shape {flags.shape}; expected ({x.shape[0]}, {len(FLAGGED_SEQUENCES)})")
+    planes = np.broadcast_to(flags[:, :, None, None], (x.shape[0], flags.shape[1], *x.shape[2:]))
+    return np.concatenate([x, planes.astype(x.dtype)], axis=1)
 
 
 def context_indices(n: int, context: int) -> np.ndarray:
@@ -244,4 +283,10 @@ def check_preprocessing(d: dict[str, Any], source: str = "preprocessing") -> dic
     k = d.get("context", 0)
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 0 <= k <= MAX_CONTEXT:
         raise BrainsegError(f"{source}: context must be an integer from 0 to {MAX_CONTEXT}, got {k!r}")
+    flags = d.get("sequence_flags", False)
+    if not isinstance(flags, bool):
+        raise BrainsegError(f"{source}: sequence_flags must be true or false, got {flags!r}")
+    if flags and d["in_channels"] != 3:
+        raise BrainsegError(f"{source}: sequence_flags need the 3-channel input (pre-contrast, FLAIR, post-contrast), "
+                            f"not in_channels={d['in_channels']}")
     return d

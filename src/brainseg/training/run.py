@@ -158,18 +158,38 @@ def model_kwargs_for(cfg: RunConfig) -> dict[str, Any]:
     return kwargs
 
 
+def run_preprocessing(cfg: RunConfig) -> dict[str, Any]:
+    """The preprocessing a checkpoint of this configuration stores (`preprocessing_dict`)."""
+    from brainseg.data.preprocess import preprocessing_dict
+
+    d = cfg.data
+    return preprocessing_dict(d.size, d.in_channels, d.normalization, d.context, d.sequence_flags)
+
+
+def network_channels(cfg: RunConfig) -> int:
+    """Input channels of the network this configuration trains (`brainseg.data.preprocess.model_channels`)."""
+    from brainseg.data.preprocess import model_channels
+
+    return model_channels(run_preprocessing(cfg))
+
+
 def check_model_settings(cfg: RunConfig) -> None:
     """Model name, options and slice size checked before any data is read (a weightless build)."""
     from brainseg.models import create_model
 
     kwargs = {k: v for k, v in model_kwargs_for(cfg).items() if k != "encoder_weights"}
-    if cfg.data.context and model_kwargs_for(cfg).get("encoder_weights"):
+    if cfg.data.sequence_flags and cfg.data.in_channels != 3:
+        raise BrainsegError(
+            "data.sequence_flags: the flags mark FLAIR copies in the pre- and post-contrast channels, "
+            f"so they need data.in_channels=3, not {cfg.data.in_channels}")
+    channels = network_channels(cfg)
+    if channels != cfg.data.in_channels and model_kwargs_for(cfg).get("encoder_weights"):
         raise BrainsegError(
             f"model.kwargs.encoder_weights: a pretrained encoder's first layer takes {cfg.data.in_channels} channel(s), "
-            f"but data.context={cfg.data.context} gives the network {cfg.data.in_channels * (2 * cfg.data.context + 1)}; "
-            "train a 2.5-D model from scratch (data.context=0 to use the weights)")
+            f"but data.context={cfg.data.context} and data.sequence_flags={cfg.data.sequence_flags} give the network "
+            f"{channels}; train such a model from scratch (data.context=0 and data.sequence_flags=false to use the weights)")
     with torch.device("meta"):  # shapes only: no memory, no initialisation
-        model = create_model(cfg.model.name, in_channels=cfg.data.in_channels * (2 * cfg.data.context + 1), **kwargs)
+        model = create_model(cfg.model.name, in_channels=channels, **kwargs)
     model.check_input_size(cfg.data.size, cfg.data.size)
 
 
@@ -227,7 +247,6 @@ def train_run(
 def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool,
                   on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     from brainseg.data.dataset import SliceDataset, load_arrays
-    from brainseg.data.preprocess import preprocessing_dict
     from brainseg.losses import build_loss
     from brainseg.models import count_parameters, create_model
 
@@ -277,7 +296,8 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
             f"split {data.split.id} leaves {len(train_records)} training and {len(val_records)} validation "
             f"slices; the dataset at {data.root} is too small for these fractions"
         )
-    common = {"size": d.size, "in_channels": d.in_channels, "normalization": d.normalization, "context": d.context}
+    common = {"size": d.size, "in_channels": d.in_channels, "normalization": d.normalization, "context": d.context,
+              "sequence_flags": d.sequence_flags}
     soft = d.mask_targets == "soft"  # training targets only: validation scores binary masks
     train_ds = SliceDataset(
         train_records, augment=augment_from_config(d), seed=cfg.train.seed,
@@ -296,7 +316,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
         **loader_options(cfg, device),
     )
 
-    model = create_model(cfg.model.name, in_channels=d.in_channels * (2 * d.context + 1), **model_kwargs_for(cfg))
+    model = create_model(cfg.model.name, in_channels=network_channels(cfg), **model_kwargs_for(cfg))
     model.check_input_size(d.size, d.size)
     model.channels_last_everywhere = cfg.train.channels_last
     model.to(device)
@@ -318,7 +338,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
 
     meta = {
         "model": dict(model.config),
-        "preprocessing": preprocessing_dict(d.size, d.in_channels, d.normalization, d.context),
+        "preprocessing": run_preprocessing(cfg),
         "config": cfg.to_dict(),
         "split": data.split.to_dict(),
         "data_root": str(data.root),
