@@ -178,3 +178,17 @@ def test_flags_on_a_one_channel_config_are_refused_before_any_data_is_read() -> 
     cfg.data.sequence_flags = True
     with pytest.raises(BrainsegError, match="data.sequence_flags.*in_channels=3"):
         check_model_settings(cfg)
+
+
+def test_pretrained_encoder_weights_and_flags_are_refused_before_any_data_is_read(tmp_path: Path) -> None:
+    from brainseg.config import RunConfig
+    from brainseg.training.run import check_model_settings
+
+    cfg = RunConfig()
+    cfg.data.sequence_flags = True
+    cfg.model.kwargs = {"encoder_weights": str(tmp_path / "resnet.pt")}
+    with pytest.raises(BrainsegError, match="data.sequence_flags=true gives the network 5"):
+        check_model_settings(cfg)
+    cfg.data.context = 1
+    with pytest.raises(BrainsegError, match="data.context=1 and data.sequence_flags=true give the network 11"):
+        check_model_settings(cfg)

@@ -184,10 +184,12 @@ def check_model_settings(cfg: RunConfig) -> None:
             f"so they need data.in_channels=3, not {cfg.data.in_channels}")
     channels = network_channels(cfg)
     if channels != cfg.data.in_channels and model_kwargs_for(cfg).get("encoder_weights"):
+        extra = [f"data.context={cfg.data.context}"] * bool(cfg.data.context)
+        extra += ["data.sequence_flags=true"] * cfg.data.sequence_flags
         raise BrainsegError(
             f"model.kwargs.encoder_weights: a pretrained encoder's first layer takes {cfg.data.in_channels} channel(s), "
-            f"but data.context={cfg.data.context} and data.sequence_flags={cfg.data.sequence_flags} give the network "
-            f"{channels}; train such a model from scratch (data.context=0 and data.sequence_flags=false to use the weights)")
+            f"but {' and '.join(extra)} give{'s' * (len(extra) == 1)} the network {channels}; train such a model "
+            "from scratch (data.context=0 and data.sequence_flags=false to use the weights)")
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = create_model(cfg.model.name, in_channels=channels, **kwargs)
     model.check_input_size(cfg.data.size, cfg.data.size)
