@@ -61,6 +61,10 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+#: Learning-rate schedules after the warm-up (`brainseg.training.trainer.lr_multiplier`).
+LR_SCHEDULES = ("cosine", "poly", "constant")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation protocol; the same for every model in a comparison."""
@@ -70,6 +74,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
+    lr_schedule: str = "cosine"  # after the warm-up: cosine (to 1% of lr), poly ((1 − t)^0.9, nnU-Net) or constant
     loss: str = "bce+dice"  # see brainseg.losses.build_loss
     grad_clip: float = 1.0  # max gradient norm; 0 → off
     amp: str = "auto"  # auto → bf16 autocast on CUDA, off elsewhere; "off", "bf16", "fp16"
@@ -144,6 +149,7 @@ RULES: dict[str, Rule] = {
     "train.lr": Rule(lambda v: v > 0, "> 0"),
     "train.weight_decay": _at_least(0),
     "train.warmup_epochs": _at_least(0),
+    "train.lr_schedule": _one_of(*LR_SCHEDULES),
     "train.grad_clip": _at_least(0, " (0: off)"),
     "train.amp": _one_of("auto", "off", "bf16", "fp16"),
     "train.patience": _at_least(0, " (0: off)"),

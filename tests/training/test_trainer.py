@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ from brainseg.training.checkpoint import (
 )
 from brainseg.training.history import COLUMNS as HISTORY_COLUMNS
 from brainseg.training.run import train_run
-from brainseg.training.trainer import EpochSampler, Trainer, TrainingDiverged, warmup_cosine
+from brainseg.training.trainer import EpochSampler, Trainer, TrainingDiverged, lr_multiplier, warmup_cosine
 from helpers_runs import tiny_cfg
 
 
@@ -174,6 +176,53 @@ def test_warmup_cosine_schedule_by_hand() -> None:
     assert f(60) == pytest.approx(0.5)
     assert f(110) == pytest.approx(0.0, abs=1e-12)
     assert f(35) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+
+
+def _torch_lrs(make: Callable[[Any], Any], steps: int, lr: float = 0.1) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = make(opt)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_lr_schedules_after_no_warm_up_equal_torchs_own_schedulers() -> None:
+    total, lr = 50, 0.1
+    ours = {kind: [lr * lr_multiplier(kind, total, 0)(k) for k in range(total)] for kind in ("cosine", "poly", "constant")}
+    cosine = _torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total, eta_min=0.01 * lr), total)
+    poly = _torch_lrs(lambda o: torch.optim.lr_scheduler.PolynomialLR(o, total_iters=total, power=0.9), total)
+    assert ours["cosine"] == pytest.approx(cosine, rel=1e-9, abs=1e-12)
+    assert ours["poly"] == pytest.approx(poly, rel=1e-9, abs=1e-12)
+    assert ours["constant"] == [lr] * total
+
+
+def test_lr_schedules_share_the_warm_up_and_end_where_documented() -> None:
+    for kind in ("cosine", "poly", "constant"):
+        f = lr_multiplier(kind, total_steps=110, warmup_steps=10)
+        assert [f(k) for k in range(10)] == pytest.approx([(k + 1) / 10 for k in range(10)])
+        assert f(10) == pytest.approx(1.0)
+    assert lr_multiplier("cosine", 110, 10)(110) == pytest.approx(0.01)
+    assert lr_multiplier("poly", 110, 10)(110) == 0.0
+    assert lr_multiplier("poly", 110, 10)(60) == pytest.approx(0.5 ** 0.9)  # half-way by hand
+    assert lr_multiplier("constant", 110, 10)(500) == 1.0
+    with pytest.raises(ValueError, match="step"):
+        lr_multiplier("step", 10, 0)
+
+
+def test_lr_schedule_is_a_checked_setting_and_reaches_the_optimizer(tiny_phantoms: Path, tmp_path: Path) -> None:
+    from brainseg.config import RunConfig
+
+    with pytest.raises(BrainsegError, match="train.lr_schedule.*one of cosine, poly, constant"):
+        RunConfig().set("train.lr_schedule", "cyclic")
+    cfg = tiny_cfg(tiny_phantoms, epochs=2)
+    cfg.train.lr_schedule = "constant"
+    cfg.train.warmup_epochs = 0
+    train_run(cfg, tmp_path / "run", progress=False)
+    rows = read_csv(tmp_path / "run" / "history.csv")
+    assert [float(r["lr"]) for r in rows] == pytest.approx([cfg.train.lr] * 2)
 
 
 def test_checkpoint_errors_name_the_file(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from brainseg.training import distributed as dist_utils
 from brainseg.training.checkpoint import load_checkpoint
 from brainseg.training.determinism import configure_run, warn_environment_change
 from brainseg.training.rundata import load_run_data, records_for
-from brainseg.training.trainer import EpochSampler, Trainer, warmup_cosine
+from brainseg.training.trainer import EpochSampler, Trainer, lr_multiplier
 
 CONFIG_NAME = "config.json"
 SUMMARY_NAME = "train_summary.json"
@@ -329,7 +329,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
     )
     total = steps_per_epoch * cfg.train.epochs
     warm = int(round(cfg.train.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warm))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg.train.lr_schedule, total, warm))
     amp_dtype = resolve_amp(cfg.train.amp, device)
 
     net: torch.nn.Module = model

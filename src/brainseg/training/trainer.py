@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from brainseg.config import LR_SCHEDULES
 from brainseg.errors import BrainsegError
 from brainseg.training import distributed as dist_utils
 from brainseg.training.checkpoint import rng_state, save_checkpoint, set_rng_state
@@ -103,16 +104,36 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up to 1, then cosine decay to `floor`."""
+POLY_POWER = 0.9  # nnU-Net's exponent
+
+
+def lr_multiplier(schedule: str, total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
+    """LR multiplier per optimiser step: a linear warm-up to 1 over `warmup_steps`, then, with t the
+    fraction of the remaining steps done,
+
+    - "cosine": floor + (1 − floor)·(1 + cos πt)/2, down to `floor` at the end;
+    - "poly": (1 − t)^0.9, down to 0 at the end (the "poly" schedule of nnU-Net and DeepLab);
+    - "constant": 1.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
 
     def f(step: int) -> float:
         if warmup_steps > 0 and step < warmup_steps:
             return (step + 1) / warmup_steps
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if schedule == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        if schedule == "poly":
+            return (1.0 - t) ** POLY_POWER
+        return 1.0
 
     return f
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up to 1, then cosine decay to `floor` (`lr_multiplier("cosine", …)`)."""
+    return lr_multiplier("cosine", total_steps, warmup_steps, floor)
 
 
 @dataclass
