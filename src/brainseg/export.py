@@ -86,12 +86,7 @@ def _quiet() -> Iterator[None]:
 def example_inputs(prep: dict[str, Any], batch: int, seed: int = 0) -> np.ndarray:
     """Preprocessed model inputs (batch, C, S, S) float32 from seeded random uint8 slices (read as
     one volume, with neighbours stacked, for a 2.5-D model)."""
-    from brainseg.data.preprocess import (
-        add_sequence_flags,
-        flag_copied_sequences,
-        preprocess_image,
-        stack_context,
-    )
+    from brainseg.data.preprocess import volume_inputs
 
     rng = np.random.default_rng(seed)
     size, c = int(prep["size"]), int(prep["in_channels"])
@@ -99,12 +94,7 @@ def example_inputs(prep: dict[str, Any], batch: int, seed: int = 0) -> np.ndarra
     raw[:, : size // 8] = 0  # a background band, as in real slices (matters for z-score normalisation)
     if prep.get("sequence_flags") and batch > 1:
         raw[1, :, :, 0] = raw[1, :, :, 1]  # one slice with a FLAIR copy, so the flag planes vary
-    x = stack_context(np.stack([
-        preprocess_image(img, size=size, in_channels=c, normalization=prep["normalization"]) for img in raw
-    ]), int(prep.get("context", 0)))
-    if prep.get("sequence_flags"):
-        x = add_sequence_flags(x, np.stack([flag_copied_sequences(img) for img in raw]))
-    return x
+    return volume_inputs(raw, prep)
 
 
 def _export_with(model: Any, x: Any, exporter: str, opset: int | None) -> bytes:

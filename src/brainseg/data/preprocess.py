@@ -232,12 +232,12 @@ def model_channels(prep: dict[str, Any]) -> int:
     return int(prep["in_channels"]) * (2 * int(prep.get("context", 0)) + 1) + flags
 
 
-def flag_copied_sequences(image: np.ndarray, also: tuple[str, ...] = ()) -> np.ndarray:
+def flag_copied_sequences(image: np.ndarray) -> np.ndarray:
     """(2,) float32: 1.0 where the uint8 H×W×3 slice's pre-contrast / post-contrast channel is an
-    exact copy of its FLAIR (or is named in `also`), else 0.0 (see the module docstring)."""
+    exact copy of its FLAIR, else 0.0 (see the module docstring)."""
     from brainseg.data.sequences import copied_sequences
 
-    copied = set(copied_sequences(np.asarray(image))) | set(also)
+    copied = set(copied_sequences(np.asarray(image)))
     return np.array([name in copied for name in FLAGGED_SEQUENCES], dtype=np.float32)
 
 
@@ -266,6 +266,24 @@ def stack_context(x: np.ndarray, context: int) -> np.ndarray:
         return x
     n, c = x.shape[:2]
     return np.ascontiguousarray(x[context_indices(n, context)].reshape(n, c * (2 * context + 1), *x.shape[2:]))
+
+
+def volume_inputs(images: np.ndarray, prep: dict[str, Any]) -> np.ndarray:
+    """Native uint8 slices of one volume (N×H×W×C, in slice order) → the network's input, float32
+    (N, `model_channels(prep)`, size, size): each slice preprocessed (`preprocess_image`), its
+    neighbours stacked for a 2.5-D model (`stack_context`), then the sequence flags where they are on
+    (`add_sequence_flags`) — the one path from slices to model input for prediction and export.
+
+    Raises:
+        BrainsegError: a slice of the wrong dtype or shape, or a 1-channel slice for a 3-channel model.
+    """
+    x = stack_context(np.stack([
+        preprocess_image(img, size=prep["size"], in_channels=prep["in_channels"], normalization=prep["normalization"])
+        for img in images
+    ]), int(prep.get("context", 0)))
+    if prep.get("sequence_flags"):
+        x = add_sequence_flags(x, np.stack([flag_copied_sequences(img) for img in images]))
+    return x
 
 
 def check_preprocessing(d: dict[str, Any], source: str = "preprocessing") -> dict[str, Any]:

@@ -133,26 +133,12 @@ class Predictor:
         ]
 
     def _prepare(self, images: np.ndarray, prep: dict[str, Any], source: str) -> torch.Tensor:
-        from brainseg.data.preprocess import (
-            add_sequence_flags,
-            flag_copied_sequences,
-            preprocess_image,
-            stack_context,
-        )
+        from brainseg.data.preprocess import volume_inputs
 
         try:
-            arr = [
-                preprocess_image(
-                    img, size=prep["size"], in_channels=prep["in_channels"], normalization=prep["normalization"]
-                )
-                for img in images
-            ]
+            return torch.from_numpy(volume_inputs(images, prep))
         except BrainsegError as exc:
             raise BrainsegError(f"{source}: {exc}") from None
-        x = stack_context(np.stack(arr), int(prep.get("context", 0)))
-        if prep.get("sequence_flags"):
-            x = add_sequence_flags(x, np.stack([flag_copied_sequences(img) for img in images]))
-        return torch.from_numpy(x)
 
     @torch.no_grad()
     def _forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
