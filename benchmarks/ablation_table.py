@@ -20,6 +20,10 @@ LABEL=DIR1,DIR2,… averages replicates (the same lever trained with other seeds
 each patient's Dice is its mean over the replicates, the minutes are the replicates' mean. Two seeds
 of one lever against two of another compare the levers with less of one training's noise.
 
+`--exclude ID[,ID…]` leaves patients out of every row (a patient id, or the start of one such as
+TCGA_CS_6188): how a comparison reads without the patients one post-processing rule flips. An ID that
+matches no patient of any row is refused.
+
 Robustness under perturbations is not in this table: `brainseg robustness CMPDIR` writes its own
 (`robustness/robustness.csv`, and the report's section).
 """
@@ -79,6 +83,21 @@ def replicate_values(folders: str, model: str) -> tuple[dict[str, float], int, f
     return vals, parts[0][1], float(np.mean([m for _, _, m in parts]))
 
 
+def excluded_patients(spec: str, values: list[dict[str, float]]) -> set[str]:
+    """The patients of `values` that `spec` (comma-separated ids or id prefixes) names; SystemExit
+    naming an entry that matches none."""
+    known = set().union(*values) if values else set()
+    out: set[str] = set()
+    for entry in (e.strip() for e in spec.split(",")):
+        if not entry:
+            continue
+        hits = {p for p in known if p == entry or p.startswith(entry)}
+        if not hits:
+            raise SystemExit(f"--exclude: {entry!r} matches no patient of the rows")
+        out |= hits
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("levers", nargs="+", metavar="LABEL=DIR[,DIR...]")
@@ -91,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         help="score every row on the patients all rows share (e.g. a lever run on some of the folds "
         "against full cross-validations); the folds and train-minutes columns stay each folder's own",
     )
+    ap.add_argument(
+        "--exclude",
+        metavar="ID[,ID...]",
+        help="leave these patients (ids or id prefixes, e.g. TCGA_CS_6188) out of every row",
+    )
     args = ap.parse_args(argv)
 
     copies = flair_copy_patients(index_dataset(args.data)) if args.data else set()
@@ -102,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{folder}: no results for {args.model}", file=sys.stderr)
             continue
         levers.append((label, vals, n_folds, minutes))
+    if args.exclude and levers:
+        drop = excluded_patients(args.exclude, [v for _, v, _, _ in levers])
+        print(f"left out: {', '.join(sorted(drop))}")
+        levers = [(label, {p: x for p, x in v.items() if p not in drop}, n, m) for label, v, n, m in levers]
     if args.common and levers:
         shared = shared_patients([v for _, v, _, _ in levers])
         if not shared:

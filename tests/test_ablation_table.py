@@ -97,3 +97,30 @@ def test_common_refuses_rows_without_a_shared_patient(tmp_path):
     b = _write_folds(tmp_path / "b", [{"P2": 0.6}])
     with pytest.raises(SystemExit, match="share no patient"):
         mod.main([f"a={a}", f"b={b}", "--common"])
+
+
+def test_exclude_leaves_the_named_patients_out_of_every_row(tmp_path, capsys):
+    """Four patients; B gains 0.3 on P4 alone (a flipped patient) and loses 0.01 on the three others:
+    over all four (0.3 − 3·0.01) / 4 ≈ +0.067, 1 up / 3 down; without P4 both rows are over P1–P3, a 0.7 / 0.69 mean, −0.010."""
+    mod = _load()
+    a = _write_folds(tmp_path / "a", [{"TCGA_X_1_2001": 0.7, "TCGA_X_2_2002": 0.6}, {"P3": 0.8, "P4": 0.0}])
+    b = _write_folds(tmp_path / "b", [{"TCGA_X_1_2001": 0.69, "TCGA_X_2_2002": 0.59}, {"P3": 0.79, "P4": 0.3}])
+    assert mod.main([f"a={a}", f"b={b}"]) == 0
+    assert "+0.067 (p 1.000, 1 up / 3 down)" in capsys.readouterr().out
+    assert mod.main([f"a={a}", f"b={b}", "--exclude", "P4"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("| a ", "| b "))]
+    assert "left out: P4" in out
+    assert rows[0].startswith("| a | 3 (2) | 0.700 [") and rows[1].startswith("| b | 3 (2) | 0.690 [")
+    assert "−0.010" in rows[1] or "-0.010" in rows[1]
+    # an id prefix names a patient by its start; two entries at once
+    assert mod.main([f"a={a}", f"b={b}", "--exclude", "TCGA_X_1,P4"]) == 0
+    out = capsys.readouterr().out
+    assert "left out: P4, TCGA_X_1_2001" in out and "| a | 2 (2) | 0.700 [" in out
+
+
+def test_exclude_refuses_an_id_that_matches_nobody(tmp_path):
+    mod = _load()
+    a = _write_folds(tmp_path / "a", [{"P1": 0.8, "P2": 0.6}])
+    with pytest.raises(SystemExit, match="'TCGA_CS_6188' matches no patient"):
+        mod.main([f"a={a}", "--exclude", "TCGA_CS_6188"])
