@@ -62,9 +62,10 @@ def test_environment_reports_this_process() -> None:
 
 def test_numeric_differences_and_report_rows() -> None:
     a = environment("cpu")
-    b = {**a, "threads": a["threads"] + 1, "python": "0.0", "cpu_capability": "AVX2"}
+    other = "AVX512" if a["cpu_capability"] == "AVX2" else "AVX2"  # a capability this machine's is not
+    b = {**a, "threads": a["threads"] + 1, "python": "0.0", "cpu_capability": other}
     diffs = numeric_differences(a, b)
-    assert diffs == [f"threads: {a['threads']} → {a['threads'] + 1}", f"cpu_capability: {a['cpu_capability']} → AVX2"]
+    assert diffs == [f"threads: {a['threads']} → {a['threads'] + 1}", f"cpu_capability: {a['cpu_capability']} → {other}"]
     assert numeric_differences(a, dict(a)) == []
     rows = dict(environment_rows(a))
     assert rows["threads"].startswith(f"{a['threads']} intra-op")
