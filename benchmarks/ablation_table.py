@@ -91,7 +91,7 @@ def excluded_patients(spec: str, values: list[dict[str, float]]) -> set[str]:
     for entry in (e.strip() for e in spec.split(",")):
         if not entry:
             continue
-        hits = {p for p in known if p == entry or p.startswith(entry)}
+        hits = {p for p in known if p.startswith(entry)}  # an id is its own prefix
         if not hits:
             raise SystemExit(f"--exclude: {entry!r} matches no patient of the rows")
         out |= hits

@@ -51,7 +51,7 @@ from brainseg.losses import build_loss
 from brainseg.models import count_parameters, create_model, list_models
 from brainseg.runtime import resolve_amp, select_device
 from brainseg.training.run import make_train_loader
-from brainseg.training.trainer import Trainer, warmup_cosine
+from brainseg.training.trainer import Trainer, lr_multiplier
 
 # name → settings changed from the TrainConfig defaults ("workersN" is parsed, any N)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -139,7 +139,7 @@ def measure(
     amp_dtype = resolve_amp(t.amp, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     total = warmup + steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, 1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(t.lr_schedule, total, 1))
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(
             net, build_loss(t.loss), optimizer, scheduler, loader, lambda m: {}, device=device, epochs=1,

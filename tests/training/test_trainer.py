@@ -26,7 +26,7 @@ from brainseg.training.checkpoint import (
 )
 from brainseg.training.history import COLUMNS as HISTORY_COLUMNS
 from brainseg.training.run import train_run
-from brainseg.training.trainer import EpochSampler, Trainer, TrainingDiverged, lr_multiplier, warmup_cosine
+from brainseg.training.trainer import EpochSampler, Trainer, TrainingDiverged, lr_multiplier
 from helpers_runs import tiny_cfg
 
 
@@ -169,7 +169,7 @@ def test_weighted_draw_gives_tumour_slices_at_the_expected_rate(rate: float) -> 
 
 
 def test_warmup_cosine_schedule_by_hand() -> None:
-    f = warmup_cosine(total_steps=110, warmup_steps=10, floor=0.0)
+    f = lr_multiplier("cosine", total_steps=110, warmup_steps=10, floor=0.0)
     assert f(0) == pytest.approx(0.1)
     assert f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0)

@@ -131,11 +131,6 @@ def lr_multiplier(schedule: str, total_steps: int, warmup_steps: int, floor: flo
     return f
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up to 1, then cosine decay to `floor` (`lr_multiplier("cosine", …)`)."""
-    return lr_multiplier("cosine", total_steps, warmup_steps, floor)
-
-
 @dataclass
 class TrainState:
     """Everything the loop carries between epochs (and into checkpoints)."""
