@@ -24,6 +24,10 @@ of one lever against two of another compare the levers with less of one training
 TCGA_CS_6188): how a comparison reads without the patients one post-processing rule flips. An ID that
 matches no patient of any row is refused.
 
+`--plot PNG` draws each lever's difference to the first row as a chart (a forest plot): the mean
+paired difference in per-patient Dice on the patients both rows hold, with its 95% bootstrap CI
+(patients resampled with replacement) and the Wilcoxon p; a CI that does not cross 0 is drawn solid.
+
 Robustness under perturbations is not in this table: `brainseg robustness CMPDIR` writes its own
 (`robustness/robustness.csv`, and the report's section).
 """
@@ -40,7 +44,8 @@ import numpy as np
 from brainseg.data.lgg import index_dataset
 from brainseg.data.sequences import flair_copy_patients
 from brainseg.errors import BrainsegError
-from brainseg.metrics.stats import bootstrap_ci, paired_summary
+from brainseg.fileio import write_text_atomic
+from brainseg.metrics.stats import bootstrap_ci, paired_summary, paired_wilcoxon
 from brainseg.reporting.comparison import load_comparison
 from brainseg.reporting.leaderboard import evaluated_fold_values, is_fold_evaluations, per_patient_values
 
@@ -98,12 +103,65 @@ def excluded_patients(spec: str, values: list[dict[str, float]]) -> set[str]:
     return out
 
 
+def paired_deltas(levers: list[tuple[str, dict[str, float]]]) -> list[dict]:
+    """Each (label, patient → Dice) after the first against the first, on the patients both hold: n, the
+    mean paired difference (lever − first) with its 95% bootstrap CI, and the Wilcoxon p."""
+    if not levers:
+        return []
+    base = levers[0][1]
+    out = []
+    for label, vals in levers[1:]:
+        common = sorted(set(base) & set(vals))
+        if not common:
+            raise SystemExit(f"--plot: {label!r} shares no patient with {levers[0][0]!r}")
+        d = np.array([vals[p] for p in common]) - np.array([base[p] for p in common])
+        mean, lo, hi = bootstrap_ci(d)
+        p = paired_wilcoxon(d, np.zeros_like(d))["p_value"]
+        out.append({"lever": label, "n": len(common), "delta": mean, "lo": lo, "hi": hi, "p": p})
+    return out
+
+
+def plot_deltas(deltas: list[dict], baseline: str, path: str | Path) -> Path:
+    """A forest plot of `paired_deltas`: one row per lever, its CI as a bar, 0 as a reference line."""
+    from brainseg.reporting.plots import new_figure, save_figure
+
+    if not deltas:
+        raise SystemExit("--plot: needs at least two rows (a baseline and a lever)")
+    fig = new_figure(7.5, 1.0 + 0.42 * len(deltas))
+    ax = fig.add_subplot(1, 1, 1)
+    ys = np.arange(len(deltas))[::-1]
+    for y, d in zip(ys, deltas):
+        clear = d["lo"] > 0 or d["hi"] < 0
+        colour = ("#1b7837" if d["delta"] > 0 else "#b2182b") if clear else "#555555"
+        ax.plot([d["lo"], d["hi"]], [y, y], color=colour, lw=2.2 if clear else 1.4, ls="-" if clear else "--")
+        ax.plot([d["delta"]], [y], "o", color=colour, ms=6)
+        p = "" if not np.isfinite(d["p"]) else f", p {d['p']:.2f}" if d["p"] >= 0.01 else f", p {d['p']:.3f}"
+        ax.annotate(
+            f"{d['delta']:+.3f}{p}", (d["hi"], y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8
+        )
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_yticks(ys, [f"{d['lever']} ({d['n']})" for d in deltas])
+    lo = min(d["lo"] for d in deltas)
+    hi = max(d["hi"] for d in deltas)
+    span = max(hi - lo, 0.02)
+    ax.set_xlim(min(lo, 0.0) - 0.05 * span, max(hi, 0.0) + 0.35 * span)
+    ax.set_ylim(-0.7, len(deltas) - 0.3)
+    ax.set_xlabel(f"per-patient Dice − {baseline}\n(mean paired difference, 95% bootstrap CI; patients in brackets)")
+    ax.grid(axis="y", visible=False)
+    return save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("levers", nargs="+", metavar="LABEL=DIR[,DIR...]")
     ap.add_argument("--model", default="unet")
     ap.add_argument("--data", help="dataset folder, to find the FLAIR-copy patients")
     ap.add_argument("--md", help="also write the table to this Markdown file")
+    ap.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="also draw each lever's paired difference to the first row, with its 95%% bootstrap CI",
+    )
     ap.add_argument(
         "--common",
         action="store_true",
@@ -181,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.md:
-        Path(args.md).write_text(text + "\n", encoding="utf-8")
+        write_text_atomic(args.md, text + "\n")
+    if args.plot:
+        deltas = paired_deltas([(label, vals) for label, vals, _, _ in levers])
+        print(f"plot: {plot_deltas(deltas, levers[0][0], args.plot)}")
     return 0
 
 

@@ -124,3 +124,37 @@ def test_exclude_refuses_an_id_that_matches_nobody(tmp_path):
     a = _write_folds(tmp_path / "a", [{"P1": 0.8, "P2": 0.6}])
     with pytest.raises(SystemExit, match="'TCGA_CS_6188' matches no patient"):
         mod.main([f"a={a}", "--exclude", "TCGA_CS_6188"])
+
+
+def test_paired_deltas_are_the_mean_differences_on_shared_patients_with_their_ci_and_p():
+    """B is 0.1 above A on each of its three patients (P4 is A's alone): +0.100, every resample the same,
+    so the CI is [0.1, 0.1]. C against A: differences +0.2, 0.0, −0.05 → mean +0.05; the CI lies within
+    the smallest and largest difference; p is SciPy's two-sided Wilcoxon on the same pairs."""
+    from scipy.stats import wilcoxon
+
+    mod = _load()
+    a = {"P1": 0.5, "P2": 0.6, "P3": 0.7, "P4": 0.2}
+    b = {"P1": 0.6, "P2": 0.7, "P3": 0.8}
+    c = {"P1": 0.7, "P2": 0.6, "P3": 0.65, "P4": 0.2}
+    d_b, d_c = mod.paired_deltas([("a", a), ("b", b), ("c", c)])
+    assert d_b["lever"] == "b" and d_b["n"] == 3
+    assert d_b["delta"] == pytest.approx(0.1) and d_b["lo"] == pytest.approx(0.1) and d_b["hi"] == pytest.approx(0.1)
+    assert d_c["n"] == 4 and d_c["delta"] == pytest.approx((0.2 + 0.0 - 0.05 + 0.0) / 4)
+    assert -0.05 - 1e-9 <= d_c["lo"] <= d_c["delta"] <= d_c["hi"] <= 0.2 + 1e-9
+    keep = ["P1", "P3"]  # zero differences are dropped by the test, as SciPy's default does
+    assert d_c["p"] == pytest.approx(wilcoxon([c[p] for p in keep], [a[p] for p in keep]).pvalue)
+    with pytest.raises(SystemExit, match="shares no patient"):
+        mod.paired_deltas([("a", {"P1": 0.5}), ("z", {"P9": 0.5})])
+
+
+def test_plot_and_md_write_the_forest_plot_and_the_table_and_plot_refuses_a_single_row(tmp_path, capsys):
+    mod = _load()
+    a = _write_folds(tmp_path / "a", [{"P1": 0.8, "P2": 0.4}, {"P3": 0.6}])
+    b = _write_folds(tmp_path / "b", [{"P1": 0.9, "P2": 0.5}, {"P3": 0.7}])
+    png, md = tmp_path / "levers.png", tmp_path / "levers.md"
+    assert mod.main([f"a={a}", f"b={b}", "--plot", str(png), "--md", str(md)]) == 0
+    assert f"plot: {png}" in capsys.readouterr().out
+    assert "| b | 3 (2) | 0.700 [" in md.read_text(encoding="utf-8")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    with pytest.raises(SystemExit, match="at least two rows"):
+        mod.main([f"a={a}", "--plot", str(tmp_path / "one.png")])
