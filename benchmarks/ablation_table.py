@@ -127,7 +127,7 @@ def plot_deltas(deltas: list[dict], baseline: str, path: str | Path) -> Path:
 
     if not deltas:
         raise SystemExit("--plot: needs at least two rows (a baseline and a lever)")
-    fig = new_figure(7.5, 1.0 + 0.42 * len(deltas))
+    fig = new_figure(9.0, 1.2 + 0.42 * len(deltas))
     ax = fig.add_subplot(1, 1, 1)
     ys = np.arange(len(deltas))[::-1]
     for y, d in zip(ys, deltas):
@@ -135,7 +135,12 @@ def plot_deltas(deltas: list[dict], baseline: str, path: str | Path) -> Path:
         colour = ("#1b7837" if d["delta"] > 0 else "#b2182b") if clear else "#555555"
         ax.plot([d["lo"], d["hi"]], [y, y], color=colour, lw=2.2 if clear else 1.4, ls="-" if clear else "--")
         ax.plot([d["delta"]], [y], "o", color=colour, ms=6)
-        p = "" if not np.isfinite(d["p"]) else f", p {d['p']:.2f}" if d["p"] >= 0.01 else f", p {d['p']:.3f}"
+        if not np.isfinite(d["p"]):
+            p = ""
+        elif d["p"] < 0.001:
+            p = ", p < 0.001"
+        else:
+            p = f", p {d['p']:.2f}" if d["p"] >= 0.01 else f", p {d['p']:.3f}"
         ax.annotate(
             f"{d['delta']:+.3f}{p}", (d["hi"], y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8
         )
