@@ -103,6 +103,13 @@ def excluded_patients(spec: str, values: list[dict[str, float]]) -> set[str]:
     return out
 
 
+def paired_arrays(lever: dict[str, float], base: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The Dice of `lever` and of `base` on the patients both hold, in one patient order (the pairs of the
+    table's Δ column and of the plot)."""
+    common = sorted(set(base) & set(lever))
+    return np.array([lever[p] for p in common]), np.array([base[p] for p in common])
+
+
 def paired_deltas(levers: list[tuple[str, dict[str, float]]]) -> list[dict]:
     """Each (label, patient → Dice) after the first against the first, on the patients both hold: n, the
     mean paired difference (lever − first) with its 95% bootstrap CI, and the Wilcoxon p."""
@@ -111,13 +118,12 @@ def paired_deltas(levers: list[tuple[str, dict[str, float]]]) -> list[dict]:
     base = levers[0][1]
     out = []
     for label, vals in levers[1:]:
-        common = sorted(set(base) & set(vals))
-        if not common:
+        a, b = paired_arrays(vals, base)
+        if not a.size:
             raise SystemExit(f"--plot: {label!r} shares no patient with {levers[0][0]!r}")
-        d = np.array([vals[p] for p in common]) - np.array([base[p] for p in common])
-        mean, lo, hi = bootstrap_ci(d)
-        p = paired_wilcoxon(d, np.zeros_like(d))["p_value"]
-        out.append({"lever": label, "n": len(common), "delta": mean, "lo": lo, "hi": hi, "p": p})
+        mean, lo, hi = bootstrap_ci(a - b)
+        p = paired_wilcoxon(a, b)["p_value"]
+        out.append({"lever": label, "n": int(a.size), "delta": mean, "lo": lo, "hi": hi, "p": p})
     return out
 
 
@@ -224,10 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             base = row
             row["delta_text"] = "+0.000"
         else:
-            common = sorted(set(base["vals"]) & set(vals))
-            a = np.array([vals[p] for p in common])
-            b = np.array([base["vals"][p] for p in common])
-            row["delta_text"] = paired_summary(a, b)
+            row["delta_text"] = paired_summary(*paired_arrays(vals, base["vals"]))
         rows.append(row)
 
     head = (
