@@ -1,7 +1,7 @@
 """CPU inference speed of `brainseg predict`: ms per slice with and without TTA, PyTorch and ONNX Runtime.
 
-Two figures per model (freshly initialised weights: speed does not depend on them), full width,
-3 input channels:
+Two figures per model (freshly initialised weights: speed does not depend on them), full width
+unless `--width` (16: the CPU recipe's and the shipped bundle's), 3 input channels:
 
 - *predictor*: `Predictor.predict` on native 256×256 uint8 slices: preprocessing (resize to the
   model size, normalise), forward passes in batches, sigmoid, resize back to 256×256. With TTA it
@@ -15,6 +15,7 @@ Timings are medians over `--repeats` runs after one untimed warm-up. On a machin
 work they are noisy: compare TTA/no-TTA ratios rather than absolute numbers.
 
     python benchmarks/predict_speed.py --quick          # UNet only, 4 slices (< 1 min)
+    python benchmarks/predict_speed.py --models unet --width 16 --slices 35   # the shipped model's size
     python benchmarks/predict_speed.py                  # the five models (a few minutes)
     python benchmarks/predict_speed.py --json predict_speed.json
 """
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", choices=known, help="models to time (default: all five)")
     p.add_argument("--size", type=int, default=128, help="model input size (default 128, the training default)")
     p.add_argument("--slices", type=int, default=8, help="native 256×256 slices per timed run (default 8)")
+    p.add_argument("--width", type=int, default=None,
+                   help="base width of every model (default: each architecture's full width; 16: the CPU recipe)")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per figure (median; default 2)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(args.slices, 256, 256, 3), dtype=np.uint8)
-    print(f"CPU inference, {args.slices} native 256×256 slices per run, model size {args.size}, batch "
+    print(f"CPU inference, {args.slices} native 256×256 slices per run, model size {args.size}, "
+          f"width {args.width or 'full'}, batch "
           f"{args.batch_size}, {torch.get_num_threads()} torch threads, median of {args.repeats}")
     from brainseg.engine import apply_engine, onnx_available
 
@@ -95,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
               + (f"{'ONNX ms/slice':>15}{'ONNX/torch':>12}" if use_onnx else ""))
     print(header)
     print("-" * len(header))
-    results: dict[str, Any] = {"size": args.size, "slices": args.slices, "batch_size": args.batch_size,
+    results: dict[str, Any] = {"size": args.size, "width": args.width, "slices": args.slices, "batch_size": args.batch_size,
                                "threads": torch.get_num_threads(), "repeats": args.repeats, "models": {}}
     for name in models:
-        ckpt = in_memory_checkpoint(name, args.size)
+        ckpt = in_memory_checkpoint(name, args.size, args.width)
         row = {"params": ckpt["params"]}
         for tta in (False, True):
             pred = Predictor([ckpt], device="cpu", tta=tta, batch_size=args.batch_size)
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         from brainseg.data.phantom import write_phantoms
         from brainseg.inference import predict_path
 
-        ckpt = in_memory_checkpoint("unet", args.size)
+        ckpt = in_memory_checkpoint("unet", args.size, args.width)
         with tempfile.TemporaryDirectory(prefix="brainseg_predict_speed_") as tmp:
             root = write_phantoms(Path(tmp) / "data", patients=1, seed=0, slices=(args.slices, args.slices), size=256)
             patient = next(p for p in root.iterdir() if p.is_dir())
