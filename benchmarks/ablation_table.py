@@ -47,6 +47,7 @@ from brainseg.errors import BrainsegError
 from brainseg.fileio import write_text_atomic
 from brainseg.metrics.stats import bootstrap_ci, paired_summary, paired_wilcoxon
 from brainseg.reporting.comparison import load_comparison
+from brainseg.reporting.formatting import fmt_p
 from brainseg.reporting.leaderboard import evaluated_fold_values, is_fold_evaluations, per_patient_values
 
 
@@ -143,10 +144,8 @@ def plot_deltas(deltas: list[dict], baseline: str, path: str | Path) -> Path:
         ax.plot([d["delta"]], [y], "o", color=colour, ms=6)
         if not np.isfinite(d["p"]):
             p = ""
-        elif d["p"] < 0.001:
-            p = ", p < 0.001"
-        else:
-            p = f", p {d['p']:.2f}" if d["p"] >= 0.01 else f", p {d['p']:.3f}"
+        else:  # two decimals down to 0.01, below that the tables' rule ("0.004", "< 0.001")
+            p = f", p {d['p']:.2f}" if d["p"] >= 0.01 else f", p {fmt_p(d['p'])}"
         ax.annotate(
             f"{d['delta']:+.3f}{p}", (d["hi"], y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8
         )
