@@ -129,7 +129,7 @@ _PROBABILITY = Rule(lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")
 RULES: dict[str, Rule] = {
     "data.size": _at_least(1, " (pixels; each model also needs a multiple of its size divisor)"),
     "data.in_channels": _one_of(1, 3),
-    "data.normalization": _one_of("unit", "zscore", "rank"),
+    "data.normalization": _one_of("unit", "zscore", "rank", "zscore_otsu"),
     "data.mask_targets": _one_of("binary", "soft"),
     "data.gamma_max": _at_least(1, " (gamma is drawn in [1/gamma_max, gamma_max])"),
     "data.bias_field": _at_least(0, " (0: off)"),

@@ -160,3 +160,77 @@ def test_channel_selection_and_full_pipeline() -> None:
         preprocess_image(img[:, :, 1], size=32, in_channels=3)
     with pytest.raises(BrainsegError, match="dtype"):
         preprocess_image(img.astype(np.float32), size=32)
+
+
+def _log_levels(v: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(v.astype(np.float64), 1.0))
+
+
+def test_otsu_threshold_level_minimises_the_within_class_variance_of_log_intensities() -> None:
+    # Otsu's original criterion, computed directly on the pixels: the split ≤ k / > k with the least
+    # within-class variance of log(max(v, 1)) (the same split as the largest between-class variance).
+    from brainseg.data.preprocess import otsu_threshold_level
+
+    rng = np.random.default_rng(11)
+    for trial in range(5):
+        v = np.concatenate([rng.integers(0, 12, 400 + 50 * trial), rng.integers(40, 220, 900)]).astype(np.uint8)
+        logv = _log_levels(v)
+        best, best_k = np.inf, None
+        for k in range(255):
+            lo, hi = logv[v <= k], logv[v > k]
+            if lo.size == 0 or hi.size == 0:
+                continue
+            within = lo.size * lo.var() + hi.size * hi.var()
+            if within < best - 1e-9:
+                best, best_k = within, k
+        k = otsu_threshold_level(np.bincount(v, minlength=256))
+        lo, hi = logv[v <= k], logv[v > k]
+        assert np.isclose(lo.size * lo.var() + hi.size * hi.var(), best), (k, best_k)
+        assert 11 <= k < 40  # between the noise and the head
+    assert otsu_threshold_level(np.bincount(np.full(50, 7), minlength=256)) is None  # one grey level
+    assert otsu_threshold_level(np.bincount(np.array([0, 1, 0, 1]), minlength=256)) is None  # log 0 = log 1
+
+
+def test_zscore_otsu_takes_its_statistics_over_the_head_and_applies_them_everywhere() -> None:
+    from brainseg.data.preprocess import otsu_brain
+
+    rng = np.random.default_rng(12)
+    img = rng.integers(1, 8, (40, 40, 3)).astype(np.uint8)  # faint background noise, no zero pixel
+    head = np.zeros((40, 40), bool)
+    head[6:34, 9:31] = True
+    img[head] = rng.integers(60, 240, (int(head.sum()), 3)).astype(np.uint8)
+    assert np.array_equal(otsu_brain(img), head)
+    x = normalize(img, "zscore_otsu")
+    for c in range(3):
+        vals = img[:, :, c][head].astype(np.float64)
+        np.testing.assert_allclose(x[c], (img[:, :, c] - vals.mean()) / vals.std(), atol=1e-4)
+    for flat in (np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 9, np.uint8)):
+        out = normalize(flat, "zscore_otsu")  # no threshold: statistics over every pixel
+        assert np.isfinite(out).all() and (out == 0).all()
+
+
+def test_zscore_otsu_ignores_a_gain_exactly() -> None:
+    # x → 2x shifts log intensities by log 2: the same brain, and z-scores are unchanged by a gain
+    rng = np.random.default_rng(13)
+    img = rng.integers(2, 10, (32, 32, 3)).astype(np.uint8)
+    img[8:26, 6:28] = rng.integers(40, 127, (18, 22, 3)).astype(np.uint8)
+    np.testing.assert_allclose(normalize(2 * img, "zscore_otsu"), normalize(img, "zscore_otsu"), atol=1e-5)
+
+
+def test_zscore_otsu_input_moves_far_less_than_zscore_under_a_rounded_gamma() -> None:
+    # The MR-like slice of the rank test above: gamma 2.0 sends the background noise to 0, which moves
+    # the brain of "zscore" (non-zero pixels) and so every z-score; Otsu's brain on log intensity stays.
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:256, :256]
+    head = (yy - 128) ** 2 / 100**2 + (xx - 128) ** 2 / 80**2 < 1
+    img = rng.integers(1, 12, (256, 256, 3)).astype(np.uint8)
+    texture = 60 + 120 * (0.5 + 0.5 * np.sin(xx / 9.0)[..., None] * np.cos(yy / 13.0)[..., None])
+    img[head] = np.clip(texture + rng.normal(0, 8, (256, 256, 3)), 20, 250).astype(np.uint8)[head]
+    lut = np.round(255.0 * (np.arange(256) / 255.0) ** 2.0).astype(np.uint8)
+    clear = resize_image(img, 128)[:, :, 1] > 30
+    change = {}
+    for norm in ("zscore_otsu", "zscore"):
+        a = preprocess_image(img, size=128, normalization=norm)
+        b = preprocess_image(lut[img], size=128, normalization=norm)
+        change[norm] = float(np.abs(a - b)[:, clear].mean())
+    assert change["zscore_otsu"] < 0.5 * change["zscore"], change

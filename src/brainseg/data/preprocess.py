@@ -18,6 +18,17 @@ Pipeline for one slice (H×W×C uint8, channels pre-contrast T1, FLAIR, post-con
      as the pixels where at least one selected channel is non-zero; the background (all channels
      zero) stays exactly 0. The std is floored at 1e-6·255 so a flat slice does not divide by zero;
      a slice with no non-zero pixel becomes all zeros.
+   - ``"zscore_otsu"``: per slice and per channel, (x − mean) / std with mean and std taken over a
+     brain found by Otsu's threshold on the log intensity of the brightest channel, and applied to
+     every pixel (nothing is zeroed). Otsu's threshold maximises the between-class variance of the
+     two classes it makes; on log intensities a gain (x → a·x) only shifts the values and a gamma
+     curve 255·(x/255)^γ only scales log(x/255), so the brain it finds does not move with either,
+     up to uint8 rounding. The "brain" of ``"zscore"`` does move: MR slices carry faint background
+     noise (values 1–11 in kaggle_3m) that makes nearly every pixel non-zero, and a gamma curve
+     rounds that noise to 0, so the pixels the statistics are taken over change from the whole
+     slice to the head alone. Log intensities are floored at log 1 (0 and 1 are one level); a slice
+     with a single grey level, or whose threshold leaves fewer than 16 pixels above it, takes its
+     statistics over every pixel.
    - ``"rank"``: per slice and per channel, each pixel's mid-rank among all the slice's pixels
      (u = (number below + half the number equal) / n, in (0, 1)), mapped through the inverse
      standard normal CDF; a slice whose pixels are all equal (an empty or zeroed channel) becomes
@@ -51,7 +62,7 @@ import numpy as np
 
 from brainseg.errors import BrainsegError
 
-NORMALIZATIONS = ("unit", "zscore", "rank")
+NORMALIZATIONS = ("unit", "zscore", "rank", "zscore_otsu")
 FLAIR_CHANNEL = 1
 PREPROCESSING_VERSION = 1
 
@@ -151,6 +162,14 @@ def normalize(img: np.ndarray, normalization: str = "unit") -> np.ndarray:
         return x
     if normalization == "rank":
         return _rank_normal(hwc)
+    if normalization == "zscore_otsu":
+        brain = otsu_brain(hwc)
+        vals = x[:, brain]
+        mean = vals.mean(axis=1)
+        std = np.maximum(vals.std(axis=1), 1e-6 * 255.0)
+        x -= mean[:, None, None]
+        x /= std[:, None, None]
+        return x
     brain = (hwc != 0).any(axis=2)
     n = int(brain.sum())
     if n == 0:
@@ -162,6 +181,43 @@ def normalize(img: np.ndarray, normalization: str = "unit") -> np.ndarray:
     x /= std[:, None, None]
     x *= brain[None]
     return x
+
+
+def otsu_threshold_level(counts: np.ndarray) -> int | None:
+    """Otsu's threshold over the 256 uint8 levels, on log intensity: the level k such that splitting
+    the pixels into ≤ k and > k maximises the between-class variance of log(max(level, 1)).
+
+    `counts` is the histogram (256 pixel counts). None when no split separates two non-empty
+    classes of different log intensity (a single grey level, or only the levels 0 and 1)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    logv = np.log(np.maximum(np.arange(256, dtype=np.float64), 1.0))
+    w0 = np.cumsum(counts)[:-1]  # class ≤ k, k = 0 … 254
+    total = counts.sum()
+    w1 = total - w0
+    s0 = np.cumsum(counts * logv)[:-1]
+    s1 = (counts * logv).sum() - s0
+    ok = (w0 > 0) & (w1 > 0)
+    if not ok.any():
+        return None
+    between = np.zeros_like(w0)
+    between[ok] = w0[ok] * w1[ok] * (s0[ok] / w0[ok] - s1[ok] / w1[ok]) ** 2
+    if between.max() <= 0:
+        return None
+    return int(np.argmax(between))
+
+
+def otsu_brain(img: np.ndarray, min_pixels: int = 16) -> np.ndarray:
+    """The brain of the ``"zscore_otsu"`` normalisation: bool H×W, the pixels whose brightest channel
+    lies above Otsu's threshold on log intensity (`otsu_threshold_level`); every pixel where there is
+    no such threshold or fewer than `min_pixels` lie above it."""
+    hwc = _as_hwc(img)
+    brightest = hwc.max(axis=2)
+    k = otsu_threshold_level(np.bincount(brightest.ravel(), minlength=256))
+    if k is not None:
+        brain = brightest > k
+        if int(brain.sum()) >= min_pixels:
+            return brain
+    return np.ones(brightest.shape, dtype=bool)
 
 
 def _rank_normal(hwc: np.ndarray) -> np.ndarray:
