@@ -229,3 +229,17 @@ def test_zscore_otsu_input_moves_far_less_than_zscore_under_a_rounded_gamma() ->
     # the brain of "zscore" (non-zero pixels) and so every z-score; Otsu's brain on log intensity stays.
     change = _input_change_under_gamma_2(("zscore_otsu", "zscore"))
     assert change["zscore_otsu"] < 0.5 * change["zscore"], change
+
+
+def test_zscore_otsu_keeps_an_empty_sequence_small() -> None:
+    # A missing post-contrast sequence: 0 over the head, a few faint pixels (1–4) outside it, as in
+    # kaggle_3m's TCGA_DU_A5TW slice 10. Its std over the head is 0; floored at one grey level, the
+    # faint pixels become (v − 0) / 1, not thousands.
+    rng = np.random.default_rng(14)
+    img = rng.integers(1, 6, (32, 32, 3)).astype(np.uint8)
+    img[6:26, 6:26, :2] = rng.integers(50, 200, (20, 20, 2)).astype(np.uint8)
+    img[:, :, 2] = 0
+    img[0, :5, 2] = [1, 2, 3, 4, 4]
+    x = normalize(img, "zscore_otsu")
+    np.testing.assert_array_equal(x[2], img[:, :, 2].astype(np.float32))  # mean 0 over the head, std floored to 1
+    assert np.abs(x[:2]).max() < 10

@@ -127,7 +127,7 @@ NORMALIZATION_RULES = {  # as brainseg.data.preprocess defines them (applied by 
     "rank": "per slice and channel, u = (pixels below + half the pixels equal) / all pixels of the slice, "
             "clipped to [0.5/n, 1 − 0.5/n], then the inverse standard normal CDF of u; a channel whose "
             "pixels are all equal becomes 0",
-    "zscore_otsu": "per slice and channel, (x − mean) / std applied to every pixel, with mean and std over the "
+    "zscore_otsu": "per slice and channel, (x − mean) / max(std, 1) applied to every pixel, with mean and std over the "
                    "brain found by Otsu's threshold on log(max(brightest channel, 1)) (every pixel where no "
                    "threshold leaves ≥ 16 pixels above it)",
 }

@@ -26,7 +26,9 @@ Pipeline for one slice (H×W×C uint8, channels pre-contrast T1, FLAIR, post-con
      up to uint8 rounding. The "brain" of ``"zscore"`` does move: MR slices carry faint background
      noise (values 1–11 in kaggle_3m) that makes nearly every pixel non-zero, and a gamma curve
      rounds that noise to 0, so the pixels the statistics are taken over change from the whole
-     slice to the head alone. Log intensities are floored at log 1 (0 and 1 are one level); a slice
+     slice to the head alone. The std is floored at one grey level (1.0): a channel flat over the
+     brain, such as an empty sequence with a few faint pixels outside the head, stays within a few
+     units instead of thousands. Log intensities are floored at log 1 (0 and 1 are one level); a slice
      with a single grey level, or whose threshold leaves fewer than 16 pixels above it, takes its
      statistics over every pixel.
    - ``"rank"``: per slice and per channel, each pixel's mid-rank among all the slice's pixels
@@ -166,7 +168,9 @@ def normalize(img: np.ndarray, normalization: str = "unit") -> np.ndarray:
         brain = otsu_brain(hwc)
         vals = x[:, brain]
         mean = vals.mean(axis=1)
-        std = np.maximum(vals.std(axis=1), 1e-6 * 255.0)
+        # floored at one grey level: a channel flat over the brain (an empty sequence) must not turn
+        # the few faint pixels outside it into values of thousands (nothing is zeroed here)
+        std = np.maximum(vals.std(axis=1), 1.0)
         x -= mean[:, None, None]
         x /= std[:, None, None]
         return x
