@@ -165,25 +165,24 @@ def normalize(img: np.ndarray, normalization: str = "unit") -> np.ndarray:
     if normalization == "rank":
         return _rank_normal(hwc)
     if normalization == "zscore_otsu":
-        brain = otsu_brain(hwc)
-        vals = x[:, brain]
-        mean = vals.mean(axis=1)
         # floored at one grey level: a channel flat over the brain (an empty sequence) must not turn
         # the few faint pixels outside it into values of thousands (nothing is zeroed here)
-        std = np.maximum(vals.std(axis=1), 1.0)
-        x -= mean[:, None, None]
-        x /= std[:, None, None]
-        return x
+        return _standardise(x, otsu_brain(hwc), std_floor=1.0)
     brain = (hwc != 0).any(axis=2)
-    n = int(brain.sum())
-    if n == 0:
+    if not brain.any():
         return np.zeros_like(x)
+    x = _standardise(x, brain, std_floor=1e-6 * 255.0)
+    x *= brain[None]
+    return x
+
+
+def _standardise(x: np.ndarray, brain: np.ndarray, std_floor: float) -> np.ndarray:
+    """x (C×H×W float32) → (x − mean) / max(std, std_floor) in place, mean and std per channel over `brain`."""
     vals = x[:, brain]  # (C, n)
     mean = vals.mean(axis=1)
-    std = np.maximum(vals.std(axis=1), 1e-6 * 255.0)
+    std = np.maximum(vals.std(axis=1), std_floor)
     x -= mean[:, None, None]
     x /= std[:, None, None]
-    x *= brain[None]
     return x
 
 
