@@ -25,40 +25,57 @@ from typing import Any
 from brainseg.errors import BrainsegError
 
 
+def _setting(default: Any = None, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
+    """A settings field with its default and the one line `settings_reference` (and --help) shows."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class DataConfig:
     """Which data, how it is split and how slices are prepared."""
 
-    root: str | None = None  # dataset folder; None → the cached phantom set
-    size: int = 128  # slices are resized to size×size (256 is native for LGG)
-    in_channels: int = 3  # 3 = pre-contrast, FLAIR, post-contrast; 1 = FLAIR only
-    normalization: str = "unit"  # see brainseg.data.preprocess.NORMALIZATIONS
-    augment: bool = True  # paired flips/rotation/zoom and intensity jitter (brainseg.data.transforms)
-    gamma_max: float = 1.25  # augmentation: per-channel gamma drawn log-uniformly in [1/gamma_max, gamma_max]
-    bias_field: float = 0.0  # augmentation: max amplitude of a smooth quadratic bias field; 0 → off
-    seq_dropout: float = 0.0  # augmentation: probability of copying FLAIR into pre/post-contrast (as LGG does)
-    intensity_curves: float = 0.0  # augmentation: probability of a random monotone intensity curve per channel
-    context: int = 0  # 2.5-D: k neighbouring slices on each side as extra input channels; 0 → off
-    sequence_flags: bool = False  # two input planes marking pre-/post-contrast channels that are FLAIR copies
-    mask_targets: str = "binary"  # training targets at model size: binary (nearest) or soft (tumour fraction per pixel)
-    tumour_weight: float = 0.0  # >0: sample tumour slices this many times more often
-    split_file: str | None = None  # a user's own splits.json; None → drawn from the seed
-    val_fraction: float = 0.15
-    test_fraction: float = 0.2
-    folds: int = 0  # >1 → k-fold cross-validation over patients
-    fold: int = 0
-    holdout_institution: str | None = None  # leave-one-institution-out: test on this one
-    seed: int = 0
-    skip_bad: bool = False
+    root: str | None = _setting(None, "dataset folder in the kaggle_3m layout; null: the built-in phantom set")
+    size: int = _setting(128, "slices are resized to size×size (256 is LGG's native size)")
+    in_channels: int = _setting(3, "3: pre-contrast, FLAIR, post-contrast; 1: FLAIR only")
+    normalization: str = _setting(
+        "unit", "unit: x/255; zscore: per slice and channel over the non-zero pixels; rank: intensity order "
+        "only; zscore_otsu: statistics over an Otsu brain on log intensity (brainseg.data.preprocess)")
+    augment: bool = _setting(True, "paired flips/rotation/zoom and intensity jitter (brainseg.data.transforms)")
+    gamma_max: float = _setting(1.25, "augmentation: a gamma curve per channel, gamma drawn log-uniformly")
+    bias_field: float = _setting(0.0, "augmentation: largest amplitude of a smooth quadratic bias field")
+    seq_dropout: float = _setting(
+        0.0, "augmentation: probability that a slice gets FLAIR copied into pre-, post-contrast or both (as LGG "
+        "does for missing sequences)")
+    intensity_curves: float = _setting(
+        0.0, "augmentation: probability of a random monotone intensity curve per channel")
+    context: int = _setting(0, "2.5-D: neighbouring slices of the same patient as extra input channels")
+    sequence_flags: bool = _setting(
+        False, "two more input planes saying whether pre-/post-contrast is a FLAIR copy")
+    mask_targets: str = _setting(
+        "binary", "training targets at model size: binary (nearest) or soft (tumour fraction of each pixel)")
+    tumour_weight: float = _setting(0.0, "> 0: tumour slices are drawn this many times as often as others")
+    split_file: str | None = _setting(None, "a splits.json of your own; null: a split drawn from data.seed")
+    val_fraction: float = _setting(0.15, "share of the patients held for validation (best-epoch choice)")
+    test_fraction: float = _setting(0.2, "share of the patients held out for testing")
+    folds: int = _setting(0, "k > 1: k-fold cross-validation over patients")
+    fold: int = _setting(0, "which fold (with data.folds or data.split_file)")
+    holdout_institution: str | None = _setting(
+        None, "leave-one-institution-out: test on this institution's patients (e.g. HT)")
+    seed: int = _setting(0, "seed of the split (the --seed flag sets train.seed too)")
+    skip_bad: bool = _setting(False, "leave out patients with bad files, and say so (otherwise: an error)")
 
 
 @dataclass
 class ModelConfig:
     """Architecture name (see `brainseg models`) and its constructor arguments."""
 
-    name: str = "unet"
-    width: int | None = None  # base feature width; None → the architecture's default
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: str = _setting("unet", "architecture: unet, attention_unet, segnet, deeplabv3plus, pspnet (`brainseg models`)")
+    width: int | None = _setting(None, "base feature width; null: the architecture's own")
+    kwargs: dict[str, Any] = _setting(
+        factory=dict, help="the architecture's own options, e.g. {deep_supervision: true} "
+        "(listed by `brainseg models --json`)")
 
 
 #: Learning-rate schedules after the warm-up (`brainseg.training.trainer.lr_multiplier`).
@@ -69,40 +86,45 @@ LR_SCHEDULES = ("cosine", "poly", "constant")
 class TrainConfig:
     """Optimisation protocol; the same for every model in a comparison."""
 
-    epochs: int = 20
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    lr_schedule: str = "cosine"  # after the warm-up: cosine (to 1% of lr), poly ((1 − t)^0.9, nnU-Net) or constant
-    loss: str = "bce+dice"  # see brainseg.losses.build_loss
-    grad_clip: float = 1.0  # max gradient norm; 0 → off
-    amp: str = "auto"  # auto → bf16 autocast on CUDA, off elsewhere; "off", "bf16", "fp16"
-    device: str = "auto"  # auto → cuda, then mps, then cpu
-    patience: int = 0  # early stopping after this many epochs without val Dice gain; 0 → off
-    num_workers: int = 0
-    channels_last: bool = False  # force NHWC on every device; on a CPU each model has its own measured layout
-    compile: bool = False
-    seed: int = 0
-    threads: int = 2  # intra-op CPU threads; results depend on it (see README, Reproducibility); 0 → torch's default
-    deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only); on CUDA also no cuDNN autotuning
-    max_batches_per_epoch: int = 0  # 0 → a full pass over the training slices
-    time_limit_minutes: float = 0.0  # stop after the epoch that reaches this much training time; 0 → none
+    epochs: int = _setting(20, "number of epochs")
+    batch_size: int = _setting(16, "global batch size (split over the processes under torchrun)")
+    lr: float = _setting(1e-3, "peak learning rate of AdamW")
+    weight_decay: float = _setting(1e-4, "AdamW's decoupled weight decay")
+    warmup_epochs: float = _setting(1.0, "linear warm-up of the learning rate over this many epochs")
+    lr_schedule: str = _setting(
+        "cosine", "after the warm-up: cosine (to 1% of lr), poly ((1 − t)^0.9, nnU-Net's) or constant")
+    loss: str = _setting("bce+dice", "loss spec, e.g. bce+dice, 0.5*bce+1*dice, bce+tversky, focal+dice")
+    grad_clip: float = _setting(1.0, "largest gradient norm")
+    amp: str = _setting("auto", "mixed precision: auto (bf16 autocast on CUDA, off elsewhere), off, bf16, fp16")
+    device: str = _setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    patience: int = _setting(0, "early stopping after this many epochs without validation gain")
+    num_workers: int = _setting(0, "DataLoader worker processes")
+    channels_last: bool = _setting(
+        False, "force NHWC on every device; on a CPU each model has its own measured layout")
+    compile: bool = _setting(False, "torch.compile the model")
+    seed: int = _setting(0, "seed of initialisation, slice sampling and augmentation")
+    threads: int = _setting(
+        2, "intra-op CPU threads; results depend on it (README, Reproducibility); 0: torch's default")
+    deterministic: bool = _setting(
+        True, "torch.use_deterministic_algorithms (warn-only); on CUDA also no cuDNN autotuning")
+    max_batches_per_epoch: int = _setting(0, "batches per epoch")
+    time_limit_minutes: float = _setting(
+        0.0, "stop after the epoch that reaches this much training time")
 
 
 @dataclass
 class EvalConfig:
     """How probabilities become masks and how metrics are reduced."""
 
-    threshold: float = 0.5
-    tta: bool = False  # test-time augmentation: mean probability over the identity and the two flips
-    min_area: int = 10  # detection: a slice is positive when its predicted area ≥ this (native pixels)
-    min_lesion_size: int = 0  # post-processing: drop predicted 2-D components smaller than this (pixels)
-    largest_component: bool = False  # keep only the largest 3-D connected component per patient
-    # with largest_component: also keep every 3-D component of at least this fraction of the
-    # largest one's size (1.0: the largest only), so a second lesion is not dropped whole
-    component_fraction: float = 1.0
-    empty_policy: str = "one"  # per-slice score when prediction and truth are both empty: "one" or "skip"
+    threshold: float = _setting(0.5, "probability threshold of a tumour pixel")
+    tta: bool = _setting(False, "test-time augmentation: mean probability over the slice and its two flips")
+    min_area: int = _setting(10, "detection: a slice is positive when its predicted area reaches this (native pixels)")
+    min_lesion_size: int = _setting(0, "post-processing: drop predicted 2-D components smaller than this (pixels)")
+    largest_component: bool = _setting(False, "keep only the largest 3-D connected component per patient")
+    component_fraction: float = _setting(
+        1.0, "with largest_component: also keep 3-D components of at least this fraction of the largest one's "
+        "size (1: the largest only)")
+    empty_policy: str = _setting("one", "per-slice score when prediction and truth are both empty: one or skip")
 
 
 @dataclass(frozen=True)
@@ -209,6 +231,37 @@ class RunConfig:
         sec, _, key = dotted.partition(".")
         self.update({sec: {key: value}}, "command line")
 
+
+
+def _shown(value: Any) -> str:
+    """A default as it would be written in a settings file or after --set (YAML)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_shown(v)}" for k, v in value.items()) + "}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def settings_reference(width: int = 100) -> str:
+    """Every setting as `section.key = default`, what it does and what values it takes (for --help)."""
+    import textwrap
+
+    lines = ["settings (a --config file's sections, or --set SECTION.KEY=VALUE), with their defaults:"]
+    for sec in dataclasses.fields(RunConfig):
+        section = sec.default_factory()  # type: ignore[misc]
+        for f in dataclasses.fields(section):
+            key = f"{sec.name}.{f.name}"
+            kind, optional = _kind(f.type)
+            rule = RULES.get(key)
+            allowed = rule.allowed if rule else _TYPE_WORDS.get(kind, kind)
+            if optional and rule is None:
+                allowed += " or null"
+            text = f"{f.metadata.get('help', '')} [{allowed}]"
+            lines.append(f"  {key} = {_shown(getattr(section, f.name))}")
+            lines.extend(textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(lines)
 
 def _kind(annotation: Any) -> tuple[str, bool]:
     """A field annotation ("int", "str | None", "dict[str, Any]") → (base type name, allows None)."""

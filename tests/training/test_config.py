@@ -122,3 +122,38 @@ def test_the_study_runs_the_cpu_recipe_for_every_model() -> None:
         "model.kwargs": ({"deep_supervision": True}, {}), "train.epochs": (40, 28),
     }, differ
     assert build_config(root / "unet_cpu.yaml").data.seq_dropout > 0  # the levers of docs/recipe.md
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_help_lists_every_setting_with_a_default_that_reads_back(command: str, capsys) -> None:
+    """`--help` ends with every setting: its default, written as --set would take it, is the field's own
+    default once parsed back through a config, and each has a description and its allowed values."""
+    import re
+
+    from brainseg.cli import main
+    from brainseg.config import parse_yaml
+    from brainseg.data.preprocess import NORMALIZATIONS
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    entries = dict(re.findall(r"^  ((?:data|model|train|eval)\.\w+) = (.*)$", text, flags=re.M))
+    keys = [k for k, _ in _every_field()]
+    assert sorted(entries) == sorted(keys)
+    defaults = RunConfig()
+    overrides = {}
+    for key, shown in entries.items():
+        sec, _, name = key.partition(".")
+        overrides[key] = parse_yaml(shown)
+        assert overrides[key] == getattr(getattr(defaults, sec), name), key
+    assert build_config(None, overrides).to_dict() == defaults.to_dict()
+    # every entry has a description line that ends with its allowed values in brackets
+    blocks = re.split(r"^  (?=(?:data|model|train|eval)\.\w+ = )", text.split("\nsettings (", 1)[1], flags=re.M)[1:]
+    assert len(blocks) == len(keys)
+    for block in blocks:
+        head, _, body = block.partition("\n")
+        words = " ".join(body.split())
+        assert len(words) > 20 and words.endswith("]"), head
+    normalization = next(b for b in blocks if b.startswith("data.normalization ="))
+    for name in NORMALIZATIONS:
+        assert name in normalization

@@ -59,8 +59,24 @@ def add_training_arguments(
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="any other setting, e.g. --set train.weight_decay=0 --set model.kwargs={aux: true}",
+        help="any other setting (all are listed below), e.g. --set train.weight_decay=0 "
+             "--set model.kwargs={deep_supervision: true}",
     )
+    add_settings_reference(p)
+
+
+def add_settings_reference(p: argparse.ArgumentParser) -> None:
+    """End `p`'s help with every setting, its default and its values; the description still wraps."""
+    import shutil
+    import textwrap
+
+    from brainseg.config import settings_reference
+
+    width = max(60, min(shutil.get_terminal_size().columns, 110) - 2)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    if p.description:
+        p.description = textwrap.fill(" ".join(p.description.split()), width)
+    p.epilog = settings_reference(width)
 
 
 def config_from_args(
