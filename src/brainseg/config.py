@@ -71,7 +71,7 @@ class DataConfig:
 class ModelConfig:
     """Architecture name (see `brainseg models`) and its constructor arguments."""
 
-    name: str = _setting("unet", "architecture: unet, attention_unet, segnet, deeplabv3plus, pspnet (`brainseg models`)")
+    name: str = _setting("unet", "the architecture")
     width: int | None = _setting(None, "base feature width; null: the architecture's own")
     kwargs: dict[str, Any] = _setting(
         factory=dict, help="the architecture's own options, e.g. {deep_supervision: true} "
@@ -232,7 +232,6 @@ class RunConfig:
         self.update({sec: {key: value}}, "command line")
 
 
-
 def _shown(value: Any) -> str:
     """A default as it would be written in a settings file or after --set (YAML)."""
     if value is None:
@@ -248,7 +247,7 @@ def settings_reference(width: int = 100) -> str:
     """Every setting as `section.key = default`, what it does and what values it takes (for --help)."""
     import textwrap
 
-    lines = ["settings (a --config file's sections, or --set SECTION.KEY=VALUE), with their defaults:"]
+    lines = textwrap.wrap("settings (a --config file's sections, or --set SECTION.KEY=VALUE), with their defaults:", width)
     for sec in dataclasses.fields(RunConfig):
         section = sec.default_factory()  # type: ignore[misc]
         for f in dataclasses.fields(section):
@@ -256,12 +255,13 @@ def settings_reference(width: int = 100) -> str:
             kind, optional = _kind(f.type)
             rule = RULES.get(key)
             allowed = rule.allowed if rule else _TYPE_WORDS.get(kind, kind)
-            if optional and rule is None:
+            if optional:  # None passes the type check before any rule (check_value)
                 allowed += " or null"
             text = f"{f.metadata.get('help', '')} [{allowed}]"
             lines.append(f"  {key} = {_shown(getattr(section, f.name))}")
             lines.extend(textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="      "))
     return "\n".join(lines)
+
 
 def _kind(annotation: Any) -> tuple[str, bool]:
     """A field annotation ("int", "str | None", "dict[str, Any]") → (base type name, allows None)."""

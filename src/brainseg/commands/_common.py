@@ -65,18 +65,24 @@ def add_training_arguments(
     add_settings_reference(p)
 
 
+_SETTINGS_EPILOG = "(every setting)"  # stands for `settings_reference()` until help is shown
+
+
+class _SettingsHelpFormatter(argparse.HelpFormatter):
+    """argparse's own wrapping, except the epilog: every setting, built only when help is printed."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text == _SETTINGS_EPILOG:
+            from brainseg.config import settings_reference
+
+            return settings_reference(width)
+        return super()._fill_text(text, width, indent)
+
+
 def add_settings_reference(p: argparse.ArgumentParser) -> None:
-    """End `p`'s help with every setting, its default and its values; the description still wraps."""
-    import shutil
-    import textwrap
-
-    from brainseg.config import settings_reference
-
-    width = max(60, min(shutil.get_terminal_size().columns, 110) - 2)
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    if p.description:
-        p.description = textwrap.fill(" ".join(p.description.split()), width)
-    p.epilog = settings_reference(width)
+    """End `p`'s help with every setting, its default and its values."""
+    p.formatter_class = _SettingsHelpFormatter
+    p.epilog = _SETTINGS_EPILOG
 
 
 def config_from_args(
