@@ -143,6 +143,16 @@ def _one_of(*choices: Any) -> Rule:
     return Rule(lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
 
 
+def _loss_spec_ok(spec: str) -> bool:
+    from brainseg.losses import build_loss  # torch, imported only when a loss spec is checked
+
+    try:
+        build_loss(spec)
+    except BrainsegError:
+        return False
+    return True
+
+
 _FRACTION = Rule(lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")
 _PROBABILITY = Rule(lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")
 
@@ -172,6 +182,8 @@ RULES: dict[str, Rule] = {
     "train.weight_decay": _at_least(0),
     "train.warmup_epochs": _at_least(0),
     "train.lr_schedule": _one_of(*LR_SCHEDULES),
+    "train.loss": Rule(_loss_spec_ok, "a loss spec: terms NAME or WEIGHT*NAME (weight > 0, each name once) joined by +, "
+                       "names bce, dice, focal, tversky"),
     "train.grad_clip": _at_least(0, " (0: off)"),
     "train.amp": _one_of("auto", "off", "bf16", "fp16"),
     "train.patience": _at_least(0, " (0: off)"),

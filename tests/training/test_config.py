@@ -95,7 +95,8 @@ def test_rules_name_only_real_settings_and_accept_the_defaults() -> None:
     ("key", "good", "bad"),
     [("train.epochs", 1, 0), ("train.lr", 1e-9, 0.0), ("eval.threshold", 1.0, 1.01), ("data.in_channels", 1, 2),
      ("data.val_fraction", 0.0, 1.0), ("data.seq_dropout", 1.0, 1.5), ("data.intensity_curves", 0.0, 1.01), ("data.gamma_max", 1.0, 0.99),
-     ("eval.empty_policy", "skip", "none"), ("model.width", None, 0)],
+     ("eval.empty_policy", "skip", "none"), ("model.width", None, 0), ("train.loss", "0.5*bce+2*tversky", "bce+dcie"),
+     ("train.loss", "focal", "bce+bce"), ("train.loss", "dice", "0*bce+dice")],
 )
 def test_rules_at_their_edges(key: str, good: object, bad: object) -> None:
     section, name = key.split(".")
@@ -157,3 +158,18 @@ def test_help_lists_every_setting_with_a_default_that_reads_back(command: str, c
     normalization = next(b for b in blocks if b.startswith("data.normalization ="))
     for name in NORMALIZATIONS:
         assert name in normalization
+
+
+def test_a_bad_loss_spec_is_refused_at_config_time_in_one_line(tmp_path: Path, capsys) -> None:
+    """A misspelt loss used to pass the config and fail only when training built it; now `--set` refuses it,
+    and the rule's words name every loss `build_loss` knows."""
+    from brainseg.cli import main
+    from brainseg.config import RULES
+    from brainseg.losses import LOSSES
+
+    assert main(["train", "--set", "train.loss=bce+dcie", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.loss must be a loss spec" in err[0] and "'bce+dcie'" in err[0], err
+    assert not (tmp_path / "r").exists()
+    for name in LOSSES:
+        assert name in RULES["train.loss"].allowed
