@@ -102,6 +102,7 @@ def _compare_locked(
     from brainseg.evaluation.evaluate import evaluate_run
     from brainseg.protocol import require_same_settings, result_settings, settings_hash
     from brainseg.training import distributed as dist_utils
+    from brainseg.training.checkpoint import run_checkpoint
     from brainseg.training.run import CONFIG_NAME, run_is_finished, train_run
     from brainseg.training.rundata import load_run_data
 
@@ -160,7 +161,7 @@ def _compare_locked(
             split_id = all_splits[k if folds else 0].id
             if committed_results(run_dir, mcfg, split_id):
                 if (robustness is not None and not robustness_done(out, model)
-                        and not (run_dir / "checkpoint_best.pt").is_file() and dist_utils.world_size() == 1):
+                        and not run_checkpoint(run_dir).is_file() and dist_utils.world_size() == 1):
                     if model in unrepeatable:  # this machine already left another fold's curve
                         announce(f"{label}: checkpoints not here, and an earlier fold was not repeated on this "
                                  "machine: not training it again")
@@ -312,12 +313,13 @@ def model_robustness(out: Path, model: str, runs: list[Path], severities: list[i
     out/robustness/, keeping the other models' rows; skipped when the results are there already."""
     from brainseg.evaluation.robustness import Target, run_robustness
     from brainseg.reporting.plots import plot_model_curves
+    from brainseg.training.checkpoint import run_checkpoint
 
     rob = out / "robustness"
     if robustness_done(out, model):
         announce(f"{model}: robustness results present in {rob}, kept")
         return
-    if not all((r / "checkpoint_best.pt").is_file() for r in runs):
+    if not all(run_checkpoint(r).is_file() for r in runs):
         announce(f"{model}: no checkpoints here, so no robustness run (a machine with them adds it on a re-run)")
         return
     announce(f"{model}: robustness under every perturbation at severities {severities or 'all'} → {rob}")

@@ -125,6 +125,9 @@ class EvalConfig:
         1.0, "with largest_component: also keep 3-D components of at least this fraction of the largest one's "
         "size (1: the largest only)")
     empty_policy: str = _setting("one", "per-slice score when prediction and truth are both empty: one or skip")
+    checkpoint: str = _setting(
+        "best", "the run folder's checkpoint that evaluate, robustness, bundle and -c RUN (predict, serve, export) "
+        "use unless one is named: best (highest validation Dice) or last (the final epoch)")
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,7 @@ RULES: dict[str, Rule] = {
     "eval.min_lesion_size": _at_least(0),
     "eval.component_fraction": Rule(lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]"),
     "eval.empty_policy": _one_of("one", "skip"),
+    "eval.checkpoint": _one_of("best", "last"),
 }
 
 

@@ -110,7 +110,8 @@ def test_the_study_runs_the_cpu_recipe_for_every_model() -> None:
 
     Except the UNet's own deep supervision: the study trains every architecture the same way, and
     only the UNet has the option (the recipe's model argument); and the 40 epochs the recipe took
-    with it (without deep supervision 40 epochs gained only +0.010, so the study keeps 28).
+    with it (without deep supervision 40 epochs gained only +0.010, so the study keeps 28); and the
+    checkpoint evaluated: the study's committed results are best-validation ones, the recipe's last-epoch.
     """
     from brainseg.protocol import result_settings
 
@@ -120,7 +121,7 @@ def test_the_study_runs_the_cpu_recipe_for_every_model() -> None:
     differ = {k: (recipe[k], study[k]) for k in recipe if recipe[k] != study[k]}
     assert differ == {
         "data.folds": (0, 5), "data.test_fraction": (0.0, 0.2), "train.time_limit_minutes": (58, 0),
-        "model.kwargs": ({"deep_supervision": True}, {}), "train.epochs": (40, 28),
+        "model.kwargs": ({"deep_supervision": True}, {}), "train.epochs": (40, 28), "eval.checkpoint": ("last", "best"),
     }, differ
     assert build_config(root / "unet_cpu.yaml").data.seq_dropout > 0  # the levers of docs/recipe.md
 

@@ -19,11 +19,14 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", metavar="RUNDIR", help="a run folder made by `brainseg train` (its best checkpoint)")
+    p.add_argument("run_dir", metavar="RUNDIR", help="a run folder made by `brainseg train` (the checkpoint its "
+                   "eval.checkpoint names, best unless its config says last; --checkpoint picks)")
     p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
     p.add_argument("--name", required=True, help="bundle name, e.g. lgg_unet_cpu")
     p.add_argument("--version", default="1.0.0", help="bundle version (default 1.0.0)")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--checkpoint", choices=("best", "last"),
+                   help="best (highest validation Dice) or last (final epoch) checkpoint of the run "
+                        "(default: the run's eval.checkpoint, best unless its config says last)")
     p.add_argument("--cv", metavar="CMPDIR", help="k-fold comparison folder of the same recipe, or a folder of its "
                    "fold runs' evaluations (DIR/fold<k>/per_patient.csv from `brainseg evaluate`): its pooled "
                    "per-patient figures go into the metadata")
@@ -99,9 +102,9 @@ def cv_figures(cmp_dir: str, model: str, data_root: str | None) -> dict[str, Any
 
 def run(args: argparse.Namespace) -> int:
     from brainseg.bundles import describe, make_bundle
-    from brainseg.training.checkpoint import load_checkpoint
+    from brainseg.training.checkpoint import load_checkpoint, run_checkpoint
 
-    ckpt = load_checkpoint(Path(args.run_dir) / f"checkpoint_{args.checkpoint}.pt")
+    ckpt = load_checkpoint(run_checkpoint(args.run_dir, args.checkpoint))
     cv = None
     if args.cv:
         root = args.data or ckpt.get("data_root")

@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which patients (default test); 'all': every patient in --data, e.g. an external test "
                         "set (patients the model trained on are flagged)")
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the run was trained on)")
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--checkpoint", choices=("best", "last"),
+                   help="best (highest validation Dice) or last (final epoch) checkpoint of each run "
+                        "(default: the run's eval.checkpoint, best unless its config says last)")
     p.add_argument("--threshold", type=probability, help="probability threshold in [0, 1] (default: the run's, 0.5)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the largest 3-D connected component per patient volume (default: the run's)")
@@ -50,6 +52,9 @@ def print_summary(s: dict[str, Any]) -> None:
     how += ([f"lesions ≥ {pp['min_lesion_size']} px"] if pp["min_lesion_size"] > 1 else [])
     print(f"{s['model']} on {s['split']} ({s['n_patients']} patients, {s['n_slices']} slices; {', '.join(how)}; "
           f"empty policy {s['empty_policy']!r}):")
+    if s.get("checkpoint"):
+        epoch = f", epoch {s['checkpoint_epoch']}" if s.get("checkpoint_epoch") is not None else ""
+        print(f"  checkpoint {s['checkpoint']}{epoch}")
     print(f"  {'':<12}{'per patient':>14}{'per slice':>12}{'micro':>10}")
     for name in ("dice", "iou", "precision", "recall"):
         r = m[name]

@@ -15,7 +15,7 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
     p.add_argument("--checkpoint", "-c", required=True, metavar="CKPT",
-                   help="checkpoint file or run folder (its best checkpoint)")
+                   help="checkpoint file or run folder (the checkpoint its eval.checkpoint names: best unless its config says last)")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (onnx)")
     p.add_argument("--exporter", default="auto", choices=("auto", "torchscript", "dynamo"),
                    help="torchscript: PyTorch's older exporter (deprecated, fast); dynamo: the torch.export-"

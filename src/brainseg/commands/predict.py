@@ -66,7 +66,7 @@ case (3-D), then --min-lesion-size (2-D); a slice is a detection when its tumour
 --min-area pixels, a case when any slice is.
 
 examples:
-  brainseg predict -c runs/unet kaggle_3m/TCGA_CS_4942_19970222 --out pred   (a run folder: its best checkpoint)
+  brainseg predict -c runs/unet kaggle_3m/TCGA_CS_4942_19970222 --out pred   (a run folder: best or last checkpoint, as its eval.checkpoint says)
   brainseg predict --checkpoint runs/unet --checkpoint runs/segnet scan.nii.gz --out pred --tta
 """
 
@@ -76,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("input", metavar="INPUT", help="slice, patient folder, dataset root, NIfTI file or folder, DICOM study")
     p.add_argument("--checkpoint", "-c", action="append", metavar="CKPT",
-                   help="checkpoint file or run folder (its best checkpoint); repeat for an ensemble "
+                   help="checkpoint file or run folder (best or last checkpoint, as its eval.checkpoint says); repeat for an ensemble "
                         "(default: the bundled model, see `brainseg models --bundles`)")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created; must be empty)")
     p.add_argument("--overwrite", action="store_true",

@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default: <comparison>/robustness, <run>/robustness, "
                    "or ./robustness for several runs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations and bootstrap intervals (default 0)")
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--checkpoint", choices=("best", "last"),
+                   help="best (highest validation Dice) or last (final epoch) checkpoint of each run "
+                        "(default: the run's eval.checkpoint, best unless its config says last)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
     p.add_argument("--no-report", action="store_true", help="do not rebuild the comparison's report")

@@ -187,7 +187,7 @@ def write_results(
     return summary
 
 
-def _ensemble_runs(run_dirs: list[Path], checkpoint: str, data_root: str | None, split: str,
+def _ensemble_runs(run_dirs: list[Path], checkpoint: str | None, data_root: str | None, split: str,
                    overrides: dict[str, Any], out_dir: str | Path | None) -> list[Any]:
     """Load the run, or every member of an ensemble; members must be different runs tested on the same
     patients of the same data, with results going outside their folders."""
@@ -232,7 +232,7 @@ def evaluate_run(
     *,
     split: str = "test",
     data_root: str | None = None,
-    checkpoint: str = "best",
+    checkpoint: str | None = None,
     eval_overrides: dict[str, Any] | None = None,
     device: str = "auto",
     batch_size: int = 16,
@@ -241,6 +241,8 @@ def evaluate_run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `<run_dir>/checkpoint_<checkpoint>.pt` on the run's own split; write the result files.
+
+    `checkpoint` None takes the one the run's `eval.checkpoint` names (best unless its config says last).
 
     Results go to `<run_dir>/eval_<split>/` unless `out_dir` is given. The run's own `eval`
     settings apply (threshold, TTA, post-processing, …) except where `eval_overrides` or `tta`

@@ -65,9 +65,10 @@ def write_examples(
     announce: Callable[[str], None] = lambda _m: None,
 ) -> dict[str, str]:
     """Write `out/examples/`: the pool's slices (when the pool changed) and, for every model whose
-    runs all have their best checkpoint here, its masks for the pool (when absent or made for
-    another pool). Returns model → 'written', 'kept' or 'missing'."""
+    runs all have their checkpoint here (the one `eval.checkpoint` names), its masks for the pool (when
+    absent or made for another pool). Returns model → 'written', 'kept' or 'missing'."""
     from brainseg.evaluation.evaluate import load_patient
+    from brainseg.training.checkpoint import run_checkpoint
 
     pool = example_pool(dirs)
     if not pool:
@@ -92,7 +93,7 @@ def write_examples(
     for m, runs in dirs.items():
         path = ex / f"{m}.npz"
         current = pool_of(path) == pool
-        if not all((r / "checkpoint_best.pt").is_file() for r in runs):
+        if not all(run_checkpoint(r).is_file() for r in runs):
             status[m] = "kept" if current else "missing"
             continue
         if current:
@@ -129,7 +130,7 @@ def _predict_as_evaluated(
     from brainseg.evaluation.session import EvalRun
     from brainseg.inference.postprocess import binarize
 
-    run = EvalRun.load(run_dir, "best", index.root, announce=lambda _m: None)
+    run = EvalRun.load(run_dir, None, index.root, announce=lambda _m: None)  # the checkpoint evaluate_run took
     predictor = run.predictor()
     by = index.by_patient()
     out = []

@@ -42,14 +42,17 @@ class Target:
     run_dirs: list[Path]
 
 
-def _has_checkpoint(d: Path, checkpoint: str) -> bool:
-    return (d / f"checkpoint_{checkpoint}.pt").is_file()
+def _has_checkpoint(d: Path, checkpoint: str | None) -> bool:
+    from brainseg.training.checkpoint import run_checkpoint
+
+    return run_checkpoint(d, checkpoint).is_file()
 
 
-def resolve_targets(paths: Sequence[str | Path], *, checkpoint: str = "best") -> tuple[list[Target], Path | None]:
+def resolve_targets(paths: Sequence[str | Path], *, checkpoint: str | None = None) -> tuple[list[Target], Path | None]:
     """Turn command-line folders into models to study.
 
-    A folder may be a run (holds checkpoint_<checkpoint>.pt), a folder of fold runs (fold<k>/…,
+    A folder may be a run (holds checkpoint_<checkpoint>.pt; `checkpoint` None: the one the run's
+    `eval.checkpoint` names), a folder of fold runs (fold<k>/…,
     pooled), or a comparison made by `brainseg compare` (protocol.json and runs/<model>/: every
     trained model in it). Returns the targets and the comparison folder when exactly one folder
     was given and it is a comparison (None otherwise).
@@ -58,6 +61,8 @@ def resolve_targets(paths: Sequence[str | Path], *, checkpoint: str = "best") ->
         BrainsegError: a folder that is none of these.
     """
     from brainseg.fileio import read_json
+
+    file = f"checkpoint_{checkpoint}.pt" if checkpoint else "checkpoint (best or last, as its eval.checkpoint says)"
 
     def folds_of(d: Path) -> list[Path]:
         fs = [f for f in d.glob("fold*") if f.is_dir() and f.name[4:].isdigit() and _has_checkpoint(f, checkpoint)]
@@ -82,7 +87,7 @@ def resolve_targets(paths: Sequence[str | Path], *, checkpoint: str = "best") ->
                     continue
                 found += 1
             if not found:
-                raise BrainsegError(f"comparison {d} has no trained model yet (no runs/<model>/checkpoint_{checkpoint}.pt)")
+                raise BrainsegError(f"comparison {d} has no trained model yet (no runs/<model>/{file})")
             if len(paths) == 1:
                 comparison = d
         elif _has_checkpoint(d, checkpoint):
@@ -91,7 +96,7 @@ def resolve_targets(paths: Sequence[str | Path], *, checkpoint: str = "best") ->
             targets.append(Target(d.name, folds))
         else:
             raise BrainsegError(
-                f"{d} holds no checkpoint_{checkpoint}.pt, no fold<k>/ runs and no comparison (protocol.json, runs/)"
+                f"{d} holds no {file}, no fold<k>/ runs and no comparison (protocol.json, runs/)"
             )
     if not targets:
         raise BrainsegError("no run folder given")
@@ -173,7 +178,7 @@ def run_robustness(
     perturbations: Sequence[str] | None = None,
     severities: Sequence[int] | None = None,
     seed: int = 0,
-    checkpoint: str = "best",
+    checkpoint: str | None = None,
     device: str = "auto",
     batch_size: int = 16,
     progress: bool = True,
@@ -197,7 +202,8 @@ def run_robustness(
         severities: severities to run (default: 1 … each perturbation's maximum); those above a
             perturbation's maximum are skipped with a note.
         seed: seed of every perturbation (and of the bootstrap intervals).
-        checkpoint: "best" or "last".
+        checkpoint: "best", "last" or None (each run's `eval.checkpoint`); robustness.json records
+            the kind used ("best,last" where the runs differ).
         merge: keep the rows of models that out_dir already holds and this call does not evaluate
             (a comparison's robustness is built model by model, on whichever machine has each
             model's checkpoints); the results kept must come from the same split, seed,
@@ -229,10 +235,12 @@ def run_robustness(
     indexes: dict[Path, Any] = {}
     caches: dict[Path, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     loaded: list[_Loaded] = []
+    used: set[str] = set()  # the checkpoint kinds loaded
     for t in targets:
         preds, pats, eval_cfg, root, name = [], [], None, None, t.name
         for rd in t.run_dirs:
             run = EvalRun.load(rd, checkpoint, data_root, split=split, announce=say)
+            used.add(Path(run.ckpt["path"]).stem.removeprefix("checkpoint_"))
             name = name or run.cfg.model.name
             if root is not None and run.root != root:
                 raise BrainsegError(
@@ -244,6 +252,7 @@ def run_robustness(
             pats.append(run.patients)
             eval_cfg = eval_cfg or run.cfg.eval
         loaded.append(_Loaded(str(name), list(t.run_dirs), preds, pats, eval_cfg, root))  # type: ignore[arg-type]
+    checkpoint = checkpoint or ",".join(sorted(used))
     names = [m.name for m in loaded]
     for m in loaded:  # two runs of one architecture: tell them apart by folder
         if names.count(m.name) > 1:

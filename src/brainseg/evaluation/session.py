@@ -58,7 +58,7 @@ class EvalRun:
     def load(
         cls,
         run_dir: str | Path,
-        checkpoint: str = "best",
+        checkpoint: str | None = None,
         data_root: str | Path | None = None,
         *,
         split: str = "test",
@@ -69,7 +69,7 @@ class EvalRun:
 
         Args:
             run_dir: a run folder made by `brainseg train`.
-            checkpoint: "best" or "last".
+            checkpoint: "best", "last" or None (the run's `eval.checkpoint`, `run_checkpoint`).
             data_root: dataset folder (None: the one the run was trained on).
             split: which patients; "all" takes every patient of the dataset and warns about
                 those the model trained or validated on.
@@ -82,11 +82,11 @@ class EvalRun:
         from brainseg.data.index_cache import index_dataset_cached
         from brainseg.data.roots import resolve_data_root
         from brainseg.inference.predictor import checkpoint_config
-        from brainseg.training.checkpoint import load_checkpoint
+        from brainseg.training.checkpoint import load_checkpoint, run_checkpoint
 
         run_dir = Path(run_dir)
         say = announce or _stderr
-        ckpt = load_checkpoint(run_dir / f"checkpoint_{checkpoint}.pt")
+        ckpt = load_checkpoint(run_checkpoint(run_dir, checkpoint))
         cfg = checkpoint_config(ckpt)
         for k, v in (eval_overrides or {}).items():
             if v is not None:

@@ -22,7 +22,8 @@ code when it is loaded (a pickle may otherwise call any function, e.g. ``os.syst
 written before this rule kept NumPy's RNG state as an array; they are still read, with exactly the
 NumPy array types allowed. Anything else that needs code to rebuild is refused, named.
 
-`load_checkpoint` adds ``path``, the file it read.
+`load_checkpoint` adds ``path``, the file it read. Given a run folder, it reads the checkpoint the
+run's `eval.checkpoint` names (`run_checkpoint`): best unless the run's config says last.
 """
 
 from __future__ import annotations
@@ -59,16 +60,48 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
+CHECKPOINT_KINDS = ("best", "last")
+
+
+def run_checkpoint(run_dir: str | Path, which: str | None = None) -> Path:
+    """`<run_dir>/checkpoint_<which>.pt`; `which` None: the one the run's `eval.checkpoint` names.
+
+    The run's choice is read from `<run_dir>/config.json` (written when training starts); a run
+    without that file or without the setting uses "best", brainseg's default. Existence is not
+    checked here.
+
+    Raises:
+        CheckpointError: `which` (or the run's setting) is not "best" or "last", or config.json
+            cannot be read.
+    """
+    d = Path(run_dir)
+    if which is None:
+        which = "best"
+        cfg_path = d / "config.json"
+        if cfg_path.is_file():
+            import json
+
+            try:
+                which = (json.loads(cfg_path.read_text(encoding="utf-8")).get("eval") or {}).get("checkpoint", "best")
+            except (OSError, ValueError, AttributeError) as exc:
+                raise CheckpointError(f"{cfg_path} cannot be read ({exc}); name the checkpoint file instead") from None
+    if which not in CHECKPOINT_KINDS:
+        raise CheckpointError(f"checkpoint kind {which!r} of {d} is not one of {', '.join(CHECKPOINT_KINDS)}")
+    return d / f"checkpoint_{which}.pt"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and validate a checkpoint; any problem is a CheckpointError naming the file."""
+    """Load and validate a checkpoint file, or a run folder's (`run_checkpoint`; the other one where
+    that is missing, e.g. a run stopped before its first epoch ended). Any problem is a
+    CheckpointError naming the file."""
     p = Path(path)
     if p.is_dir():
-        for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
-            if (p / name).is_file():
-                p = p / name
-                break
-        else:
+        chosen = run_checkpoint(p)
+        other = p / ("checkpoint_last.pt" if chosen.name == "checkpoint_best.pt" else "checkpoint_best.pt")
+        found = next((c for c in (chosen, other) if c.is_file()), None)
+        if found is None:
             raise CheckpointError(f"{path} is a folder without checkpoint_best.pt or checkpoint_last.pt")
+        p = found
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist")
     ckpt = _load_weights_only(p, map_location)
