@@ -57,7 +57,7 @@ class DataConfig:
         "binary", "training targets at model size: binary (nearest) or soft (tumour fraction of each pixel)")
     tumour_weight: float = _setting(0.0, "> 0: tumour slices are drawn this many times as often as others")
     split_file: str | None = _setting(None, "a splits.json of your own; null: a split drawn from data.seed")
-    val_fraction: float = _setting(0.15, "share of the patients held for validation (best-epoch choice)")
+    val_fraction: float = _setting(0.15, "share of the patients held for validation (learning curves, the best checkpoint)")
     test_fraction: float = _setting(0.2, "share of the patients held out for testing")
     folds: int = _setting(0, "k > 1: k-fold cross-validation over patients")
     fold: int = _setting(0, "which fold (with data.folds or data.split_file)")
@@ -146,11 +146,42 @@ def _one_of(*choices: Any) -> Rule:
     return Rule(lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
 
 
-def _loss_spec_ok(spec: str) -> bool:
-    from brainseg.losses import build_loss  # torch, imported only when a loss spec is checked
+#: The losses `brainseg.losses.LOSSES` builds (a test keeps the two equal; this one needs no torch).
+LOSS_NAMES = ("bce", "dice", "focal", "tversky")
+_LOSS_TERM = re.compile(r"^(?:(?P<w>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 
+
+def parse_loss_spec(spec: str) -> list[tuple[float, str]]:
+    """(weight, name) terms of a loss spec such as "bce+dice" or "0.5*bce+1*dice" (a missing weight is 1).
+
+    Raises:
+        BrainsegError: empty spec, unknown name, malformed term, non-positive weight or a repeated term.
+    """
+    known = ", ".join(LOSS_NAMES)
+    if not isinstance(spec, str) or not spec.strip():
+        raise BrainsegError(f"loss spec {spec!r} is empty; use e.g. 'bce+dice' (known: {known})")
+    terms: list[tuple[float, str]] = []
+    for raw in spec.split("+"):
+        part = raw.strip()
+        m = _LOSS_TERM.match(part)
+        if m is None:
+            raise BrainsegError(f"loss spec {spec!r}: cannot read term {part!r}; expected NAME or WEIGHT*NAME "
+                                f"(known names: {known})")
+        name = m["name"].lower()
+        if name not in LOSS_NAMES:
+            raise BrainsegError(f"loss spec {spec!r}: unknown loss {name!r}; known: {known}")
+        if name in (n for _, n in terms):
+            raise BrainsegError(f"loss spec {spec!r}: {name!r} appears twice; give it one weight instead")
+        weight = float(m["w"]) if m["w"] is not None else 1.0
+        if not weight > 0:
+            raise BrainsegError(f"loss spec {spec!r}: weight of {name!r} must be > 0, got {weight}")
+        terms.append((weight, name))
+    return terms
+
+
+def _loss_spec_ok(spec: str) -> bool:
     try:
-        build_loss(spec)
+        parse_loss_spec(spec)
     except BrainsegError:
         return False
     return True
@@ -186,7 +217,7 @@ RULES: dict[str, Rule] = {
     "train.warmup_epochs": _at_least(0),
     "train.lr_schedule": _one_of(*LR_SCHEDULES),
     "train.loss": Rule(_loss_spec_ok, "a loss spec: terms NAME or WEIGHT*NAME (weight > 0, each name once) joined by +, "
-                       "names bce, dice, focal, tversky"),
+                       "names " + ", ".join(LOSS_NAMES)),
     "train.grad_clip": _at_least(0, " (0: off)"),
     "train.amp": _one_of("auto", "off", "bf16", "fp16"),
     "train.patience": _at_least(0, " (0: off)"),

@@ -12,13 +12,13 @@ Compose losses with `CombinedLoss` or `build_loss("0.5*bce+1*dice")`, rather tha
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from brainseg.config import parse_loss_spec
 from brainseg.errors import BrainsegError
 
 __all__ = [
@@ -228,41 +228,20 @@ LOSSES: dict[str, Callable[[], nn.Module]] = {
     "tversky": TverskyLoss,
 }
 
-_TERM = re.compile(r"^(?:(?P<w>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
 def build_loss(spec: str = "bce+dice") -> nn.Module:
     """Build a loss from a spec such as "bce+dice", "dice", "0.5*bce+1*dice" or "focal+dice".
 
-    Terms are separated by "+", each optionally prefixed by "weight*"; a missing weight is 1.
+    Terms are separated by "+", each optionally prefixed by "weight*"; a missing weight is 1
+    (`brainseg.config.parse_loss_spec`, which the config's rule for train.loss uses too).
     A single unweighted term returns that loss module itself; anything else a `CombinedLoss`.
     Known names: see `LOSSES`.
 
     Raises:
         BrainsegError: unknown name, malformed term, non-positive weight or a repeated term.
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise BrainsegError(f"loss spec {spec!r} is empty; use e.g. 'bce+dice' (known: {', '.join(LOSSES)})")
-    terms: list[tuple[float, nn.Module]] = []
-    seen: set[str] = set()
-    for raw in spec.split("+"):
-        part = raw.strip()
-        m = _TERM.match(part)
-        if m is None:
-            raise BrainsegError(
-                f"loss spec {spec!r}: cannot read term {part!r}; expected NAME or WEIGHT*NAME "
-                f"(known names: {', '.join(LOSSES)})"
-            )
-        name = m["name"].lower()
-        if name not in LOSSES:
-            raise BrainsegError(f"loss spec {spec!r}: unknown loss {name!r}; known: {', '.join(LOSSES)}")
-        if name in seen:
-            raise BrainsegError(f"loss spec {spec!r}: {name!r} appears twice; give it one weight instead")
-        seen.add(name)
-        weight = float(m["w"]) if m["w"] is not None else 1.0
-        if not weight > 0:
-            raise BrainsegError(f"loss spec {spec!r}: weight of {name!r} must be > 0, got {weight}")
-        terms.append((weight, LOSSES[name]()))
+    terms = [(weight, LOSSES[name]()) for weight, name in parse_loss_spec(spec)]
     if len(terms) == 1 and terms[0][0] == 1.0:
         return terms[0][1]
     return CombinedLoss(terms)

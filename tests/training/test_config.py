@@ -174,3 +174,13 @@ def test_a_bad_loss_spec_is_refused_at_config_time_in_one_line(tmp_path: Path, c
     assert not (tmp_path / "r").exists()
     for name in LOSSES:
         assert name in RULES["train.loss"].allowed
+
+
+def test_the_config_knows_exactly_the_losses_build_loss_builds() -> None:
+    from brainseg.config import LOSS_NAMES, parse_loss_spec
+    from brainseg.losses import LOSSES, build_loss
+
+    assert LOSS_NAMES == tuple(LOSSES)
+    assert parse_loss_spec("0.5*BCE + 2e0*dice") == [(0.5, "bce"), (2.0, "dice")]
+    loss = build_loss("0.5*bce+2*dice")
+    assert loss.weights == [0.5, 2.0] and [type(t).__name__ for t in loss.terms] == ["BCELoss", "DiceLoss"]

@@ -46,7 +46,7 @@ def test_a_bad_config_json_is_named(tmp_path: Path, text: str, match: str) -> No
         run_checkpoint(tmp_path / "elsewhere", "first")
 
 
-def test_a_run_folder_loads_the_checkpoint_its_config_names(tiny_run: Path, tmp_path: Path) -> None:
+def test_a_run_folder_loads_the_checkpoint_its_config_names(tiny_run: Path, tmp_path: Path, capsys) -> None:
     last = _run_saying(tiny_run, tmp_path / "last", "last")
     best = _run_saying(tiny_run, tmp_path / "best", "best")
     old = _run_saying(tiny_run, tmp_path / "old", None)
@@ -55,6 +55,7 @@ def test_a_run_folder_loads_the_checkpoint_its_config_names(tiny_run: Path, tmp_
     assert Path(load_checkpoint(old)["path"]).name == "checkpoint_best.pt"
     (last / "checkpoint_last.pt").unlink()  # the named one missing: the other is read, as before
     assert Path(load_checkpoint(last)["path"]).name == "checkpoint_best.pt"
+    assert "checkpoint_last.pt (the run's eval.checkpoint) is missing; using checkpoint_best.pt" in capsys.readouterr().err
 
 
 def test_evaluate_and_robustness_use_the_runs_checkpoint_unless_one_is_named(
@@ -66,11 +67,14 @@ def test_evaluate_and_robustness_use_the_runs_checkpoint_unless_one_is_named(
     run = _run_saying(tiny_run, tmp_path / "run", "last")
     assert main(["evaluate", str(run), "--data", str(tiny_phantoms), "--out", str(tmp_path / "ev")]) == 0
     summary = read_json(tmp_path / "ev" / "summary.json")
-    assert Path(summary["checkpoint"]).name == "checkpoint_last.pt"
+    assert Path(summary["checkpoint"]).name == "checkpoint_last.pt" and summary["eval_config"]["checkpoint"] == "last"
     assert f"checkpoint {run / 'checkpoint_last.pt'}, epoch {summary['checkpoint_epoch']}" in capsys.readouterr().out
     assert main(["evaluate", str(run), "--checkpoint", "best", "--data", str(tiny_phantoms),
                  "--out", str(tmp_path / "ev_best")]) == 0
-    assert Path(read_json(tmp_path / "ev_best" / "summary.json")["checkpoint"]).name == "checkpoint_best.pt"
+    named = read_json(tmp_path / "ev_best" / "summary.json")
+    assert Path(named["checkpoint"]).name == "checkpoint_best.pt"
+    assert named["eval_config"]["checkpoint"] == "best"  # the settings recorded are those evaluated
+    assert named["settings_hash"] != summary["settings_hash"]
 
     assert main(["robustness", str(run), "--perturbations", "gamma", "--severities", "1", "--data", str(tiny_phantoms),
                  "--out", str(tmp_path / "rob")]) == 0
@@ -80,3 +84,21 @@ def test_evaluate_and_robustness_use_the_runs_checkpoint_unless_one_is_named(
                  "--out", str(tmp_path / "rob2")]) == 2
     err = capsys.readouterr().err
     assert "checkpoint (best or last, as its eval.checkpoint says)" in err and "Traceback" not in err
+
+
+def test_resuming_an_older_run_takes_new_eval_settings_but_no_other_change(tmp_path: Path) -> None:
+    """A run started before eval.checkpoint existed resumes under the recipe that now sets it (training
+    does not read eval settings); any other result-changing difference is still refused."""
+    from brainseg.config import RunConfig, build_config
+    from brainseg.errors import BrainsegError
+    from brainseg.training.run import resumed_config
+
+    older = RunConfig().to_dict()
+    older["eval"].pop("checkpoint")
+    said: list[str] = []
+    cfg = resumed_config(build_config(None, {"eval.checkpoint": "last", "eval.threshold": 0.4}), older, 3, tmp_path,
+                         said.append)
+    assert (cfg.eval.checkpoint, cfg.eval.threshold) == ("last", 0.4)
+    assert len(said) == 1 and 'eval.checkpoint: "best" → "last"' in said[0] and "eval.threshold: 0.5 → 0.4" in said[0]
+    with pytest.raises(BrainsegError, match=r"other settings \(data.size: 128 → 64\); resume without"):
+        resumed_config(build_config(None, {"eval.checkpoint": "last", "data.size": 64}), older, 3, tmp_path, said.append)

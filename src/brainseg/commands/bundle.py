@@ -102,7 +102,7 @@ def cv_figures(cmp_dir: str, model: str, data_root: str | None) -> dict[str, Any
 
 def run(args: argparse.Namespace) -> int:
     from brainseg.bundles import describe, make_bundle
-    from brainseg.training.checkpoint import load_checkpoint, run_checkpoint
+    from brainseg.training.checkpoint import checkpoint_kind, load_checkpoint, run_checkpoint
 
     ckpt = load_checkpoint(run_checkpoint(args.run_dir, args.checkpoint))
     cv = None
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     meta = make_bundle(
         ckpt["path"], args.out, name=args.name, version=args.version, check_patients=args.check,
         cross_validation=cv, training_patients=patients, description=args.description,
-        eval_overrides=eval_overrides(args.eval),
+        eval_overrides={**eval_overrides(args.eval), "checkpoint": checkpoint_kind(ckpt)},  # the one bundled
     )
     print(f"wrote bundle {describe(meta)} to {args.out} (weights {meta['weights']['dtype']})", file=sys.stderr)
     return 0

@@ -14,7 +14,8 @@ nothing is fetched from or sent to anywhere else."""
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", "-c", action="append", metavar="CKPT",
-                   help="checkpoint file or run folder; repeat for an ensemble (default: the bundled model)")
+                   help="checkpoint file or run folder (best or last checkpoint, as its eval.checkpoint says); repeat "
+                        "for an ensemble (default: the bundled model)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")

@@ -18,8 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="RUNDIR", help="run folder (default runs/<model>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, under its own settings (flags that "
-                        "change a result are refused, except --epochs, which extends the run)")
-    p.add_argument("--evaluate", action="store_true", help="evaluate the best checkpoint on the test split afterwards")
+                        "change a result are refused, except --epochs, which extends the run, and eval settings)")
+    p.add_argument("--evaluate", action="store_true", help="evaluate the run on its test split afterwards (the checkpoint "
+                   "eval.checkpoint names: best unless the config says last)")
     add_training_arguments(p)
 
 

@@ -211,7 +211,7 @@ def _ensemble_runs(run_dirs: list[Path], checkpoint: str | None, data_root: str 
     mine = asdict(first.cfg.eval)
     for r in runs[1:]:
         other = asdict(r.cfg.eval)
-        differ = [k for k in mine if other.get(k) != mine[k]]
+        differ = [k for k in mine if other.get(k) != mine[k] and k != "checkpoint"]  # each member keeps its own
         if differ:
             print(f"note: {r.run_dir} has its own eval settings ({', '.join(f'{k} {other.get(k)!r}' for k in differ)}); "
                   f"the ensemble is scored with the first run's ({', '.join(f'{k} {mine[k]!r}' for k in differ)})",

@@ -240,7 +240,7 @@ def run_robustness(
         preds, pats, eval_cfg, root, name = [], [], None, None, t.name
         for rd in t.run_dirs:
             run = EvalRun.load(rd, checkpoint, data_root, split=split, announce=say)
-            used.add(Path(run.ckpt["path"]).stem.removeprefix("checkpoint_"))
+            used.add(run.cfg.eval.checkpoint)
             name = name or run.cfg.model.name
             if root is not None and run.root != root:
                 raise BrainsegError(

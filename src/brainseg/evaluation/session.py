@@ -82,12 +82,17 @@ class EvalRun:
         from brainseg.data.index_cache import index_dataset_cached
         from brainseg.data.roots import resolve_data_root
         from brainseg.inference.predictor import checkpoint_config
-        from brainseg.training.checkpoint import load_checkpoint, run_checkpoint
+        from brainseg.training.checkpoint import checkpoint_kind, load_checkpoint, run_checkpoint
 
         run_dir = Path(run_dir)
         say = announce or _stderr
-        ckpt = load_checkpoint(run_checkpoint(run_dir, checkpoint))
+        path = run_checkpoint(run_dir, checkpoint)
+        if not path.is_file() and run_dir.is_dir():
+            why = "asked for" if checkpoint else "named by the run's eval.checkpoint"
+            raise BrainsegError(f"checkpoint {path} does not exist ({why}; --checkpoint best or last picks one)")
+        ckpt = load_checkpoint(path)
         cfg = checkpoint_config(ckpt)
+        cfg.eval.checkpoint = checkpoint_kind(ckpt)  # what was evaluated, in the settings recorded with the results
         for k, v in (eval_overrides or {}).items():
             if v is not None:
                 cfg.set(f"eval.{k}", v)

@@ -90,6 +90,12 @@ def run_checkpoint(run_dir: str | Path, which: str | None = None) -> Path:
     return d / f"checkpoint_{which}.pt"
 
 
+def checkpoint_kind(ckpt: dict[str, Any]) -> str:
+    """"best" or "last" for a loaded run checkpoint (from the file it was read from); else its file name."""
+    stem = Path(str(ckpt.get("path", ""))).stem
+    return stem.removeprefix("checkpoint_") if stem.removeprefix("checkpoint_") in CHECKPOINT_KINDS else stem
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and validate a checkpoint file, or a run folder's (`run_checkpoint`; the other one where
     that is missing, e.g. a run stopped before its first epoch ended). Any problem is a
@@ -101,6 +107,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         found = next((c for c in (chosen, other) if c.is_file()), None)
         if found is None:
             raise CheckpointError(f"{path} is a folder without checkpoint_best.pt or checkpoint_last.pt")
+        if found != chosen:
+            import sys
+
+            print(f"note: {chosen} (the run's eval.checkpoint) is missing; using {found.name}", file=sys.stderr)
         p = found
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist")

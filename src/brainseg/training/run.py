@@ -198,10 +198,16 @@ def check_model_settings(cfg: RunConfig) -> None:
 def resumed_config(cfg: RunConfig, run_cfg: dict[str, Any], epochs_done: int, where: Path,
                    say: Callable[[str], None]) -> RunConfig:
     """`cfg` for continuing a run made with `run_cfg`: every result-changing setting must match,
-    except train.epochs, which may extend (or shorten, down to the epochs done) the run, said aloud."""
+    except train.epochs, which may extend (or shorten, down to the epochs done) the run, and the eval
+    settings, which training does not read (the run's config.json takes the new ones); each said aloud."""
     from brainseg.protocol import changed_keys, diff_settings
 
     differences = diff_settings(run_cfg, cfg.to_dict())
+    evals = [d for d in differences if d.startswith("eval.")]
+    if evals:
+        say(f"resuming {where} with other eval settings ({'; '.join(evals)}): they apply to its evaluation, "
+            "not to its training")
+        differences = [d for d in differences if not d.startswith("eval.")]
     if changed_keys(differences) == ["train.epochs"] or not differences:
         if differences:
             if cfg.train.epochs < epochs_done:
@@ -213,7 +219,7 @@ def resumed_config(cfg: RunConfig, run_cfg: dict[str, Any], epochs_done: int, wh
         return cfg
     raise BrainsegError(
         f"--resume {where}: the run was made with other settings ({'; '.join(differences)}); resume "
-        "without changing them (train.epochs alone may change), or train a new run in another --out"
+        "without changing them (train.epochs and the eval settings may change), or train a new run in another --out"
     )
 
 
