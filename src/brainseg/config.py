@@ -146,6 +146,8 @@ def _one_of(*choices: Any) -> Rule:
     return Rule(lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
 
 
+#: The checkpoints a run folder keeps (`eval.checkpoint`; `brainseg.training.checkpoint.run_checkpoint`).
+CHECKPOINT_KINDS = ("best", "last")
 #: The losses `brainseg.losses.LOSSES` builds (a test keeps the two equal; this one needs no torch).
 LOSS_NAMES = ("bce", "dice", "focal", "tversky")
 _LOSS_TERM = re.compile(r"^(?:(?P<w>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
@@ -230,7 +232,7 @@ RULES: dict[str, Rule] = {
     "eval.min_lesion_size": _at_least(0),
     "eval.component_fraction": Rule(lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]"),
     "eval.empty_policy": _one_of("one", "skip"),
-    "eval.checkpoint": _one_of("best", "last"),
+    "eval.checkpoint": _one_of(*CHECKPOINT_KINDS),
 }
 
 

@@ -79,6 +79,15 @@ class _SettingsHelpFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
+def add_checkpoint_argument(p: argparse.ArgumentParser) -> None:
+    """--checkpoint best|last of a run folder; unset, the run's own `eval.checkpoint` decides."""
+    from brainseg.config import CHECKPOINT_KINDS
+
+    p.add_argument("--checkpoint", choices=CHECKPOINT_KINDS,
+                   help="best (highest validation Dice) or last (final epoch) checkpoint of each run "
+                        "(default: the run's eval.checkpoint, best unless its config says last)")
+
+
 def add_settings_reference(p: argparse.ArgumentParser) -> None:
     """End `p`'s help with every setting, its default and its values."""
     p.formatter_class = _SettingsHelpFormatter

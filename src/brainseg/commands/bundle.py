@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from brainseg.commands._common import add_checkpoint_argument
 from brainseg.errors import BrainsegError
 
 DESCRIPTION = (
@@ -24,9 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
     p.add_argument("--name", required=True, help="bundle name, e.g. lgg_unet_cpu")
     p.add_argument("--version", default="1.0.0", help="bundle version (default 1.0.0)")
-    p.add_argument("--checkpoint", choices=("best", "last"),
-                   help="best (highest validation Dice) or last (final epoch) checkpoint of the run "
-                        "(default: the run's eval.checkpoint, best unless its config says last)")
+    add_checkpoint_argument(p)
     p.add_argument("--cv", metavar="CMPDIR", help="k-fold comparison folder of the same recipe, or a folder of its "
                    "fold runs' evaluations (DIR/fold<k>/per_patient.csv from `brainseg evaluate`): its pooled "
                    "per-patient figures go into the metadata")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from brainseg.commands._common import non_negative_int, probability
+from brainseg.commands._common import add_checkpoint_argument, non_negative_int, probability
 
 DESCRIPTION = (
     "Evaluate a run's best (or last) checkpoint on its split. Writes per_slice.csv, per_patient.csv "
@@ -24,9 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which patients (default test); 'all': every patient in --data, e.g. an external test "
                         "set (patients the model trained on are flagged)")
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the run was trained on)")
-    p.add_argument("--checkpoint", choices=("best", "last"),
-                   help="best (highest validation Dice) or last (final epoch) checkpoint of each run "
-                        "(default: the run's eval.checkpoint, best unless its config says last)")
+    add_checkpoint_argument(p)
     p.add_argument("--threshold", type=probability, help="probability threshold in [0, 1] (default: the run's, 0.5)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the largest 3-D connected component per patient volume (default: the run's)")

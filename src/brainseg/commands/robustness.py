@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from brainseg.commands._common import add_checkpoint_argument
 from brainseg.errors import BrainsegError
 
 DESCRIPTION = (
@@ -32,9 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default: <comparison>/robustness, <run>/robustness, "
                    "or ./robustness for several runs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations and bootstrap intervals (default 0)")
-    p.add_argument("--checkpoint", choices=("best", "last"),
-                   help="best (highest validation Dice) or last (final epoch) checkpoint of each run "
-                        "(default: the run's eval.checkpoint, best unless its config says last)")
+    add_checkpoint_argument(p)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
     p.add_argument("--no-report", action="store_true", help="do not rebuild the comparison's report")

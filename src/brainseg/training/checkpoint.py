@@ -39,8 +39,9 @@ import numpy as np
 import torch
 
 from brainseg import __version__
+from brainseg.config import CHECKPOINT_KINDS
 from brainseg.errors import CheckpointError
-from brainseg.fileio import write_bytes_atomic
+from brainseg.fileio import read_json, write_bytes_atomic
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model", "state_dict", "preprocessing", "config")
@@ -60,9 +61,6 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
-CHECKPOINT_KINDS = ("best", "last")
-
-
 def run_checkpoint(run_dir: str | Path, which: str | None = None) -> Path:
     """`<run_dir>/checkpoint_<which>.pt`; `which` None: the one the run's `eval.checkpoint` names.
 
@@ -79,10 +77,8 @@ def run_checkpoint(run_dir: str | Path, which: str | None = None) -> Path:
         which = "best"
         cfg_path = d / "config.json"
         if cfg_path.is_file():
-            import json
-
             try:
-                which = (json.loads(cfg_path.read_text(encoding="utf-8")).get("eval") or {}).get("checkpoint", "best")
+                which = (read_json(cfg_path).get("eval") or {}).get("checkpoint", "best")
             except (OSError, ValueError, AttributeError) as exc:
                 raise CheckpointError(f"{cfg_path} cannot be read ({exc}); name the checkpoint file instead") from None
     if which not in CHECKPOINT_KINDS:
@@ -93,7 +89,8 @@ def run_checkpoint(run_dir: str | Path, which: str | None = None) -> Path:
 def checkpoint_kind(ckpt: dict[str, Any]) -> str:
     """"best" or "last" for a loaded run checkpoint (from the file it was read from); else its file name."""
     stem = Path(str(ckpt.get("path", ""))).stem
-    return stem.removeprefix("checkpoint_") if stem.removeprefix("checkpoint_") in CHECKPOINT_KINDS else stem
+    kind = stem.removeprefix("checkpoint_")
+    return kind if kind in CHECKPOINT_KINDS else stem
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
