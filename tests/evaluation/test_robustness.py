@@ -452,7 +452,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys, trained: Path) -> None:
     assert "unknown perturbation 'snow'" in err and "Traceback" not in err
 
 
-def test_resolve_targets_reads_runs_fold_folders_and_comparisons(tmp_path: Path) -> None:
+def test_resolve_targets_reads_runs_fold_folders_and_comparisons(tmp_path: Path, capsys) -> None:
     from brainseg.evaluation.robustness import resolve_targets
 
     def ckpt(d: Path) -> Path:
@@ -474,8 +474,30 @@ def test_resolve_targets_reads_runs_fold_folders_and_comparisons(tmp_path: Path)
     targets, comparison = resolve_targets([cmp])
     assert comparison == cmp
     assert [(t.name, t.run_dirs) for t in targets] == [("unet", unet_folds), ("segnet", [seg])]
+    assert capsys.readouterr().err == ""  # pspnet has no checkpoint at all: not trained yet, nothing to say
     with pytest.raises(BrainsegError, match="no checkpoint_last.pt"):
         resolve_targets([run], checkpoint="last")
+
+
+def test_resolve_targets_says_which_models_and_folds_it_leaves_out(tmp_path: Path, capsys) -> None:
+    """A trained model or fold without the checkpoint asked for is named, not silently dropped."""
+    from brainseg.evaluation.robustness import resolve_targets
+
+    def ckpt(d: Path, kind: str) -> Path:
+        d.mkdir(parents=True)
+        (d / f"checkpoint_{kind}.pt").write_bytes(b"")
+        return d
+
+    cmp = tmp_path / "cmp"
+    ckpt(cmp / "runs" / "segnet", "best")  # best only: left out when last is asked for
+    unet = [ckpt(cmp / "runs" / "unet" / f"fold{k}", "last") for k in (0, 1)]
+    ckpt(cmp / "runs" / "unet" / "fold2", "best")  # this fold has no last: pooled over two of three
+    (cmp / "protocol.json").write_text(json.dumps({"models": ["unet", "segnet"]}))
+    targets, _ = resolve_targets([cmp], checkpoint="last")
+    assert [(t.name, t.run_dirs) for t in targets] == [("unet", unet)]
+    err = capsys.readouterr().err
+    assert "fold2 left out (no checkpoint_last.pt); pooled over 2 of 3 folds" in err
+    assert "segnet left out (its runs hold no checkpoint_last.pt)" in err
 
 
 def test_a_comparison_keeps_earlier_models_robustness_when_another_is_added(trained: Path, tmp_path: Path, capsys) -> None:

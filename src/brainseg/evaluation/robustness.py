@@ -65,8 +65,12 @@ def resolve_targets(paths: Sequence[str | Path], *, checkpoint: str | None = Non
     file = f"checkpoint_{checkpoint}.pt" if checkpoint else "checkpoint (best or last, as its eval.checkpoint says)"
 
     def folds_of(d: Path) -> list[Path]:
-        fs = [f for f in d.glob("fold*") if f.is_dir() and f.name[4:].isdigit() and _has_checkpoint(f, checkpoint)]
-        return sorted(fs, key=lambda f: int(f.name[4:]))
+        fs = sorted((f for f in d.glob("fold*") if f.is_dir() and f.name[4:].isdigit()), key=lambda f: int(f.name[4:]))
+        kept = [f for f in fs if _has_checkpoint(f, checkpoint)]
+        if kept and len(kept) < len(fs):  # pooled over fewer folds: fewer patients, said aloud
+            missing = ", ".join(f.name for f in fs if f not in kept)
+            print(f"note: {d}: {missing} left out (no {file}); pooled over {len(kept)} of {len(fs)} folds", file=sys.stderr)
+        return kept
 
     targets: list[Target] = []
     comparison = None
@@ -84,6 +88,8 @@ def resolve_targets(paths: Sequence[str | Path], *, checkpoint: str | None = Non
                 elif folds := folds_of(md):
                     targets.append(Target(str(m), folds))
                 else:
+                    if md.is_dir() and any(md.rglob("checkpoint_*.pt")):  # trained, but not the checkpoint asked for
+                        print(f"note: {d}: {m} left out (its runs hold no {file})", file=sys.stderr)
                     continue
                 found += 1
             if not found:
