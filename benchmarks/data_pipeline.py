@@ -3,7 +3,9 @@
 Data side: the cached `SliceDataset` (uint8 arrays decoded and resized once by `load_arrays`) with
 the default paired augmentation (flips, rotation/zoom, intensity jitter) and unit normalisation,
 read through a `DataLoader` the way training reads it (batch 16, the seeded epoch sampler, the
-training default of `--workers 0`, i.e. loading in the training process itself).
+training default of `--workers 0`, i.e. loading in the training process itself). With `--config`,
+the data settings of that config instead (its augmentation, normalisation, 2.5-D context), as
+`brainseg train` builds them.
 
 Model side: a train step of `create_model("unet", width=W)` on the same batch size and slice size:
 forward, the default bce+dice loss, backward, gradient clipping at 1, AdamW step, on the CPU.
@@ -14,6 +16,8 @@ rounds), so load from other processes on a shared machine hits both alike.
 
     python benchmarks/data_pipeline.py            # real LGG data if present, else phantoms (≈3 min)
     python benchmarks/data_pipeline.py --quick    # 6 patients, one round of one step (< 1 min)
+    python benchmarks/data_pipeline.py --config configs/unet_cpu.yaml --widths 16   # the CPU recipe's data
+    python benchmarks/data_pipeline.py --config configs/unet_cpu.yaml --context 1  # … read 2.5-D
 """
 
 from __future__ import annotations
@@ -79,9 +83,9 @@ def data_rate(loader: DataLoader, batches: int, epoch: int) -> float:
 class TrainStep:
     """One optimisation step of a model on a fixed batch, as the trainer does it on the CPU."""
 
-    def __init__(self, width: int, batch: dict[str, torch.Tensor]) -> None:
+    def __init__(self, width: int, batch: dict[str, torch.Tensor], in_channels: int = 3) -> None:
         torch.manual_seed(0)
-        self.model = create_model("unet", width=width).train()
+        self.model = create_model("unet", width=width, in_channels=in_channels).train()
         self.params = count_parameters(self.model)
         self.loss = build_loss("bce+dice")
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="alternating measurement rounds (default 4; 1 with --quick)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--config", help="take augmentation, normalisation, context and size from this config")
+    parser.add_argument("--context", type=int, help="2.5-D context (neighbouring slices each side), over the config's")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,7 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         arrays = load_arrays(records, args.size)
         t_cache = time.perf_counter() - t0
-    ds = SliceDataset(records, size=args.size, augment=True, seed=0, arrays=arrays)
+    settings: dict = {}
+    if args.config or args.context is not None:
+        from brainseg.config import build_config
+        from brainseg.training.run import augment_from_config
+
+        d = build_config(args.config, {"data.context": args.context}).data
+        settings = {"augment": augment_from_config(d), "in_channels": d.in_channels,
+                    "normalization": d.normalization, "context": d.context}  # fmt: skip
+        if d.size != args.size:
+            raise SystemExit(f"the config's data.size is {d.size}; give --size {d.size}")
+    ds = SliceDataset(records, size=args.size, seed=0, arrays=arrays, **({"augment": True} | settings))
+    in_channels = ds[0]["image"].shape[0]
     loader = DataLoader(
         ds,
         batch_size=args.batch,
@@ -149,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
         f"{args.workers} loader workers, median of {rounds} round(s)"
     )
+    print("data settings: " + (", ".join(f"{k} {v}" for k, v in settings.items()) if settings else
+                               "default augmentation, unit normalisation, no context"))
 
     batch = next(iter(loader))
-    steppers = {w: TrainStep(w, batch) for w in args.widths}
+    steppers = {w: TrainStep(w, batch, in_channels) for w in args.widths}
     for s in steppers.values():  # warm-up: allocator, autograd graph, AdamW state
         s()
     data_rate(loader, 2, epoch=0)
@@ -186,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch": args.batch, "workers": args.workers, "threads": torch.get_num_threads(),
             "index_seconds": t_index, "cache_seconds": t_cache,
             "data_slices_per_s": args.batch / d, "data_ms_per_batch": 1000 * d, "models": rows,
+            "data_settings": {k: str(v) for k, v in settings.items()} or "default",
         })  # fmt: skip
     return 0
 
