@@ -4,8 +4,8 @@ Data side: the cached `SliceDataset` (uint8 arrays decoded and resized once by `
 the default paired augmentation (flips, rotation/zoom, intensity jitter) and unit normalisation,
 read through a `DataLoader` the way training reads it (batch 16, the seeded epoch sampler, the
 training default of `--workers 0`, i.e. loading in the training process itself). With `--config`,
-the data settings of that config instead (its augmentation, normalisation, 2.5-D context), as
-`brainseg train` builds them.
+the data settings of that config instead (its size, augmentation, normalisation, 2.5-D context,
+sequence flags), as `brainseg train` builds them (binary mask targets only).
 
 Model side: a train step of `create_model("unet", width=W)` on the same batch size and slice size:
 forward, the default bce+dice loss, backward, gradient clipping at 1, AdamW step, on the CPU.
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="dataset folder (default: the real development data, else phantoms)")
     parser.add_argument("--quick", action="store_true", help="a few patients and rounds (< 1 min)")
-    parser.add_argument("--size", type=int, default=128, help="slice size (default 128)")
+    parser.add_argument("--size", type=int, default=128, help="slice size (default 128; with --config, the config's)")
     parser.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     parser.add_argument("--widths", type=int, nargs="+", default=[32, 16], help="UNet widths (default 32 16)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0, as training)")
@@ -128,6 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     data_batches = 8 if args.quick else 30
     steps = 1 if args.quick else 2  # train steps per round and width
 
+    settings: dict = {}
+    if args.config or args.context is not None:  # before the cache is built: the config's size counts
+        from brainseg.config import build_config
+        from brainseg.training.run import augment_from_config
+
+        d = build_config(args.config, {"data.context": args.context}).data
+        if d.mask_targets != "binary":
+            raise SystemExit(f"data.mask_targets={d.mask_targets} is not measured here (binary targets only)")
+        settings = {"augment": augment_from_config(d), "in_channels": d.in_channels, "normalization": d.normalization,
+                    "context": d.context, "sequence_flags": d.sequence_flags}  # fmt: skip
+        args.size = d.size
     with tempfile.TemporaryDirectory() as tmp:
         root, what = dataset_root(args.data, n_patients, Path(tmp))
         t0 = time.perf_counter()
@@ -137,16 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         arrays = load_arrays(records, args.size)
         t_cache = time.perf_counter() - t0
-    settings: dict = {}
-    if args.config or args.context is not None:
-        from brainseg.config import build_config
-        from brainseg.training.run import augment_from_config
-
-        d = build_config(args.config, {"data.context": args.context}).data
-        settings = {"augment": augment_from_config(d), "in_channels": d.in_channels,
-                    "normalization": d.normalization, "context": d.context}  # fmt: skip
-        if d.size != args.size:
-            raise SystemExit(f"the config's data.size is {d.size}; give --size {d.size}")
     ds = SliceDataset(records, size=args.size, seed=0, arrays=arrays, **({"augment": True} | settings))
     in_channels = ds[0]["image"].shape[0]
     loader = DataLoader(

@@ -185,8 +185,8 @@ def _standardise(hwc: np.ndarray, brain: np.ndarray, std_floor: float) -> np.nda
     pixels of `brain` (not empty).
 
     uint8 values make it a histogram per channel and a 256-entry lookup table: mean and std in
-    float64, each pixel's value rounded once to float32 (3× faster than the float32 arithmetic
-    over the pixels, which it matches to float32 rounding)."""
+    float64, each pixel's value rounded once to float32 — 3× faster than float32 arithmetic over the
+    pixels and more exact (that differed by up to ~4e-4 on slices of a narrow intensity range)."""
     out = np.empty((hwc.shape[2], *hwc.shape[:2]), dtype=np.float32)
     for c in range(hwc.shape[2]):
         channel = hwc[:, :, c]
