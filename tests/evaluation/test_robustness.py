@@ -492,12 +492,18 @@ def test_resolve_targets_says_which_models_and_folds_it_leaves_out(tmp_path: Pat
     ckpt(cmp / "runs" / "segnet", "best")  # best only: left out when last is asked for
     unet = [ckpt(cmp / "runs" / "unet" / f"fold{k}", "last") for k in (0, 1)]
     ckpt(cmp / "runs" / "unet" / "fold2", "best")  # this fold has no last: pooled over two of three
-    (cmp / "protocol.json").write_text(json.dumps({"models": ["unet", "segnet"]}))
+    elsewhere = cmp / "runs" / "pspnet"  # trained on another machine: its results came, its checkpoints did not
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "config.json").write_text("{}")
+    (cmp / "runs" / "deeplabv3plus" / ".remake").mkdir(parents=True)  # not trained: a remake's leftovers only
+    (cmp / "runs" / "deeplabv3plus" / ".remake" / "checkpoint_last.pt").write_bytes(b"")
+    (cmp / "protocol.json").write_text(json.dumps({"models": ["unet", "segnet", "pspnet", "deeplabv3plus"]}))
     targets, _ = resolve_targets([cmp], checkpoint="last")
     assert [(t.name, t.run_dirs) for t in targets] == [("unet", unet)]
     err = capsys.readouterr().err
     assert "fold2 left out (no checkpoint_last.pt); pooled over 2 of 3 folds" in err
-    assert "segnet left out (its runs hold no checkpoint_last.pt)" in err
+    assert "segnet left out (its runs hold no checkpoint_last.pt here)" in err
+    assert "pspnet left out" in err and "deeplabv3plus" not in err
 
 
 def test_a_comparison_keeps_earlier_models_robustness_when_another_is_added(trained: Path, tmp_path: Path, capsys) -> None:

@@ -48,6 +48,13 @@ def _has_checkpoint(d: Path, checkpoint: str | None) -> bool:
     return run_checkpoint(d, checkpoint).is_file()
 
 
+def _trained(d: Path) -> bool:
+    """Whether a comparison's model folder holds a run or fold runs (a config.json or a checkpoint), as
+    opposed to a model not trained yet; a `.remake` folder's leftovers do not count."""
+    runs = [d, *(f for f in d.glob("fold*") if f.is_dir())] if d.is_dir() else []
+    return any((r / "config.json").is_file() or any(r.glob("checkpoint_*.pt")) for r in runs)
+
+
 def resolve_targets(paths: Sequence[str | Path], *, checkpoint: str | None = None) -> tuple[list[Target], Path | None]:
     """Turn command-line folders into models to study.
 
@@ -88,8 +95,8 @@ def resolve_targets(paths: Sequence[str | Path], *, checkpoint: str | None = Non
                 elif folds := folds_of(md):
                     targets.append(Target(str(m), folds))
                 else:
-                    if md.is_dir() and any(md.rglob("checkpoint_*.pt")):  # trained, but not the checkpoint asked for
-                        print(f"note: {d}: {m} left out (its runs hold no {file})", file=sys.stderr)
+                    if _trained(md):  # trained (here or on another machine), but not the checkpoint asked for here
+                        print(f"note: {d}: {m} left out (its runs hold no {file} here)", file=sys.stderr)
                     continue
                 found += 1
             if not found:
