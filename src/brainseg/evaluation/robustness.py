@@ -48,10 +48,15 @@ def _has_checkpoint(d: Path, checkpoint: str | None) -> bool:
     return run_checkpoint(d, checkpoint).is_file()
 
 
+def _fold_dirs(d: Path) -> list[Path]:
+    """The fold<k>/ run folders of `d`, by k."""
+    return sorted((f for f in d.glob("fold*") if f.is_dir() and f.name[4:].isdigit()), key=lambda f: int(f.name[4:]))
+
+
 def _trained(d: Path) -> bool:
     """Whether a comparison's model folder holds a run or fold runs (a config.json or a checkpoint), as
     opposed to a model not trained yet; a `.remake` folder's leftovers do not count."""
-    runs = [d, *(f for f in d.glob("fold*") if f.is_dir())] if d.is_dir() else []
+    runs = [d, *_fold_dirs(d)] if d.is_dir() else []
     return any((r / "config.json").is_file() or any(r.glob("checkpoint_*.pt")) for r in runs)
 
 
@@ -72,7 +77,7 @@ def resolve_targets(paths: Sequence[str | Path], *, checkpoint: str | None = Non
     file = f"checkpoint_{checkpoint}.pt" if checkpoint else "checkpoint (best or last, as its eval.checkpoint says)"
 
     def folds_of(d: Path) -> list[Path]:
-        fs = sorted((f for f in d.glob("fold*") if f.is_dir() and f.name[4:].isdigit()), key=lambda f: int(f.name[4:]))
+        fs = _fold_dirs(d)
         kept = [f for f in fs if _has_checkpoint(f, checkpoint)]
         if kept and len(kept) < len(fs):  # pooled over fewer folds: fewer patients, said aloud
             missing = ", ".join(f.name for f in fs if f not in kept)
