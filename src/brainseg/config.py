@@ -95,6 +95,9 @@ class TrainConfig:
         "cosine", "after the warm-up: cosine (to 1% of lr), poly ((1 − t)^0.9, nnU-Net's) or constant")
     loss: str = _setting("bce+dice", "loss spec, e.g. bce+dice, 0.5*bce+1*dice, bce+tversky, focal+dice")
     grad_clip: float = _setting(1.0, "largest gradient norm")
+    ema: float = _setting(
+        0.0, "> 0: validate, save and use an exponential moving average of the weights and BatchNorm statistics, "
+        "updated after every step with this decay (e.g. 0.999); 0: the weights as trained")
     amp: str = _setting("auto", "mixed precision: auto (bf16 autocast on CUDA, off elsewhere), off, bf16, fp16")
     device: str = _setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     patience: int = _setting(0, "early stopping after this many epochs without validation gain")
@@ -216,6 +219,7 @@ RULES: dict[str, Rule] = {
     "train.batch_size": _at_least(1),
     "train.lr": Rule(lambda v: v > 0, "> 0"),
     "train.weight_decay": _at_least(0),
+    "train.ema": Rule(lambda v: 0 <= v < 1, "in [0, 1) (0: off)"),
     "train.warmup_epochs": _at_least(0),
     "train.lr_schedule": _one_of(*LR_SCHEDULES),
     "train.loss": Rule(_loss_spec_ok, "a loss spec: terms NAME or WEIGHT*NAME (weight > 0, each name once) joined by +, "

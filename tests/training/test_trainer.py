@@ -56,9 +56,14 @@ def test_training_loss_falls_and_files_are_written(tiny_phantoms: Path, tmp_path
         train_run(tiny_cfg(tiny_phantoms), run, progress=False)
 
 
-def test_resume_reaches_the_uninterrupted_result(tiny_phantoms: Path, tmp_path: Path, monkeypatch) -> None:
-    cfg = tiny_cfg(tiny_phantoms, epochs=3)
-    train_run(cfg, tmp_path / "a", progress=False)
+@pytest.mark.parametrize("ema", [0.0, 0.9], ids=["weights", "ema"])
+def test_resume_reaches_the_uninterrupted_result(tiny_phantoms: Path, tmp_path: Path, monkeypatch, ema: float) -> None:
+    def cfg3():
+        cfg = tiny_cfg(tiny_phantoms, epochs=3)
+        cfg.train.ema = ema
+        return cfg
+
+    train_run(cfg3(), tmp_path / "a", progress=False)
 
     real = Trainer._train_epoch
     calls = {"n": 0}
@@ -71,18 +76,58 @@ def test_resume_reaches_the_uninterrupted_result(tiny_phantoms: Path, tmp_path: 
 
     monkeypatch.setattr(Trainer, "_train_epoch", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        train_run(tiny_cfg(tiny_phantoms, epochs=3), tmp_path / "b", progress=False)
+        train_run(cfg3(), tmp_path / "b", progress=False)
     monkeypatch.setattr(Trainer, "_train_epoch", real)
     assert load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["epoch"] == 2
-    train_run(tiny_cfg(tiny_phantoms, epochs=3), tmp_path / "b", resume=True, progress=False)
+    train_run(cfg3(), tmp_path / "b", resume=True, progress=False)
 
     a = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")
     b = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
     assert a["epoch"] == b["epoch"] == 3
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
+    for key in ("state_dict", "trained_state_dict") if ema else ("state_dict",):
+        for k, v in a[key].items():
+            assert torch.equal(v, b[key][k]), (key, k)
+    assert a.get("ema_steps") == b.get("ema_steps")
     ha, hb = read_csv(tmp_path / "a" / "history.csv"), read_csv(tmp_path / "b" / "history.csv")
-    assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]
+    assert [(r["train_loss"], r["val_dice"]) for r in ha] == [(r["train_loss"], r["val_dice"]) for r in hb]
+
+
+def test_ema_checkpoint_holds_the_moving_average_of_the_trained_weights(
+    tiny_phantoms: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """With train.ema = d, the checkpoint's state_dict is e_1 = w_1, e_k = d·e_(k−1) + (1 − d)·w_k over
+    the weights (and BatchNorm statistics) after every step, recomputed here by hand; the weights
+    as trained are kept beside it, and a model rebuilt from the checkpoint is the average."""
+    d = 0.8
+    cfg = tiny_cfg(tiny_phantoms, epochs=2)
+    cfg.train.ema = d
+    seen: list[dict[str, torch.Tensor]] = []
+    real = Trainer.train_step
+
+    def record(self, batch, epoch=0):
+        loss = real(self, batch, epoch)
+        seen.append({k: v.detach().clone() for k, v in self.bare_model.state_dict().items()})
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", record)
+    train_run(cfg, tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    assert ckpt["ema_steps"] == len(seen) == ckpt["train_state"]["global_step"] > 2
+    want = {k: v.double() for k, v in seen[0].items()}
+    for w in seen[1:]:
+        want = {k: d * want[k] + (1 - d) * w[k].double() for k in want}
+    floats = [k for k, v in seen[-1].items() if v.is_floating_point()]
+    assert any("running_mean" in k for k in floats)  # BatchNorm statistics are averaged too
+    for k in floats:
+        assert torch.allclose(ckpt["state_dict"][k].double(), want[k], rtol=1e-5, atol=1e-6), k
+        assert torch.equal(ckpt["trained_state_dict"][k], seen[-1][k]), k
+    moved = [k for k in floats if not torch.allclose(want[k], seen[-1][k].double(), atol=1e-4)]
+    assert moved  # the average is not the last weights
+    model = model_from_checkpoint(ckpt)
+    assert torch.equal(model.state_dict()[moved[0]], ckpt["state_dict"][moved[0]])
+    plain = tiny_cfg(tiny_phantoms, epochs=2)
+    train_run(plain, tmp_path / "plain", progress=False)
+    assert "trained_state_dict" not in load_checkpoint(tmp_path / "plain" / "checkpoint_last.pt")
 
 
 def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(tiny_phantoms: Path, tmp_path: Path) -> None:

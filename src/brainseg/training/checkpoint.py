@@ -4,7 +4,9 @@ A checkpoint is a dict saved with `torch.save` (written atomically, see `brainse
 
 - ``format_version``: bumped on any incompatible change; loading another version is refused.
 - ``model``: the architecture's constructor arguments (``create_model(**ckpt["model"])``).
-- ``state_dict``: the model weights.
+- ``state_dict``: the model weights (with ``train.ema``, their moving average: what is validated
+  and used; ``trained_state_dict`` then holds the weights as trained and ``ema_steps`` the
+  number of averaged steps, for resuming).
 - ``preprocessing``: size, channels and normalisation the model was trained with.
 - ``config``: the full run configuration (`RunConfig.to_dict()`), ``split``: the split it used,
   ``data_root``, ``params`` (parameter count) and ``brainseg_version``.

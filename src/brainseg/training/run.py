@@ -373,6 +373,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
         channels_last=cfg.train.channels_last,
         time_limit_s=60.0 * cfg.train.time_limit_minutes,
         on_epoch=on_epoch,
+        ema_decay=cfg.train.ema,
     )
     if ckpt is not None:
         trainer.load_state(ckpt)

@@ -160,6 +160,10 @@ class Trainer:
         on_epoch: called on rank 0 with each epoch's history row once the epoch is saved; an
             exception it raises stops training there (single-process runs only: other ranks
             would wait for rank 0).
+        ema_decay: > 0: keep an exponential moving average of the weights and BatchNorm buffers
+            (`torch.optim.swa_utils.AveragedModel`), updated after every step; validation,
+            model selection and the checkpoints' ``state_dict`` (what evaluation and prediction
+            load) use it, and ``trained_state_dict`` keeps the weights as trained, for resuming.
     """
 
     def __init__(
@@ -184,6 +188,7 @@ class Trainer:
         channels_last: bool = False,
         time_limit_s: float = 0.0,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        ema_decay: float = 0.0,
     ) -> None:
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.time_limit_s, self.on_epoch = time_limit_s, on_epoch
@@ -195,6 +200,11 @@ class Trainer:
         # fp16 needs loss scaling; bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.state = TrainState()
+        self.ema = None
+        if ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.bare_model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
 
     # -- state ------------------------------------------------------------------------------------
     @property
@@ -202,9 +212,17 @@ class Trainer:
         """The model itself, without its DistributedDataParallel and torch.compile wrappers."""
         return unwrap(self.model)
 
+    @property
+    def used_model(self) -> nn.Module:
+        """The weights that are validated and saved: the moving average where there is one."""
+        return self.ema.module if self.ema is not None else self.bare_model
+
     def load_state(self, ckpt: dict[str, Any]) -> None:
         """Restore model, optimizer, scheduler, scaler, RNG and loop state from a checkpoint."""
-        self.bare_model.load_state_dict(ckpt["state_dict"])
+        self.bare_model.load_state_dict(ckpt.get("trained_state_dict", ckpt["state_dict"]))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt["state_dict"])
+            self.ema.n_averaged.fill_(int(ckpt.get("ema_steps", 0)))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
@@ -215,7 +233,7 @@ class Trainer:
     def _checkpoint(self, name: str) -> None:
         payload = {
             **self.meta,
-            "state_dict": self.bare_model.state_dict(),
+            "state_dict": self.used_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -223,6 +241,9 @@ class Trainer:
             "train_state": vars(self.state),
             "epoch": self.state.epoch,
         }
+        if self.ema is not None:
+            payload["trained_state_dict"] = self.bare_model.state_dict()
+            payload["ema_steps"] = int(self.ema.n_averaged)
         save_checkpoint(self.run_dir / name, payload)
 
     # -- loop -------------------------------------------------------------------------------------
@@ -235,7 +256,9 @@ class Trainer:
             train_time = time.perf_counter() - t0
             # every rank validates (and rank 0 saves) the same weights and BatchNorm statistics
             dist_utils.broadcast_buffers(self.bare_model)
-            val = self.val_fn(self.bare_model)
+            if self.ema is not None:  # averaged from each rank's own BatchNorm statistics: rank 0's count
+                dist_utils.broadcast_buffers(self.ema.module)
+            val = self.val_fn(self.used_model)
             seconds = time.perf_counter() - t0
             st.epoch = epoch
             st.train_seconds += seconds
@@ -316,6 +339,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.bare_model)
         self.state.global_step += 1
         return loss.detach()
 
