@@ -51,6 +51,9 @@ class DataConfig:
     intensity_curves: float = _setting(
         0.0, "augmentation: probability of a random monotone intensity curve per channel")
     context: int = _setting(0, "2.5-D: neighbouring slices of the same patient as extra input channels")
+    train_crop: int = _setting(
+        0, "> 0: train on a random train_crop×train_crop window of each (augmented, normalised) slice, which "
+        "costs (train_crop/size)² of a whole slice's step; validation and inference take whole slices; 0: off")
     sequence_flags: bool = _setting(
         False, "two more input planes saying whether pre-/post-contrast is a FLAIR copy")
     mask_targets: str = _setting(
@@ -206,6 +209,7 @@ RULES: dict[str, Rule] = {
     "data.bias_field": _at_least(0, " (0: off)"),
     "data.seq_dropout": _PROBABILITY,
     "data.intensity_curves": _PROBABILITY,
+    "data.train_crop": _at_least(0, " (0: whole slices)"),
     "data.context": Rule(lambda v: 0 <= v <= 3, "an integer from 0 to 3 (neighbouring slices on each side; 0: off)"),
     "data.tumour_weight": _at_least(0),
     "data.val_fraction": _FRACTION,

@@ -91,3 +91,36 @@ def test_soft_mask_items_are_fractions_and_threshold_to_the_binary_target(tiny_d
         assert s.shape == b.shape and s.dtype == np.float32
         if b.sum() >= 20:  # a tumour of some size: the two targets mark nearly the same pixels
             assert 2 * ((s >= 0.5) & (b > 0)).sum() / ((s >= 0.5).sum() + b.sum()) > 0.8
+
+
+def test_crop_is_a_window_of_the_whole_prepared_item_at_a_uniform_position(tiny_dataset: Path) -> None:
+    """data.train_crop: each item is a crop×crop window of the item the uncropped dataset gives (the same
+    augmentation, the intensities normalised over the whole slice), sliced here by hand at the position
+    drawn from the window's own stream."""
+    records = index_dataset(tiny_dataset).records
+    arrays = load_arrays(records, 32)
+    for normalization, augment in (("zscore", False), ("zscore", True), ("unit", True)):
+        whole = SliceDataset(records, size=32, normalization=normalization, augment=augment, seed=3, arrays=arrays)
+        cropped = SliceDataset(records, size=32, normalization=normalization, augment=augment, seed=3, arrays=arrays,
+                               crop=16)
+        for epoch in (0, 1):
+            whole.set_epoch(epoch)
+            cropped.set_epoch(epoch)
+            for i in range(len(records)):
+                top, left = np.random.default_rng([3, epoch, i, 1]).integers(0, 17, 2)
+                a, b = whole[i], cropped[i]
+                assert b["image"].shape == (3, 16, 16) and b["mask"].shape == (1, 16, 16)
+                assert torch.equal(b["image"], a["image"][:, top:top + 16, left:left + 16])
+                assert torch.equal(b["mask"], a["mask"][:, top:top + 16, left:left + 16])
+                assert (b["patient"], b["slice"]) == (a["patient"], a["slice"])
+    # the windows are where the draw says, not anywhere that happens to match: they differ from the
+    # window one pixel over, and the draws move them between items and epochs
+    b = cropped[0]["image"]
+    whole.set_epoch(cropped.epoch)
+    top, left = np.random.default_rng([3, cropped.epoch, 0, 1]).integers(0, 17, 2)
+    shifted = whole[0]["image"][:, top:top + 16, left:left + 16].roll(1, dims=2)
+    assert not torch.equal(b, shifted) and b.abs().sum() > 0
+    positions = {tuple(np.random.default_rng([3, e, i, 1]).integers(0, 17, 2)) for e in (0, 1) for i in range(10)}
+    assert len(positions) > 10
+    with pytest.raises(BrainsegError, match="crop must be from 0"):
+        SliceDataset(records, size=32, arrays=arrays, crop=40)

@@ -95,7 +95,7 @@ def test_rules_name_only_real_settings_and_accept_the_defaults() -> None:
     ("key", "good", "bad"),
     [("train.epochs", 1, 0), ("train.lr", 1e-9, 0.0), ("eval.threshold", 1.0, 1.01), ("data.in_channels", 1, 2),
      ("data.val_fraction", 0.0, 1.0), ("data.seq_dropout", 1.0, 1.5), ("data.intensity_curves", 0.0, 1.01), ("data.gamma_max", 1.0, 0.99),
-     ("train.ema", 0.0, 1.0), ("train.ema", 0.999, -0.1),
+     ("train.ema", 0.0, 1.0), ("train.ema", 0.999, -0.1), ("data.train_crop", 0, -16),
      ("eval.empty_policy", "skip", "none"), ("model.width", None, 0), ("train.loss", "0.5*bce+2*tversky", "bce+dcie"),
      ("train.loss", "focal", "bce+bce"), ("train.loss", "dice", "0*bce+dice")],
 )

@@ -130,6 +130,32 @@ def test_ema_checkpoint_holds_the_moving_average_of_the_trained_weights(
     assert "trained_state_dict" not in load_checkpoint(tmp_path / "plain" / "checkpoint_last.pt")
 
 
+def test_train_crop_trains_on_windows_and_keeps_whole_slices_for_validation_and_inference(
+    tiny_phantoms: Path, tmp_path: Path, monkeypatch
+) -> None:
+    cfg = tiny_cfg(tiny_phantoms, epochs=1)
+    cfg.data.train_crop = 16
+    shapes: list[tuple[int, ...]] = []
+    real = Trainer.train_step
+
+    def record(self, batch, epoch=0):
+        shapes.append(tuple(batch["image"].shape[1:]) + tuple(batch["mask"].shape[1:]))
+        return real(self, batch, epoch)
+
+    monkeypatch.setattr(Trainer, "train_step", record)
+    train_run(cfg, tmp_path / "run", progress=False)
+    assert shapes and set(shapes) == {(3, 16, 16, 1, 16, 16)}
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    assert ckpt["preprocessing"]["size"] == 32 and ckpt["config"]["data"]["train_crop"] == 16
+    assert model_from_checkpoint(ckpt)(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+    assert 0.0 <= float(read_csv(tmp_path / "run" / "history.csv")[0]["val_dice"]) <= 1.0
+    for crop, match in ((32, "must be smaller than data.size=32"), (24, "data.train_crop=24")):
+        cfg.data.train_crop = crop
+        with pytest.raises(BrainsegError, match=match):
+            train_run(cfg, tmp_path / f"bad{crop}", progress=False)
+        assert not (tmp_path / f"bad{crop}" / "checkpoint_last.pt").exists()
+
+
 def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(tiny_phantoms: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = [

@@ -81,7 +81,7 @@ class SliceDataset(Dataset):
     """Training/validation samples from cached slices, each tagged with its patient and slice.
 
     `__getitem__(i)` returns a dict:
-        image: float32 tensor (in_channels × (2·context + 1), size, size), normalised (see
+        image: float32 tensor (in_channels × (2·context + 1), size, size; crop, crop with `crop`), normalised (see
             `brainseg.data.preprocess`);
         mask: float32 tensor (1, size, size) with values {0, 1} (tumour fractions in [0, 1] with
             `soft_masks`);
@@ -111,6 +111,10 @@ class SliceDataset(Dataset):
             step 5) mark item i's pre- and post-contrast channels that are FLAIR copies — in the
             stored slice (a patient who lacked the sequence; per-channel intensity augmentation
             may since have made the copy inexact) or made by sequence dropout.
+        crop: > 0: image and mask are a crop×crop window of the prepared item (after
+            augmentation and normalisation, so the intensities are those of the whole slice), at a
+            position drawn uniformly from `numpy.random.default_rng([seed, e, i, 1])` (a stream of
+            its own: the augmentation draws do not change with it).
     """
 
     def __init__(
@@ -126,6 +130,7 @@ class SliceDataset(Dataset):
         context: int = 0,
         soft_masks: bool = False,
         sequence_flags: bool = False,
+        crop: int = 0,
     ) -> None:
         if normalization not in NORMALIZATIONS:
             raise BrainsegError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
@@ -134,6 +139,9 @@ class SliceDataset(Dataset):
         if sequence_flags and in_channels != 3:
             raise BrainsegError("sequence_flags need the 3-channel input (pre-contrast, FLAIR, post-contrast)")
         self.sequence_flags = bool(sequence_flags)
+        if not 0 <= int(crop) <= int(size):
+            raise BrainsegError(f"crop must be from 0 (whole slices) to size={size}, got {crop!r}")
+        self.crop = int(crop) if int(crop) != int(size) else 0
         self.records = list(records)
         self.size = int(size)
         self.in_channels = in_channels
@@ -202,6 +210,10 @@ class SliceDataset(Dataset):
         y = np.ascontiguousarray(mask, dtype=np.float32)[None]
         if self.soft_masks:
             y *= 1.0 / 255.0
+        if self.crop:
+            top, left = np.random.default_rng([self.seed, self.epoch, i, 1]).integers(0, self.size - self.crop + 1, 2)
+            window = (slice(None), slice(top, top + self.crop), slice(left, left + self.crop))
+            x, y = np.ascontiguousarray(x[window]), np.ascontiguousarray(y[window])
         return {
             "image": torch.from_numpy(x),
             "mask": torch.from_numpy(y),

@@ -193,6 +193,14 @@ def check_model_settings(cfg: RunConfig) -> None:
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = create_model(cfg.model.name, in_channels=channels, **kwargs)
     model.check_input_size(cfg.data.size, cfg.data.size)
+    crop = cfg.data.train_crop
+    if crop:
+        if crop >= cfg.data.size:
+            raise BrainsegError(f"data.train_crop={crop} must be smaller than data.size={cfg.data.size} (0: whole slices)")
+        try:
+            model.check_input_size(crop, crop)
+        except BrainsegError as e:
+            raise BrainsegError(f"data.train_crop={crop}: {e}") from None
 
 
 def resumed_config(cfg: RunConfig, run_cfg: dict[str, Any], epochs_done: int, where: Path,
@@ -309,7 +317,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
     soft = d.mask_targets == "soft"  # training targets only: validation scores binary masks
     train_ds = SliceDataset(
         train_records, augment=augment_from_config(d), seed=cfg.train.seed,
-        arrays=load_arrays(train_records, d.size, soft_masks=soft), soft_masks=soft, **common
+        arrays=load_arrays(train_records, d.size, soft_masks=soft), soft_masks=soft, crop=d.train_crop, **common
     )
     val_ds = SliceDataset(val_records, augment=False, arrays=load_arrays(val_records, d.size), **common)
 
