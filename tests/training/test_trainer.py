@@ -109,10 +109,28 @@ def test_ema_checkpoint_holds_the_moving_average_of_the_trained_weights(
         seen.append({k: v.detach().clone() for k, v in self.bare_model.state_dict().items()})
         return loss
 
+    import brainseg.training.run as run_module
+
+    validated: list[dict[str, torch.Tensor]] = []
+    make = run_module.make_val_fn
+
+    def spying_make_val_fn(*args, **kwargs):
+        val = make(*args, **kwargs)
+
+        def spy(model):
+            validated.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            return val(model)
+
+        return spy
+
     monkeypatch.setattr(Trainer, "train_step", record)
+    monkeypatch.setattr(run_module, "make_val_fn", spying_make_val_fn)
     train_run(cfg, tmp_path / "run", progress=False)
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
     assert ckpt["ema_steps"] == len(seen) == ckpt["train_state"]["global_step"] > 2
+    assert len(validated) == 2  # validation (and so the best checkpoint's choice) sees the average
+    for k, v in ckpt["state_dict"].items():
+        assert torch.equal(validated[-1][k], v), k
     want = {k: v.double() for k, v in seen[0].items()}
     for w in seen[1:]:
         want = {k: d * want[k] + (1 - d) * w[k].double() for k in want}
@@ -120,7 +138,10 @@ def test_ema_checkpoint_holds_the_moving_average_of_the_trained_weights(
     assert any("running_mean" in k for k in floats)  # BatchNorm statistics are averaged too
     for k in floats:
         assert torch.allclose(ckpt["state_dict"][k].double(), want[k], rtol=1e-5, atol=1e-6), k
+    for k in seen[-1]:
         assert torch.equal(ckpt["trained_state_dict"][k], seen[-1][k]), k
+    counts = [k for k in seen[-1] if k.endswith("num_batches_tracked")]
+    assert counts and all(int(ckpt["state_dict"][k]) == int(seen[-1][k]) == len(seen) for k in counts)  # counts, not averaged
     moved = [k for k in floats if not torch.allclose(want[k], seen[-1][k].double(), atol=1e-4)]
     assert moved  # the average is not the last weights
     model = model_from_checkpoint(ckpt)

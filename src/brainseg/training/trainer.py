@@ -341,6 +341,9 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.bare_model)
+            for mine, theirs in zip(self.ema.module.buffers(), self.bare_model.buffers(), strict=True):
+                if not mine.is_floating_point():  # counts (BatchNorm's num_batches_tracked): torch would truncate their average
+                    mine.copy_(theirs)
         self.state.global_step += 1
         return loss.detach()
 
