@@ -2,7 +2,8 @@
 
 One `torchrun --standalone --nproc_per_node=2` launch runs this file as its worker script
 (`_worker`, below): through `brainseg.cli.main` it trains run A (3 epochs), trains run B and
-interrupts it in epoch 3, resumes B, then runs `brainseg compare` on one model. The test then
+interrupts it in epoch 3, resumes B, trains run E (A with `train.ema`), then runs `brainseg compare`
+on one model. The test then
 checks, from the files and from what each rank recorded:
 
 - every rank ends each epoch with the same training loss and validation figures;
@@ -15,6 +16,7 @@ checks, from the files and from what each rank recorded:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -66,6 +68,22 @@ def _worker(out: Path, data: str) -> None:
 
     histories: dict[str, list[dict[str, Any]]] = {}
     real_fit, real_epoch = T.Trainer.fit, T.Trainer._train_epoch
+    validated: list[str] = []  # a digest of the weights and buffers each validation used, in order
+    real_make_val_fn = R.make_val_fn
+
+    def make_val_fn(*a: Any, **k: Any) -> Any:
+        val = real_make_val_fn(*a, **k)
+
+        def digest_then_validate(model: Any) -> Any:
+            h = hashlib.sha256()
+            for v in model.state_dict().values():
+                h.update(v.detach().cpu().contiguous().numpy().tobytes())
+            validated.append(h.hexdigest())
+            return val(model)
+
+        return digest_then_validate
+
+    R.make_val_fn = make_val_fn
 
     def fit(self: Any) -> Any:
         st = real_fit(self)
@@ -83,10 +101,14 @@ def _worker(out: Path, data: str) -> None:
     codes["b_interrupted"] = main(["train", "--data", data, "--epochs", str(EPOCHS), *TRAIN_FLAGS, "--out", str(out / "b")])
     T.Trainer._train_epoch = real_epoch
     codes["b_resumed"] = main(["train", "--out", str(out / "b"), "--resume"])
+    codes["e"] = main(  # A again with a moving average of the weights (train.ema)
+        ["train", "--data", data, "--epochs", str(EPOCHS), *TRAIN_FLAGS, "--set", "train.ema=0.5", "--out", str(out / "e")]
+    )
     codes["compare"] = main(
         ["compare", "--data", data, "--models", "unet", "--epochs", "1", *TRAIN_FLAGS[2:], "--out", str(out / "cmp")]
     )
-    (out / f"rank{rank}.json").write_text(json.dumps({"codes": codes, "writes": writes, "histories": histories}))
+    (out / f"rank{rank}.json").write_text(json.dumps({"codes": codes, "writes": writes, "histories": histories,
+                                                       "validated": validated}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,8 +200,8 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def test_every_rank_ends_with_the_same_figures_and_only_rank0_writes(ddp: dict[str, Any]) -> None:
     r0, r1 = ddp["ranks"]
-    assert r0["codes"] == r1["codes"] == {"a": 0, "b_interrupted": 130, "b_resumed": 0, "compare": 0}
-    for run in ("a", "b"):
+    assert r0["codes"] == r1["codes"] == {"a": 0, "b_interrupted": 130, "b_resumed": 0, "e": 0, "compare": 0}
+    for run in ("a", "b", "e"):
         h0, h1 = r0["histories"][run], r1["histories"][run]
         assert [h["epoch"] for h in h0] == list(range(1, EPOCHS + 1))
         for e0, e1 in zip(h0, h1):
@@ -188,11 +210,11 @@ def test_every_rank_ends_with_the_same_figures_and_only_rank0_writes(ddp: dict[s
     # rank 0 wrote every checkpoint, history and summary; rank 1 wrote nothing
     assert r1["writes"] == []
     names = [Path(p).name for _, p in r0["writes"]]
-    assert names.count("checkpoint_last.pt") == 2 * EPOCHS + 1  # a: 3, b: 2 + 1 after resume, compare: 1
+    assert names.count("checkpoint_last.pt") == 3 * EPOCHS + 1  # a: 3, b: 2 + 1 after resume, e: 3, compare: 1
     assert {"history.csv", "config.json", "train_summary.json", "protocol.json", "summary.json"} <= set(names)
     # results printed once (rank 1's stdout is silenced), not once per process
     lines = ddp["stdout"].splitlines()
-    assert sum(line.startswith(f"unet: {EPOCHS} epochs") for line in lines) == 2, ddp["stdout"]
+    assert sum(line.startswith(f"unet: {EPOCHS} epochs") for line in lines) == 3, ddp["stdout"]
     summary = json.loads((ddp["out"] / "a" / "train_summary.json").read_text())
     assert summary["world_size"] == WORLD and summary["epochs_run"] == EPOCHS
 
@@ -206,6 +228,23 @@ def test_resume_under_torchrun_reaches_the_uninterrupted_result(ddp: dict[str, A
     ha, hb = read_csv(ddp["out"] / "a" / "history.csv"), read_csv(ddp["out"] / "b" / "history.csv")
     assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]
     assert [r["val_dice"] for r in ha] == [r["val_dice"] for r in hb]
+
+
+def test_a_moving_average_under_torchrun_leaves_the_trained_weights_as_without_it(ddp: dict[str, Any]) -> None:
+    """train.ema under DDP: the weights as trained are bitwise those of run A (the average does not touch
+    the optimisation), the saved and validated weights are their average, and every rank validated the
+    same average (the first test compares the ranks' figures for run E too)."""
+    from brainseg.training.checkpoint import load_checkpoint
+
+    a = _weights(ddp["out"] / "a")
+    e = load_checkpoint(ddp["out"] / "e" / "checkpoint_last.pt")
+    for k in a:
+        assert torch.equal(e["trained_state_dict"][k], a[k]), k
+    assert any(not torch.equal(e["state_dict"][k], a[k]) for k in a if a[k].is_floating_point())
+    assert e["ema_steps"] == e["train_state"]["global_step"]
+    # each rank validates its share of the patients: all of them must use rank 0's weights and statistics
+    r0, r1 = ddp["ranks"]
+    assert len(r0["validated"]) == 3 + 3 + 3 + 1 and r0["validated"] == r1["validated"]  # a, b, e, compare
 
 
 def test_compare_under_torchrun_finishes_with_a_report(ddp: dict[str, Any]) -> None:
