@@ -1,8 +1,11 @@
-"""The tiny training configuration every engine test uses (width-4 models at 32×32, tiny phantoms)."""
+"""The tiny training configuration every engine test uses (width-4 models at 32×32, tiny phantoms), and
+`load_benchmark`, a script of benchmarks/ imported as a module."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 from brainseg.config import RunConfig
 
@@ -21,3 +24,12 @@ def tiny_cfg(root: Path, epochs: int = 2, model: str = "unet") -> RunConfig:
     cfg.train.device = "cpu"
     cfg.train.threads = 1  # a second thread buys nothing at 32×32 on a shared CPU
     return cfg
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/<name>.py imported as a module (the folder is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

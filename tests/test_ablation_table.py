@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers_runs import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("ablation_table", REPO / "benchmarks" / "ablation_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("ablation_table")
 
 
 def _write_folds(root: Path, folds: list[dict[str, float]]) -> Path:

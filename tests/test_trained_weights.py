@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,16 +9,11 @@ import torch
 
 from brainseg.training.checkpoint import load_checkpoint, model_from_checkpoint
 from brainseg.training.run import train_run
-from helpers_runs import tiny_cfg
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers_runs import load_benchmark, tiny_cfg
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("trained_weights", REPO / "benchmarks" / "trained_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("trained_weights")
 
 
 def test_the_copy_loads_the_weights_as_trained_and_refuses_a_run_without_an_average(
