@@ -205,6 +205,12 @@ class Trainer:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self.ema = AveragedModel(self.bare_model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            # counts among the buffers (BatchNorm's num_batches_tracked) are copied after each update, not averaged:
+            # torch would truncate their average. Found once: load_state_dict copies in place, so the pairs hold.
+            self._ema_counts = [
+                (mine, theirs) for mine, theirs in zip(self.ema.module.buffers(), self.bare_model.buffers(), strict=True)
+                if not mine.is_floating_point()
+            ]
 
     # -- state ------------------------------------------------------------------------------------
     @property
@@ -341,9 +347,8 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.bare_model)
-            for mine, theirs in zip(self.ema.module.buffers(), self.bare_model.buffers(), strict=True):
-                if not mine.is_floating_point():  # counts (BatchNorm's num_batches_tracked): torch would truncate their average
-                    mine.copy_(theirs)
+            for mine, theirs in self._ema_counts:
+                mine.copy_(theirs)
         self.state.global_step += 1
         return loss.detach()
 
