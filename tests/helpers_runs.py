@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -27,9 +28,11 @@ def tiny_cfg(root: Path, epochs: int = 2, model: str = "unet") -> RunConfig:
 
 
 def load_benchmark(name: str) -> ModuleType:
-    """benchmarks/<name>.py imported as a module (the folder is not a package)."""
+    """benchmarks/<name>.py imported as a module (the folder is not a package), registered in sys.modules
+    under its name while it runs, as dataclasses defined in it look their module up there."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -11,17 +10,14 @@ import pytest
 from fake_comparison import make_comparison
 
 from brainseg.reporting import build_report
+from helpers_runs import load_benchmark
 
 CHROMIUM = Path("/usr/bin/chromium")
 OUT = os.environ.get("BRAINSEG_SCREENSHOT_DIR", "")
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "report_browser.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("report_browser", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("report_browser")
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium not installed (apt-get install -y chromium)")

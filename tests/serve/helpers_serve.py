@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import time
 import zipfile
@@ -11,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import tifffile
+
+from helpers_runs import load_benchmark
 
 
 def patient_folders(data: Path) -> list[Path]:
@@ -47,8 +48,4 @@ def slice_stack(folder: Path, suffix: str = "") -> np.ndarray:
 
 def serve_browser() -> Any:
     """benchmarks/serve_browser.py as a module: the CDP driver and the server thread."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_browser.py"
-    spec = importlib.util.spec_from_file_location("serve_browser", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("serve_browser")
