@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from brainseg.data.dataset import SliceDataset, load_arrays
 from brainseg.data.lgg import index_dataset
 from brainseg.data.phantom import write_phantoms
+from brainseg.data.preprocess import model_channels
 from brainseg.fileio import write_json_atomic
 from brainseg.losses import build_loss
 from brainseg.models import count_parameters, create_model
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         arrays = load_arrays(records, args.size)
         t_cache = time.perf_counter() - t0
     ds = SliceDataset(records, size=args.size, seed=0, arrays=arrays, **({"augment": True} | settings))
-    in_channels = ds[0]["image"].shape[0]
+    in_channels = model_channels({"in_channels": 3} | settings)  # what the network takes, as the trainer counts it
     loader = DataLoader(
         ds,
         batch_size=args.batch,
