@@ -35,7 +35,6 @@ from torch.utils.data import DataLoader
 from brainseg.data.dataset import SliceDataset, load_arrays
 from brainseg.data.lgg import index_dataset
 from brainseg.data.phantom import write_phantoms
-from brainseg.data.preprocess import model_channels
 from brainseg.fileio import write_json_atomic
 from brainseg.losses import build_loss
 from brainseg.models import count_parameters, create_model
@@ -130,11 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     steps = 1 if args.quick else 2  # train steps per round and width
 
     settings: dict = {}
+    in_channels = 3  # SliceDataset's default input: pre-contrast, FLAIR, post-contrast
     if args.config or args.context is not None:  # before the cache is built: the config's size counts
         from brainseg.config import build_config
-        from brainseg.training.run import augment_from_config
+        from brainseg.training.run import augment_from_config, network_channels
 
-        d = build_config(args.config, {"data.context": args.context}).data
+        cfg = build_config(args.config, {"data.context": args.context})
+        d = cfg.data
+        in_channels = network_channels(cfg)  # what the network takes, as the trainer counts it
         if d.mask_targets != "binary":
             raise SystemExit(f"data.mask_targets={d.mask_targets} is not measured here (binary targets only)")
         settings = {"augment": augment_from_config(d), "in_channels": d.in_channels, "normalization": d.normalization,
@@ -150,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
         arrays = load_arrays(records, args.size)
         t_cache = time.perf_counter() - t0
     ds = SliceDataset(records, size=args.size, seed=0, arrays=arrays, **({"augment": True} | settings))
-    in_channels = model_channels({"in_channels": 3} | settings)  # what the network takes, as the trainer counts it
     loader = DataLoader(
         ds,
         batch_size=args.batch,

@@ -29,7 +29,7 @@ def tiny_cfg(root: Path, epochs: int = 2, model: str = "unet") -> RunConfig:
 
 def load_benchmark(name: str) -> ModuleType:
     """benchmarks/<name>.py imported as a module (the folder is not a package), registered in sys.modules
-    under its name while it runs, as dataclasses defined in it look their module up there."""
+    under its name (dataclasses defined in it look their module up there)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
