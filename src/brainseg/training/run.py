@@ -203,6 +203,47 @@ def check_model_settings(cfg: RunConfig) -> None:
             raise BrainsegError(f"data.train_crop={crop}: {e}") from None
 
 
+def load_init_weights(cfg: RunConfig, model: torch.nn.Module, split: dict[str, Any],
+                      say: Callable[[str], None]) -> None:
+    """Put the weights of `cfg.train.init_weights` (a checkpoint file or run folder) into `model`.
+
+    The checkpoint must hold the same architecture with the same arguments (input channels
+    included), else a BrainsegError names both. Said aloud: where the weights come from, any
+    preprocessing that differs from this run's, and any of this run's test patients that the
+    checkpoint was trained or validated on (their scores would not be those of unseen patients).
+    """
+    init = load_checkpoint(cfg.train.init_weights)
+    where = init["path"]
+    if _canonical(init["model"]) != _canonical(model.config):
+        raise BrainsegError(
+            f"train.init_weights: {where} holds {_describe(init['model'])}, but this run trains "
+            f"{_describe(model.config)}; fine-tuning needs the same architecture and arguments")
+    mine = run_preprocessing(cfg)
+    theirs = init.get("preprocessing") or {}
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        say(f"note: {where} was trained with other preprocessing ("
+            + ", ".join(f"{k}: {theirs.get(k)!r} → {mine.get(k)!r}" for k in differ) + ")")
+    init_split = init.get("split") or {}
+    seen = set(init_split.get("train") or []) | set(init_split.get("val") or [])
+    leaked = sorted(seen & set(split.get("test") or []))
+    if leaked:
+        shown = ", ".join(leaked[:5]) + (" …" if len(leaked) > 5 else "")
+        say(f"warning: {where} was trained on {len(leaked)} of this run's test patients ({shown}); "
+            "their scores will not be those of patients the model never saw")
+    model.load_state_dict(init["state_dict"])
+    say(f"starting from the weights of {where} (after its epoch {init.get('epoch', '?')})")
+
+
+def _canonical(model_args: dict[str, Any]) -> str:
+    return json.dumps(model_args, sort_keys=True, default=str)
+
+
+def _describe(model_args: dict[str, Any]) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in sorted(model_args.items()) if k != "name")
+    return f"{model_args.get('name', '?')}({args})"
+
+
 def resumed_config(cfg: RunConfig, run_cfg: dict[str, Any], epochs_done: int, where: Path,
                    say: Callable[[str], None]) -> RunConfig:
     """`cfg` for continuing a run made with `run_cfg`: every result-changing setting must match,
@@ -334,6 +375,8 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
 
     model = create_model(cfg.model.name, in_channels=network_channels(cfg), **model_kwargs_for(cfg))
     model.check_input_size(d.size, d.size)
+    if cfg.train.init_weights and ckpt is None:  # a resumed run has its own weights
+        load_init_weights(cfg, model, data.split.to_dict(), say)
     model.channels_last_everywhere = cfg.train.channels_last
     model.to(device)
     loss_fn = build_loss(cfg.train.loss)
