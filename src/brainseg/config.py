@@ -116,9 +116,9 @@ class TrainConfig:
     max_batches_per_epoch: int = _setting(0, "batches per epoch")
     time_limit_minutes: float = _setting(
         0.0, "stop after the epoch that reaches this much training time")
-    init_weights: str = _setting(
-        "", "fine-tuning: a checkpoint file or run folder whose model weights start this training (same "
-        "architecture and arguments; optimiser, schedule and epochs start afresh); empty: random initialisation")
+    init_weights: str | None = _setting(
+        None, "fine-tuning: a checkpoint file or run folder whose model weights start this training (same "
+        "architecture and arguments; optimiser, schedule and epochs start afresh); null: random initialisation")
 
 
 @dataclass

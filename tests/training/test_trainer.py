@@ -177,6 +177,55 @@ def test_train_crop_trains_on_windows_and_keeps_whole_slices_for_validation_and_
         assert not (tmp_path / f"bad{crop}" / "checkpoint_last.pt").exists()
 
 
+def test_init_weights_starts_training_from_the_checkpoints_weights(
+    tiny_phantoms: Path, tiny_run: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    source = load_checkpoint(tiny_run)  # the run's own choice of checkpoint, as init_weights reads it
+    first: list[dict[str, torch.Tensor]] = []
+    real = Trainer.train_step
+
+    def record(self, batch, epoch=0):
+        if not first:
+            first.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return real(self, batch, epoch)
+
+    monkeypatch.setattr(Trainer, "train_step", record)
+    cfg = tiny_cfg(tiny_phantoms, epochs=1)
+    cfg.train.init_weights = str(tiny_run)
+    train_run(cfg, tmp_path / "ft", progress=False)
+    assert set(first[0]) == set(source["state_dict"])
+    for k, v in source["state_dict"].items():
+        assert torch.equal(first[0][k], v), k  # the first step starts from the source's weights
+    said = capsys.readouterr().err
+    assert f"starting from the weights of {source['path']}" in said and "test patients" not in said
+    # a fresh start differs from it
+    first.clear()
+    train_run(tiny_cfg(tiny_phantoms, epochs=1), tmp_path / "fresh", progress=False)
+    assert not all(torch.equal(first[0][k], v) for k, v in source["state_dict"].items())
+
+    # another split: the source's training and validation patients that are this run's test patients are named
+    other = tiny_cfg(tiny_phantoms, epochs=1)
+    other.train.init_weights = str(tiny_run)
+    other.data.seed = 7
+    capsys.readouterr()
+    train_run(other, tmp_path / "other", progress=False)
+    mine, theirs = load_checkpoint(tmp_path / "other" / "checkpoint_last.pt")["split"], source["split"]
+    leaked = sorted(set(mine["test"]) & (set(theirs["train"]) | set(theirs["val"])))
+    assert leaked  # seed 7 moves some of the source's patients into this test set
+    said = capsys.readouterr().err
+    assert f"was trained on {len(leaked)} of this run's test patients" in said
+    assert all(p in said for p in leaked[:5])
+
+    wider = tiny_cfg(tiny_phantoms, epochs=1)
+    wider.model.width = 8
+    wider.train.init_weights = str(tiny_run)
+    with pytest.raises(BrainsegError, match=r"train.init_weights: .*checkpoint_best.pt holds unet\(.*width=4"):
+        train_run(wider, tmp_path / "wider", progress=False)
+    wider.train.init_weights = str(tmp_path / "nothing.pt")
+    with pytest.raises(CheckpointError, match="nothing.pt does not exist"):
+        train_run(wider, tmp_path / "missing", progress=False)
+
+
 def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(tiny_phantoms: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = [
