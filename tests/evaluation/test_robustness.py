@@ -432,6 +432,21 @@ def test_cli_writes_the_tables_and_curves(trained: Path, tmp_path: Path, capsys)
     assert summary["perturbations"]["gaussian_noise"]["levels"]["2"] == "sigma=0.04"
 
 
+def test_cli_threshold_scores_every_run_at_that_threshold_as_evaluate_does(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rob"
+    assert cli_main(["robustness", str(trained), "--perturbations", "gaussian_noise", "--severities", "1",
+                     "--threshold", "0.02", "--out", str(out), "--device", "cpu"]) == 0
+    clean = next(r for r in read_csv(out / "robustness.csv") if r["perturbation"] == "none")
+    low = evaluate_run(trained, eval_overrides={"threshold": 0.02}, out_dir=tmp_path / "ev", progress=False)
+    own = json.loads((trained / "eval_test" / "summary.json").read_text())["metrics"]["dice"]["per_patient"]["mean"]
+    want = low["metrics"]["dice"]["per_patient"]["mean"]
+    assert want != pytest.approx(own, abs=1e-4)  # the threshold changes this model's score
+    assert float(clean["dice_patient"]) == pytest.approx(want, abs=1e-6)
+    assert json.loads((out / "robustness.json").read_text())["models"]["unet"]["threshold"] == 0.02
+    with pytest.raises(SystemExit):
+        cli_main(["robustness", str(trained), "--threshold", "1.5", "--out", str(out)])
+
+
 def test_cli_on_a_comparison_folder_rebuilds_its_report(trained: Path, tmp_path: Path, capsys) -> None:
     cmp = tmp_path / "cmp"
     shutil.copytree(trained, cmp / "runs" / "unet")

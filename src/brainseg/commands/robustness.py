@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from brainseg.commands._common import add_checkpoint_argument
+from brainseg.commands._common import add_checkpoint_argument, probability
 from brainseg.errors import BrainsegError
 
 DESCRIPTION = (
@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or ./robustness for several runs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations and bootstrap intervals (default 0)")
     add_checkpoint_argument(p)
+    p.add_argument("--threshold", type=probability,
+                   help="probability threshold in [0, 1] for every run (default: each run's own, as evaluate)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
     p.add_argument("--no-report", action="store_true", help="do not rebuild the comparison's report")
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_robustness(
         targets, out, data_root=args.data, split=args.split, perturbations=perts, severities=sevs,
         seed=args.seed, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
-        merge=comparison is not None and out.resolve() == (comparison / "robustness").resolve(),
+        threshold=args.threshold, merge=comparison is not None and out.resolve() == (comparison / "robustness").resolve(),
     )
     rows = summary["rows"]
     for m in summary["models"]:

@@ -199,14 +199,15 @@ def run_robustness(
     checkpoint: str | None = None,
     device: str = "auto",
     batch_size: int = 16,
+    threshold: float | None = None,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
     merge: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every target under every perturbation and severity; write the result files.
 
-    Each model is scored with its own run's evaluation settings (threshold, post-processing,
-    empty policy) on its own split, exactly as `brainseg evaluate` does; fold runs are pooled.
+    Each model is scored with its own run's evaluation settings (threshold unless `threshold` is
+    given, post-processing, empty policy) on its own split, exactly as `brainseg evaluate` does; fold runs are pooled.
     Each patient's TIFs are decoded once, and each perturbed patient is computed once per
     (perturbation, severity) and shared by all models. Severity 0 is the identity, so its rows
     reuse the unperturbed evaluation.
@@ -222,6 +223,8 @@ def run_robustness(
         seed: seed of every perturbation (and of the bootstrap intervals).
         checkpoint: "best", "last" or None (each run's `eval.checkpoint`); robustness.json records
             the kind used ("best,last" where the runs differ).
+        threshold: probability threshold for every run (None: each run's `eval.threshold`);
+            robustness.json records each model's.
         merge: keep the rows of models that out_dir already holds and this call does not evaluate
             (a comparison's robustness is built model by model, on whichever machine has each
             model's checkpoints); the results kept must come from the same split, seed,
@@ -257,7 +260,8 @@ def run_robustness(
     for t in targets:
         preds, pats, eval_cfg, root, name = [], [], None, None, t.name
         for rd in t.run_dirs:
-            run = EvalRun.load(rd, checkpoint, data_root, split=split, announce=say)
+            run = EvalRun.load(rd, checkpoint, data_root, split=split, announce=say,
+                               eval_overrides={"threshold": threshold})
             used.add(run.cfg.eval.checkpoint)
             name = name or run.cfg.model.name
             if root is not None and run.root != root:
