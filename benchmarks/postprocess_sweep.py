@@ -11,7 +11,9 @@ component, `eval.largest_component`), ``frac<f>`` (every 3-D component of at lea
 largest one's size, `keep_large_components`). Per-patient Dice as `brainseg evaluate` computes it:
 counts summed over the patient's native-size slices, 1 where truth and prediction are both empty.
 As nnU-Net does, the rule is chosen on the cross-validation predictions of the development data —
-never on the patients the recipe is finally measured on. Needs the checkpoints; prints a table.
+never on the patients the recipe is finally measured on. Since a rule chosen on the same predictions it is
+scored on flatters itself, a last line gives the nested estimate: each fold's patients scored with the rule
+that is best on the other folds' patients (`nested_choice`). Needs the checkpoints; prints a table.
 """
 
 from __future__ import annotations
@@ -40,6 +42,22 @@ def rule_mask(probs: np.ndarray, threshold: float, rule: str) -> np.ndarray:
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     inter, total = int(np.logical_and(pred, truth).sum()), int(pred.sum() + truth.sum())
     return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def nested_choice(scores: dict[tuple[float, str], dict[str, float]], fold_of: dict[str, str]
+                  ) -> tuple[dict[str, float], dict[str, tuple[float, str]]]:
+    """Each patient's Dice under the rule with the highest mean Dice over the patients of the other folds
+    (ties: the first rule in `scores`' order). Returns (patient → Dice, fold → the rule chosen for it)."""
+    chosen: dict[str, tuple[float, str]] = {}
+    out: dict[str, float] = {}
+    for fold in sorted(set(fold_of.values())):
+        others = [p for p, f in fold_of.items() if f != fold]
+        if not others:
+            raise SystemExit("postprocess_sweep: a nested choice needs at least two folds")
+        best = max(scores, key=lambda c: float(np.mean([scores[c][p] for p in others])))
+        chosen[fold] = best
+        out.update({p: scores[best][p] for p, f in fold_of.items() if f == fold})
+    return out, chosen
 
 
 def run_dirs(paths: list[str], checkpoint: str = "best") -> list[Path]:
@@ -78,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     combos = [(t, r) for t in thresholds for r in rules]
     scores: dict[tuple[float, str], dict[str, float]] = {c: {} for c in combos}
     own: dict[str, tuple[float, str]] = {}
+    fold_of: dict[str, str] = {}
     runs = run_dirs(args.runs, args.checkpoint)
     for rd in runs:
         run = EvalRun.load(rd, args.checkpoint, split="test")
@@ -91,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             for t, r in combos:
                 scores[(t, r)][patient] = dice(rule_mask(probs, t, r), truth)
             own[patient] = (ev.threshold, "largest" if ev.largest_component else "none")
+            fold_of[patient] = str(rd)
         print(f"{rd}: {len(run.patients)} patients", file=sys.stderr, flush=True)
     patients = sorted(own)
     settings = set(own.values())
@@ -113,12 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         mark = " *" if c == base else ""
         print(f"{c[0]:>9.2f} {c[1]:<9} {m:>6.3f} [{lo:.3f}, {hi:.3f}] {np.median(v):>7.3f} {int((v < 0.5).sum()):>5} "
               f"  {delta}{mark}")
+    if len(runs) > 1:
+        nested, chosen = nested_choice(scores, fold_of)
+        v = np.array([nested[p] for p in patients])
+        m, lo, hi = bootstrap_ci(v, seed=0)
+        delta = paired_summary(v, np.array([scores[base][p] for p in patients])) if base is not None else "–"
+        picks = ", ".join(sorted({f"{t:.2f} {r}" for t, r in chosen.values()}))
+        print(f"{'nested':>9} {'':<9} {m:>6.3f} [{lo:.3f}, {hi:.3f}] {np.median(v):>7.3f} {int((v < 0.5).sum()):>5} "
+              f"  {delta}   (each run's patients under the rule best on the other runs': {picks})")
     if args.out:
         with open(args.out, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["patient", *(f"t{t}_{r}" for t, r in combos)])
+            w.writerow(["patient", "run", *(f"t{t}_{r}" for t, r in combos)])
             for p in patients:
-                w.writerow([p, *(f"{scores[c][p]:.6f}" for c in combos)])
+                w.writerow([p, fold_of[p], *(f"{scores[c][p]:.6f}" for c in combos)])
         print(f"per-patient table: {args.out}")
     return 0
 
