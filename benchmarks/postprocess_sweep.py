@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     scores: dict[tuple[float, str], dict[str, float]] = {c: {} for c in combos}
     own: dict[str, tuple[float, str]] = {}
     fold_of: dict[str, str] = {}
+    shared: set[str] = set()  # patients tested by more than one run (the table keeps the last run's Dice)
     runs = run_dirs(args.runs, args.checkpoint)
     for rd in runs:
         run = EvalRun.load(rd, args.checkpoint, split="test")
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             for t, r in combos:
                 scores[(t, r)][patient] = dice(rule_mask(probs, t, r), truth)
             own[patient] = (ev.threshold, "largest" if ev.largest_component else "none")
+            if patient in fold_of:
+                shared.add(patient)
             fold_of[patient] = str(rd)
         print(f"{rd}: {len(run.patients)} patients", file=sys.stderr, flush=True)
     patients = sorted(own)
@@ -133,14 +136,6 @@ def main(argv: list[str] | None = None) -> int:
         mark = " *" if c == base else ""
         print(f"{c[0]:>9.2f} {c[1]:<9} {m:>6.3f} [{lo:.3f}, {hi:.3f}] {np.median(v):>7.3f} {int((v < 0.5).sum()):>5} "
               f"  {delta}{mark}")
-    if len(runs) > 1:
-        nested, chosen = nested_choice(scores, fold_of)
-        v = np.array([nested[p] for p in patients])
-        m, lo, hi = bootstrap_ci(v, seed=0)
-        delta = paired_summary(v, np.array([scores[base][p] for p in patients])) if base is not None else "–"
-        picks = ", ".join(sorted({f"{t:.2f} {r}" for t, r in chosen.values()}))
-        print(f"{'nested':>9} {'':<9} {m:>6.3f} [{lo:.3f}, {hi:.3f}] {np.median(v):>7.3f} {int((v < 0.5).sum()):>5} "
-              f"  {delta}   (each run's patients under the rule best on the other runs': {picks})")
     if args.out:
         with open(args.out, "w", newline="") as f:
             w = csv.writer(f)
@@ -148,6 +143,16 @@ def main(argv: list[str] | None = None) -> int:
             for p in patients:
                 w.writerow([p, fold_of[p], *(f"{scores[c][p]:.6f}" for c in combos)])
         print(f"per-patient table: {args.out}")
+    if shared or len(set(fold_of.values())) < 2:
+        print("no nested line: it needs two or more runs whose test patients do not overlap (folds)")
+    else:
+        nested, chosen = nested_choice(scores, fold_of)
+        v = np.array([nested[p] for p in patients])
+        m, lo, hi = bootstrap_ci(v, seed=0)
+        delta = paired_summary(v, np.array([scores[base][p] for p in patients])) if base is not None else "–"
+        picks = ", ".join(sorted({f"{t:.2f} {r}" for t, r in chosen.values()}))
+        print(f"{'nested':>9} {'':<9} {m:>6.3f} [{lo:.3f}, {hi:.3f}] {np.median(v):>7.3f} {int((v < 0.5).sum()):>5} "
+              f"  {delta}   (each run's patients under the rule best on the other runs': {picks})")
     return 0
 
 

@@ -107,6 +107,11 @@ def _compare_locked(
     from brainseg.training.rundata import load_run_data
 
     cfg.validate()
+    if cfg.train.init_weights:
+        raise BrainsegError(
+            f"train.init_weights={cfg.train.init_weights}: compare trains every model and fold from one configuration, "
+            "so every one would start from that checkpoint (another architecture's, or a model that saw the other "
+            "folds' test patients); fine-tune with `brainseg train --set train.init_weights=… --fold K` per fold")
 
     # One split for all models, frozen in <out>/splits.json before any training starts.
     if not cfg.data.split_file:

@@ -118,7 +118,8 @@ class TrainConfig:
         0.0, "stop after the epoch that reaches this much training time")
     init_weights: str | None = _setting(
         None, "fine-tuning: a checkpoint file or run folder whose model weights start this training (same "
-        "architecture and arguments; optimiser, schedule and epochs start afresh); null: random initialisation")
+        "architecture and arguments; a train.ema run gives its moving average; optimiser, schedule and epochs start "
+        "afresh; `brainseg train` only, not compare); null: random initialisation")
 
 
 @dataclass

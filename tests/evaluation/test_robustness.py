@@ -550,6 +550,9 @@ def test_a_comparison_keeps_earlier_models_robustness_when_another_is_added(trai
     err = capsys.readouterr().err
     assert "made with other settings" in err and "gamma 3 (now gamma 2)" in err
     assert (cmp / "robustness" / "robustness.csv").read_bytes() == before
+    assert cli_main([*args, "--threshold", "0.3"]) == 2  # another threshold than the kept models' own
+    assert "threshold None (now 0.3)" in capsys.readouterr().err
+    assert (cmp / "robustness" / "robustness.csv").read_bytes() == before
     # every earlier model evaluated again: nothing is kept, so other settings simply replace the results
     for ck in (cmp / "runs" / "segnet").glob("checkpoint_*.pt"):
         shutil.copy(ck, cmp / "runs" / "unet" / ck.name)

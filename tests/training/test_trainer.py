@@ -198,6 +198,10 @@ def test_init_weights_starts_training_from_the_checkpoints_weights(
         assert torch.equal(first[0][k], v), k  # the first step starts from the source's weights
     said = capsys.readouterr().err
     assert f"starting from the weights of {source['path']}" in said and "test patients" not in said
+    record = read_json(tmp_path / "ft" / "train_summary.json")["init_weights"]
+    assert record == {"path": str(Path(source["path"]).resolve()), "epoch": source["epoch"],
+                      "split_id": source["split"]["id"], "test_patients_seen": []}
+    assert load_checkpoint(tmp_path / "ft" / "checkpoint_last.pt")["init_weights"] == record
     # a fresh start differs from it
     first.clear()
     train_run(tiny_cfg(tiny_phantoms, epochs=1), tmp_path / "fresh", progress=False)
@@ -215,6 +219,7 @@ def test_init_weights_starts_training_from_the_checkpoints_weights(
     said = capsys.readouterr().err
     assert f"was trained on {len(leaked)} of this run's test patients" in said
     assert all(p in said for p in leaked[:5])
+    assert read_json(tmp_path / "other" / "train_summary.json")["init_weights"]["test_patients_seen"] == leaked
 
     wider = tiny_cfg(tiny_phantoms, epochs=1)
     wider.model.width = 8
@@ -222,8 +227,26 @@ def test_init_weights_starts_training_from_the_checkpoints_weights(
     with pytest.raises(BrainsegError, match=r"train.init_weights: .*checkpoint_best.pt holds unet\(.*width=4"):
         train_run(wider, tmp_path / "wider", progress=False)
     wider.train.init_weights = str(tmp_path / "nothing.pt")
-    with pytest.raises(CheckpointError, match="nothing.pt does not exist"):
+    with pytest.raises(CheckpointError, match="train.init_weights: .*nothing.pt does not exist"):
         train_run(wider, tmp_path / "missing", progress=False)
+    assert not (tmp_path / "missing").exists()  # refused before any data is read or anything written
+    # the same architecture, but weights that do not fit it: named, not PyTorch's message
+    partial = {k: v for k, v in source.items() if k != "path"}
+    partial["state_dict"] = {k: v for i, (k, v) in enumerate(source["state_dict"].items()) if i}
+    save_checkpoint(tmp_path / "partial.pt", partial)
+    cfg.train.init_weights = str(tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match=r"do not fit the model: .*; 1 missing: " + next(iter(source["state_dict"]))):
+        train_run(cfg, tmp_path / "partial", progress=False)
+
+
+def test_compare_refuses_init_weights(tiny_phantoms: Path, tiny_run: Path, tmp_path: Path) -> None:
+    from brainseg.compare import compare
+
+    cfg = tiny_cfg(tiny_phantoms, epochs=1)
+    cfg.train.init_weights = str(tiny_run)
+    with pytest.raises(BrainsegError, match="compare trains every model and fold from one configuration"):
+        compare(cfg, tmp_path / "cmp", models=["unet"])
+    assert not (tmp_path / "cmp" / "runs").exists()
 
 
 def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(tiny_phantoms: Path, tmp_path: Path) -> None:

@@ -146,7 +146,7 @@ def _tasks(perturbations: Sequence[str], severities: Sequence[int] | None) -> tu
 
 
 def _previous(out: Path, now: set[str], split: str, seed: int, checkpoint: str,
-              tasks: Sequence[tuple[str, int]]) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None:
+              tasks: Sequence[tuple[str, int]], threshold: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None:
     """The earlier results in out of the models not in `now`, checked to be alike: (their summary
     entries, robustness rows, strata rows); None when out holds no earlier results."""
     from brainseg.fileio import read_csv, read_json
@@ -176,7 +176,8 @@ def _previous(out: Path, now: set[str], split: str, seed: int, checkpoint: str,
         raise BrainsegError(f"{out / 'robustness.csv'}: a value is not a number ({exc}); "
                             "move the folder away or give --out") from None
     had = sorted({(r["perturbation"], r["severity"]) for r in rows if r["perturbation"] != CLEAN})
-    differ = [f"{k} {old.get(k)!r} (now {v!r})" for k, v in (("split", split), ("seed", seed), ("checkpoint", checkpoint))
+    differ = [f"{k} {old.get(k)!r} (now {v!r})" for k, v in (("split", split), ("seed", seed), ("checkpoint", checkpoint),
+                                                               ("threshold", threshold))
               if old.get(k) != v]
     if had != sorted(set(tasks)):
         differ.append(f"perturbations and severities {', '.join(f'{p} {s}' for p, s in had)} "
@@ -228,7 +229,7 @@ def run_robustness(
         merge: keep the rows of models that out_dir already holds and this call does not evaluate
             (a comparison's robustness is built model by model, on whichever machine has each
             model's checkpoints); the results kept must come from the same split, seed,
-            checkpoint, perturbations and severities, else a BrainsegError says what differs
+            checkpoint, threshold, perturbations and severities, else a BrainsegError says what differs
             (checked after loading the models, before evaluating). Where every earlier model is
             evaluated again, nothing is kept and the settings may differ.
 
@@ -282,7 +283,7 @@ def run_robustness(
     if len({m.name for m in loaded}) != len(loaded):
         raise BrainsegError(f"two of the runs have the same model and folder name: {', '.join(names)}")
     # before the long evaluation: out's earlier results of the models not evaluated now
-    previous = _previous(out, {m.name for m in loaded}, split, seed, checkpoint, tasks) if merge else None
+    previous = _previous(out, {m.name for m in loaded}, split, seed, checkpoint, tasks, threshold) if merge else None
 
     # ---- evaluate: tasks outermost, so each perturbed patient is made once and shared by all models
     all_tasks = [(CLEAN, 0)] + tasks
@@ -387,6 +388,7 @@ def run_robustness(
         "split": split,
         "seed": seed,
         "checkpoint": checkpoint,
+        "threshold": threshold,  # None: each run's own eval.threshold (per model under "models")
         "models": {**kept_models,
                    **{m.name: {"run_dirs": [str(d) for d in m.run_dirs], "data_root": str(m.root),
                                "n_patients": clean[m.name]["n_patients"], "n_slices": clean[m.name]["n_slices"],

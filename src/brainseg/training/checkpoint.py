@@ -12,6 +12,9 @@ A checkpoint is a dict saved with `torch.save` (written atomically, see `brainse
   ``data_root``, ``params`` (parameter count) and ``brainseg_version``.
 - ``environment``: what the run ran on (versions, threads, CPU, device; `brainseg.environment`),
   compared on `--resume`. Bundled inference checkpoints leave it out.
+- ``init_weights`` (runs started with `train.init_weights` only): where the starting weights came
+  from: ``path`` (absolute), ``epoch``, ``split_id`` and ``test_patients_seen`` (this run's test
+  patients that checkpoint was trained or validated on); train_summary.json repeats it.
 - ``epoch``: completed epochs (a copy of ``train_state["epoch"]`` for readers that do not resume).
 - for resuming: ``optimizer``, ``scheduler`` and ``scaler`` (state dicts; ``scaler`` None without
   fp16), ``rng`` (Python, NumPy and torch generator states) and ``train_state``, the loop's

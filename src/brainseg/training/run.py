@@ -193,6 +193,8 @@ def check_model_settings(cfg: RunConfig) -> None:
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = create_model(cfg.model.name, in_channels=channels, **kwargs)
     model.check_input_size(cfg.data.size, cfg.data.size)
+    if cfg.train.init_weights:  # the source's file and architecture, before any data is read
+        init_source(cfg, dict(model.config))
     crop = cfg.data.train_crop
     if crop:
         if crop >= cfg.data.size:
@@ -203,21 +205,52 @@ def check_model_settings(cfg: RunConfig) -> None:
             raise BrainsegError(f"data.train_crop={crop}: {e}") from None
 
 
+def init_source(cfg: RunConfig, model_config: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint `cfg.train.init_weights` names, loaded and checked to hold the architecture
+    `model_config` describes (its weightless rebuild's config, so an option a newer brainseg added
+    compares at its default). Any problem is a CheckpointError that names the setting and the file."""
+    from brainseg.errors import CheckpointError
+    from brainseg.models import create_model
+
+    try:
+        init = load_checkpoint(cfg.train.init_weights)
+    except CheckpointError as e:
+        raise CheckpointError(f"train.init_weights: {e}") from None
+    where = init["path"]
+    try:
+        with torch.device("meta"):
+            theirs = dict(create_model(**init["model"]).config)
+    except (TypeError, ValueError, KeyError, BrainsegError) as e:
+        raise CheckpointError(f"train.init_weights: {where} holds a model brainseg cannot build ({e})") from None
+    if _canonical(theirs) != _canonical(model_config):
+        raise CheckpointError(
+            f"train.init_weights: {where} holds {_describe(theirs)}, but this run trains "
+            f"{_describe(model_config)}; fine-tuning needs the same architecture and arguments")
+    return init
+
+
 def load_init_weights(cfg: RunConfig, model: torch.nn.Module, split: dict[str, Any],
-                      say: Callable[[str], None]) -> None:
+                      say: Callable[[str], None]) -> dict[str, Any]:
     """Put the weights of `cfg.train.init_weights` (a checkpoint file or run folder) into `model`.
 
     The checkpoint must hold the same architecture with the same arguments (input channels
-    included), else a BrainsegError names both. Said aloud: where the weights come from, any
-    preprocessing that differs from this run's, and any of this run's test patients that the
-    checkpoint was trained or validated on (their scores would not be those of unseen patients).
+    included; `init_source`), else a CheckpointError names both. A checkpoint of a run with
+    `train.ema` gives its moving average (what that run validated and saved as its model). Said
+    aloud: where the weights come from, any preprocessing that differs from this run's, and any of
+    this run's test patients that the checkpoint was trained or validated on (their scores would
+    not be those of unseen patients).
+
+    Returns the record train_summary.json keeps: the file (absolute), its epoch, its split id and
+    the test patients it saw.
     """
-    init = load_checkpoint(cfg.train.init_weights)
+    from brainseg.errors import CheckpointError
+    from brainseg.training.checkpoint import weights_mismatch
+
+    init = init_source(cfg, dict(model.config))
     where = init["path"]
-    if _canonical(init["model"]) != _canonical(model.config):
-        raise BrainsegError(
-            f"train.init_weights: {where} holds {_describe(init['model'])}, but this run trains "
-            f"{_describe(model.config)}; fine-tuning needs the same architecture and arguments")
+    mismatch = weights_mismatch(model.state_dict(), init["state_dict"])
+    if mismatch:
+        raise CheckpointError(f"train.init_weights: the weights in {where} do not fit the model: {mismatch}")
     mine = run_preprocessing(cfg)
     theirs = init.get("preprocessing") or {}
     differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -233,6 +266,8 @@ def load_init_weights(cfg: RunConfig, model: torch.nn.Module, split: dict[str, A
             "their scores will not be those of patients the model never saw")
     model.load_state_dict(init["state_dict"])
     say(f"starting from the weights of {where} (after its epoch {init.get('epoch', '?')})")
+    return {"path": str(Path(where).resolve()), "epoch": init.get("epoch"), "split_id": init_split.get("id"),
+            "test_patients_seen": leaked}
 
 
 def _canonical(model_args: dict[str, Any]) -> str:
@@ -375,8 +410,9 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
 
     model = create_model(cfg.model.name, in_channels=network_channels(cfg), **model_kwargs_for(cfg))
     model.check_input_size(d.size, d.size)
+    init_record = None
     if cfg.train.init_weights and ckpt is None:  # a resumed run has its own weights
-        load_init_weights(cfg, model, data.split.to_dict(), say)
+        init_record = load_init_weights(cfg, model, data.split.to_dict(), say)
     model.channels_last_everywhere = cfg.train.channels_last
     model.to(device)
     loss_fn = build_loss(cfg.train.loss)
@@ -404,6 +440,10 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
         "params": count_parameters(model),
         "environment": env,
     }
+    if ckpt is not None:
+        init_record = ckpt.get("init_weights")
+    if init_record is not None:
+        meta["init_weights"] = init_record
     val_fn = make_val_fn(val_loader, loss_fn, device, amp_dtype, cfg.eval.threshold, cfg.eval.empty_policy)
     trainer = Trainer(
         net,
@@ -460,6 +500,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
         "amp": str(amp_dtype) if amp_dtype else "off",
         "torch": torch.__version__,
         "environment": env,
+        **({"init_weights": init_record} if init_record is not None else {}),
     }
     if dist_utils.is_main():
         write_json_atomic(run_dir / SUMMARY_NAME, summary)
