@@ -114,12 +114,9 @@ class TrainConfig:
     deterministic: bool = _setting(
         True, "torch.use_deterministic_algorithms (warn-only); on CUDA also no cuDNN autotuning")
     max_batches_per_epoch: int = _setting(0, "batches per epoch")
-    time_limit_minutes: float = _setting(
-        0.0, "stop after the epoch that reaches this much training time")
-    init_weights: str | None = _setting(
-        None, "fine-tuning: a checkpoint file or run folder whose model weights start this training (same "
-        "architecture and arguments; a train.ema run gives its moving average; optimiser, schedule and epochs start "
-        "afresh; `brainseg train` only, not compare); null: random initialisation")
+    time_limit_minutes: float = _setting(0.0, "stop after the epoch that reaches this much training time")
+    init_weights: str | None = _setting(None, "fine-tuning (train, not compare): a checkpoint or run folder whose "
+                                        "model weights (an ema run's average) start training; null: random")
 
 
 @dataclass

@@ -28,6 +28,7 @@ from brainseg.runtime import resolve_amp, select_device
 from brainseg.training import distributed as dist_utils
 from brainseg.training.checkpoint import load_checkpoint
 from brainseg.training.determinism import configure_run, warn_environment_change
+from brainseg.training.init_weights import init_source, load_init_weights
 from brainseg.training.rundata import load_run_data, records_for
 from brainseg.training.trainer import EpochSampler, Trainer, lr_multiplier
 
@@ -194,7 +195,7 @@ def check_model_settings(cfg: RunConfig) -> None:
         model = create_model(cfg.model.name, in_channels=channels, **kwargs)
     model.check_input_size(cfg.data.size, cfg.data.size)
     if cfg.train.init_weights:  # the source's file and architecture, before any data is read
-        init_source(cfg, dict(model.config))
+        init_source(cfg.train.init_weights, dict(model.config))
     crop = cfg.data.train_crop
     if crop:
         if crop >= cfg.data.size:
@@ -203,80 +204,6 @@ def check_model_settings(cfg: RunConfig) -> None:
             model.check_input_size(crop, crop)
         except BrainsegError as e:
             raise BrainsegError(f"data.train_crop={crop}: {e}") from None
-
-
-def init_source(cfg: RunConfig, model_config: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint `cfg.train.init_weights` names, loaded and checked to hold the architecture
-    `model_config` describes (its weightless rebuild's config, so an option a newer brainseg added
-    compares at its default). Any problem is a CheckpointError that names the setting and the file."""
-    from brainseg.errors import CheckpointError
-    from brainseg.models import create_model
-
-    try:
-        init = load_checkpoint(cfg.train.init_weights)
-    except CheckpointError as e:
-        raise CheckpointError(f"train.init_weights: {e}") from None
-    where = init["path"]
-    try:
-        with torch.device("meta"):
-            theirs = dict(create_model(**init["model"]).config)
-    except (TypeError, ValueError, KeyError, BrainsegError) as e:
-        raise CheckpointError(f"train.init_weights: {where} holds a model brainseg cannot build ({e})") from None
-    if _canonical(theirs) != _canonical(model_config):
-        raise CheckpointError(
-            f"train.init_weights: {where} holds {_describe(theirs)}, but this run trains "
-            f"{_describe(model_config)}; fine-tuning needs the same architecture and arguments")
-    return init
-
-
-def load_init_weights(cfg: RunConfig, model: torch.nn.Module, split: dict[str, Any],
-                      say: Callable[[str], None]) -> dict[str, Any]:
-    """Put the weights of `cfg.train.init_weights` (a checkpoint file or run folder) into `model`.
-
-    The checkpoint must hold the same architecture with the same arguments (input channels
-    included; `init_source`), else a CheckpointError names both. A checkpoint of a run with
-    `train.ema` gives its moving average (what that run validated and saved as its model). Said
-    aloud: where the weights come from, any preprocessing that differs from this run's, and any of
-    this run's test patients that the checkpoint was trained or validated on (their scores would
-    not be those of unseen patients).
-
-    Returns the record train_summary.json keeps: the file (absolute), its epoch, its split id and
-    the test patients it saw.
-    """
-    from brainseg.errors import CheckpointError
-    from brainseg.training.checkpoint import weights_mismatch
-
-    init = init_source(cfg, dict(model.config))
-    where = init["path"]
-    mismatch = weights_mismatch(model.state_dict(), init["state_dict"])
-    if mismatch:
-        raise CheckpointError(f"train.init_weights: the weights in {where} do not fit the model: {mismatch}")
-    mine = run_preprocessing(cfg)
-    theirs = init.get("preprocessing") or {}
-    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-    if differ:
-        say(f"note: {where} was trained with other preprocessing ("
-            + ", ".join(f"{k}: {theirs.get(k)!r} → {mine.get(k)!r}" for k in differ) + ")")
-    init_split = init.get("split") or {}
-    seen = set(init_split.get("train") or []) | set(init_split.get("val") or [])
-    leaked = sorted(seen & set(split.get("test") or []))
-    if leaked:
-        shown = ", ".join(leaked[:5]) + (" …" if len(leaked) > 5 else "")
-        say(f"warning: {where} was trained on {len(leaked)} of this run's test patients ({shown}); "
-            "their scores will not be those of patients the model never saw")
-    model.load_state_dict(init["state_dict"])
-    say(f"starting from the weights of {where} (after its epoch {init.get('epoch', '?')})")
-    return {"path": str(Path(where).resolve()), "epoch": init.get("epoch"), "split_id": init_split.get("id"),
-            "test_patients_seen": leaked}
-
-
-def _canonical(model_args: dict[str, Any]) -> str:
-    return json.dumps(model_args, sort_keys=True, default=str)
-
-
-def _describe(model_args: dict[str, Any]) -> str:
-    args = ", ".join(f"{k}={v!r}" for k, v in sorted(model_args.items()) if k != "name")
-    return f"{model_args.get('name', '?')}({args})"
 
 
 def resumed_config(cfg: RunConfig, run_cfg: dict[str, Any], epochs_done: int, where: Path,
@@ -412,7 +339,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
     model.check_input_size(d.size, d.size)
     init_record = None
     if cfg.train.init_weights and ckpt is None:  # a resumed run has its own weights
-        init_record = load_init_weights(cfg, model, data.split.to_dict(), say)
+        init_record = load_init_weights(cfg.train.init_weights, model, data.split.to_dict(), run_preprocessing(cfg), say)
     model.channels_last_everywhere = cfg.train.channels_last
     model.to(device)
     loss_fn = build_loss(cfg.train.loss)
