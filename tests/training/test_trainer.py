@@ -239,6 +239,24 @@ def test_init_weights_starts_training_from_the_checkpoints_weights(
         train_run(cfg, tmp_path / "partial", progress=False)
 
 
+def test_a_fine_tuned_run_resumes_without_its_source(tiny_phantoms: Path, tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_run, source)
+    cfg = tiny_cfg(tiny_phantoms, epochs=1)
+    cfg.train.init_weights = str(source)
+    train_run(cfg, tmp_path / "ft", progress=False)
+    record = read_json(tmp_path / "ft" / "train_summary.json")["init_weights"]
+    shutil.rmtree(source)
+    cfg.train.epochs = 2  # extend the finished run: its own checkpoint, not the deleted source, starts it
+    train_run(cfg, tmp_path / "ft", resume=True, progress=False)
+    summary = read_json(tmp_path / "ft" / "train_summary.json")
+    assert summary["epochs_run"] == 2 and summary["init_weights"] == record
+    with pytest.raises(CheckpointError, match="train.init_weights: .*does not exist"):
+        train_run(cfg, tmp_path / "fresh", progress=False)
+
+
 def test_compare_refuses_init_weights(tiny_phantoms: Path, tiny_run: Path, tmp_path: Path) -> None:
     from brainseg.compare import compare
 

@@ -41,13 +41,12 @@ def init_source(source: str, model_config: dict[str, Any]) -> dict[str, Any]:
     return init
 
 
-def load_init_weights(source: str, model: torch.nn.Module, split: dict[str, Any], preprocessing: dict[str, Any],
-                      say: Callable[[str], None]) -> dict[str, Any]:
-    """Put the weights of `source` (`train.init_weights`: a checkpoint file or run folder) into `model`,
-    a run of `split` (its dict) and `preprocessing` (`run.run_preprocessing`).
+def load_init_weights(init: dict[str, Any], model: torch.nn.Module, split: dict[str, Any],
+                      preprocessing: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """Put the weights of `init` (the checkpoint `init_source` loaded and checked) into `model`, a run
+    of `split` (its dict) and `preprocessing` (`run.run_preprocessing`).
 
-    The checkpoint must hold the same architecture with the same arguments (input channels
-    included; `init_source`), else a CheckpointError names both. A checkpoint of a run with
+    Weights that do not fit the model are a CheckpointError that names them. A checkpoint of a run with
     `train.ema` gives its moving average (what that run validated and saved as its model). Said
     aloud: where the weights come from, any preprocessing that differs from this run's, and any of
     this run's test patients that the checkpoint was trained or validated on (their scores would
@@ -56,17 +55,15 @@ def load_init_weights(source: str, model: torch.nn.Module, split: dict[str, Any]
     Returns the record train_summary.json keeps: the file (absolute), its epoch, its split id and
     the test patients it saw.
     """
-    init = init_source(source, dict(model.config))
     where = init["path"]
     mismatch = weights_mismatch(model.state_dict(), init["state_dict"])
     if mismatch:
         raise CheckpointError(f"train.init_weights: the weights in {where} do not fit the model: {mismatch}")
-    mine = preprocessing
     theirs = init.get("preprocessing") or {}
-    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    differ = sorted(k for k in set(preprocessing) | set(theirs) if preprocessing.get(k) != theirs.get(k))
     if differ:
         say(f"note: {where} was trained with other preprocessing ("
-            + ", ".join(f"{k}: {theirs.get(k)!r} → {mine.get(k)!r}" for k in differ) + ")")
+            + ", ".join(f"{k}: {theirs.get(k)!r} → {preprocessing.get(k)!r}" for k in differ) + ")")
     init_split = init.get("split") or {}
     seen = set(init_split.get("train") or []) | set(init_split.get("val") or [])
     leaked = sorted(seen & set(split.get("test") or []))

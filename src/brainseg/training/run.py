@@ -174,8 +174,9 @@ def network_channels(cfg: RunConfig) -> int:
     return model_channels(run_preprocessing(cfg))
 
 
-def check_model_settings(cfg: RunConfig) -> None:
-    """Model name, options and slice size checked before any data is read (a weightless build)."""
+def check_model_settings(cfg: RunConfig) -> dict[str, Any]:
+    """Model name, options and slice size checked before any data is read (a weightless build);
+    returns that model's config."""
     from brainseg.models import create_model
 
     kwargs = {k: v for k, v in model_kwargs_for(cfg).items() if k != "encoder_weights"}
@@ -194,8 +195,6 @@ def check_model_settings(cfg: RunConfig) -> None:
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = create_model(cfg.model.name, in_channels=channels, **kwargs)
     model.check_input_size(cfg.data.size, cfg.data.size)
-    if cfg.train.init_weights:  # the source's file and architecture, before any data is read
-        init_source(cfg.train.init_weights, dict(model.config))
     crop = cfg.data.train_crop
     if crop:
         if crop >= cfg.data.size:
@@ -204,6 +203,7 @@ def check_model_settings(cfg: RunConfig) -> None:
             model.check_input_size(crop, crop)
         except BrainsegError as e:
             raise BrainsegError(f"data.train_crop={crop}: {e}") from None
+    return dict(model.config)
 
 
 def resumed_config(cfg: RunConfig, run_cfg: dict[str, Any], epochs_done: int, where: Path,
@@ -255,16 +255,20 @@ def train_run(
     from brainseg.locks import folder_lock
 
     cfg.validate()
-    check_model_settings(cfg)
+    model_config = check_model_settings(cfg)
     run_dir = Path(run_dir)
+    init = None  # the source's file and architecture, before any data is read; a resumed run has its own weights
+    if cfg.train.init_weights and not (resume and (run_dir / "checkpoint_last.pt").is_file()):
+        init = init_source(cfg.train.init_weights, model_config)
     # torchrun: rank 0 alone writes the folder, so it alone holds the lock (the group is not up yet).
     main = int(os.environ.get("RANK", "0")) == 0
     with folder_lock(run_dir, "run folder") if main else contextlib.nullcontext():
-        return _train_locked(cfg, run_dir, resume=resume, progress=progress, on_epoch=on_epoch)
+        return _train_locked(cfg, run_dir, resume=resume, progress=progress, on_epoch=on_epoch, init=init)
 
 
 def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool,
-                  on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+                  on_epoch: Callable[[dict[str, Any]], None] | None, init: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
     from brainseg.data.dataset import SliceDataset, load_arrays
     from brainseg.losses import build_loss
     from brainseg.models import count_parameters, create_model
@@ -338,8 +342,8 @@ def _train_locked(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool
     model = create_model(cfg.model.name, in_channels=network_channels(cfg), **model_kwargs_for(cfg))
     model.check_input_size(d.size, d.size)
     init_record = None
-    if cfg.train.init_weights and ckpt is None:  # a resumed run has its own weights
-        init_record = load_init_weights(cfg.train.init_weights, model, data.split.to_dict(), run_preprocessing(cfg), say)
+    if init is not None and ckpt is None:
+        init_record = load_init_weights(init, model, data.split.to_dict(), run_preprocessing(cfg), say)
     model.channels_last_everywhere = cfg.train.channels_last
     model.to(device)
     loss_fn = build_loss(cfg.train.loss)
